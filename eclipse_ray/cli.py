@@ -1,0 +1,146 @@
+"""``eclipse-ray``: the command line.
+
+    eclipse-ray list
+    eclipse-ray show DATASET_OR_DIR --out grid.png
+    eclipse-ray poison --dataset D --attack A [--set k=v ...] --out DIR
+    eclipse-ray run --dataset D --attack A --defense P [--set k=v ...] --results DIR
+
+Bad input ends with one line ``eclipse-ray: error: …`` on stderr, exit code 2,
+and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from eclipse_ray.config import ConfigError, split_overrides
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    from eclipse_ray.attacks import ATTACKS
+    from eclipse_ray.data.sources import DESCRIPTIONS
+    from eclipse_ray.defenses import DEFENSES
+    from eclipse_ray.victim.train import VictimConfig
+
+    print("datasets (--dataset):")
+    for name, text in DESCRIPTIONS.items():
+        print(f"  {name:<14} {text}")
+    for title, reg in (("attacks (--attack)", ATTACKS), ("defenses (--defense)", DEFENSES)):
+        print(f"\n{title}:")
+        for name in reg:
+            cls = reg[name]
+            kind = f" [{cls.kind}]" if getattr(cls, "kind", None) not in (None, "none") else ""
+            print(f"  {name:<14} {cls.summary}{kind}")
+            for fname, tname, default, help_text in cls.describe():
+                print(f"      {reg.section}.{fname}={_fmt(default)}  ({tname}) {help_text}")
+    print("\nvictim settings (--set victim.KEY=VALUE):")
+    for fname, tname, default, help_text in VictimConfig.describe():
+        print(f"      victim.{fname}={_fmt(default)}  ({tname}) {help_text}")
+    print("\n      seed=0  (int) seed of victim training and defense randomness")
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "none" if v is None else str(v)
+
+
+def _cmd_show(args: argparse.Namespace) -> None:
+    from eclipse_ray.data.grid import save_grid
+    from eclipse_ray.data.sources import load_dataset
+
+    data = load_dataset(args.dataset, args.data_dir)
+    if args.split not in data.splits:
+        raise ConfigError(f"{args.dataset} has no split {args.split!r} (has {', '.join(data.splits)})")
+    s = data.splits[args.split]
+    n_p = int(s.poisoned.sum())
+    title = f"{data.name} · {args.split} · {len(s)} images" + (f" · {n_p} poisoned (★)" if n_p else "")
+    path = save_grid(s, args.out, n=args.n, title=title)
+    print(f"wrote {path}")
+
+
+def _cmd_poison(args: argparse.Namespace) -> None:
+    from eclipse_ray.data.store import write_dataset
+    from eclipse_ray.trial import build_config, prepare
+
+    _refuse_existing(args.out)
+    cfg = build_config(args.dataset, args.attack, "none", split_overrides(args.set))
+    data = prepare(cfg, args.data_dir)
+    path = write_dataset(args.out, data.splits, data.meta)
+    counts = {k: len(v) for k, v in data.splits.items()}
+    print(json.dumps({"out": str(path), "attack": cfg.attack.name, "splits": counts,
+                      "poisoned": int(data.train.poisoned.sum())}))
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from eclipse_ray.trial import build_config, run_trial, summary
+
+    cfg = build_config(args.dataset, args.attack, args.defense, split_overrides(args.set))
+    row = run_trial(cfg, data_dir=args.data_dir, results_dir=args.results, reference=not args.no_reference,
+                    progress=not args.quiet)
+    print(json.dumps(summary(row)))
+
+
+def _refuse_existing(out: str) -> None:
+    p = Path(out)
+    if p.exists() and (not p.is_dir() or any(p.iterdir())):
+        raise ConfigError(f"{out} already exists; choose a new output directory")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eclipse-ray", description="Purify poisoned image datasets and measure it.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--data-dir", default=None, help="where torchvision datasets live / download to")
+
+    sp = sub.add_parser("list", help="every dataset, attack and defense with its settings and defaults")
+    sp.set_defaults(fn=_cmd_list)
+
+    sp = sub.add_parser("show", help="draw a labelled image grid (poisoned samples marked) to a PNG")
+    sp.add_argument("dataset", help="dataset spec or dataset directory")
+    sp.add_argument("--out", required=True, help="PNG file to write")
+    sp.add_argument("--split", default="train")
+    sp.add_argument("-n", type=int, default=40, help="number of images")
+    common(sp)
+    sp.set_defaults(fn=_cmd_show)
+
+    sp = sub.add_parser("poison", help="write a poisoned dataset (all splits needed to evaluate it)")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--attack", required=True)
+    sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="attack.* settings")
+    sp.add_argument("--out", required=True, help="new dataset directory")
+    common(sp)
+    sp.set_defaults(fn=_cmd_poison)
+
+    sp = sub.add_parser("run", help="one trial: poison, purify, train the victim, measure, append a row")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--attack", default="none")
+    sp.add_argument("--defense", default="none")
+    sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="dotted settings, e.g. attack.eps=0.0314 victim.epochs=10 seed=1")
+    sp.add_argument("--results", default=None, help="results store directory to append the row to")
+    sp.add_argument("--no-reference", action="store_true",
+                    help="skip training the clean reference victim (no poison_success for availability attacks)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    common(sp)
+    sp.set_defaults(fn=_cmd_run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except ConfigError as e:
+        print(f"eclipse-ray: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

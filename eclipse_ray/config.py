@@ -1,0 +1,222 @@
+"""Frozen, typed dataclass configs: the single source of defaults.
+
+Every setting is a dataclass field declared with :func:`setting`, which carries
+its help text and its valid range. Configs
+
+* validate themselves on construction (a bad value is a :class:`ConfigError`
+  naming the dotted key, never a stack trace deep inside a run);
+* take overrides as dotted ``key=value`` strings (``attack.eps=0.0314``), the
+  same keys that :func:`flatten` produces as result-store column names;
+* hash to a stable :func:`config_hash` (sorted JSON of the flattened config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Mapping
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration or input error; its message is one line."""
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+) -> Any:
+    """Declare a config field with help text and a valid range."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _base_types(tp: Any) -> tuple[Any, ...]:
+    """The non-None members of ``X | None`` or ``Optional[X]``; ``(tp,)`` otherwise."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(a for a in typing.get_args(tp) if a is not type(None))
+    return (tp,)
+
+
+def _allows_none(tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    return origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; convert ints to floats where a float is due."""
+    if value is None:
+        if _allows_none(tp):
+            return None
+        raise ConfigError(f"{key}: a value is required (got none)")
+    for base in _base_types(tp):
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+        elif base is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        elif base is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        elif base is str:
+            if isinstance(value, str):
+                return value
+        elif typing.get_origin(base) is tuple:
+            if isinstance(value, (tuple, list)):
+                (elem,) = {a for a in typing.get_args(base) if a is not Ellipsis}
+                return tuple(_coerce(v, elem, key) for v in value)
+    names = " | ".join(getattr(b, "__name__", str(b)) for b in _base_types(tp))
+    raise ConfigError(f"{key}: expected {names}, got {value!r}")
+
+
+def parse_value(raw: str, tp: Any, key: str) -> Any:
+    """Parse the string ``raw`` from the command line as a value of annotation ``tp``."""
+    text = raw.strip()
+    if text.lower() in ("none", "null") and _allows_none(tp):
+        return None
+    errors = []
+    for base in _base_types(tp):
+        try:
+            if base is bool:
+                low = text.lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            if base is int:
+                return int(text)
+            if base is float:
+                value = float(text)
+                if value != value or value in (float("inf"), float("-inf")):
+                    raise ValueError
+                return value
+            if base is str:
+                return text
+            if typing.get_origin(base) is tuple:
+                (elem,) = {a for a in typing.get_args(base) if a is not Ellipsis}
+                parts = [p for p in text.strip("()[]").split(",") if p.strip()]
+                return tuple(parse_value(p, elem, key) for p in parts)
+        except ValueError:
+            errors.append(getattr(base, "__name__", str(base)))
+    raise ConfigError(f"{key}: cannot read {raw!r} as {' | '.join(errors) or tp}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Base of every config section: validates types and ranges on construction."""
+
+    section: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in fields(self):
+            key = f"{self.section}.{f.name}" if self.section else f.name
+            value = _coerce(getattr(self, f.name), hints[f.name], key)
+            object.__setattr__(self, f.name, value)
+            _check_range(value, f.metadata, key)
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; subclasses override."""
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, Any, str]]:
+        """(name, type, default, help) for every setting, for ``eclipse-ray list``."""
+        hints = _hints(cls)
+        out = []
+        for f in fields(cls):
+            tp = hints[f.name]
+            tname = " | ".join(getattr(b, "__name__", str(b)) for b in _base_types(tp))
+            if _allows_none(tp):
+                tname += " | none"
+            help_text = f.metadata.get("help", "")
+            if f.metadata.get("choices"):
+                help_text += f" (one of {', '.join(map(str, f.metadata['choices']))})"
+            out.append((f.name, tname, f.default, help_text))
+        return out
+
+
+def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(str, choices))}")
+    checks = (("ge", lambda v, b: v >= b, "≥"), ("gt", lambda v, b: v > b, ">"),
+              ("le", lambda v, b: v <= b, "≤"), ("lt", lambda v, b: v < b, "<"))
+    for name, ok, sym in checks:
+        bound = meta.get(name)
+        if bound is not None and isinstance(value, (int, float)) and not ok(value, bound):
+            raise ConfigError(f"{key}={value}: must be {sym} {bound}")
+
+
+def with_overrides(cfg: Config, overrides: Mapping[str, str], prefix: str = "") -> Config:
+    """A copy of ``cfg`` with string overrides (keys relative to this section) applied."""
+    hints = _hints(type(cfg))
+    names = {f.name for f in fields(cfg)}
+    changes = {}
+    for key, raw in overrides.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            known = ", ".join(sorted(f"{prefix}{n}" for n in names)) or "none"
+            raise ConfigError(f"unknown setting {full!r} (known: {known})")
+        changes[key] = parse_value(raw, hints[key], full)
+    return dataclasses.replace(cfg, **changes)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dataclasses to one flat dict with dotted keys (the result columns)."""
+    out: dict[str, Any] = {}
+    if dataclasses.is_dataclass(obj):
+        name = getattr(type(obj), "name", None)
+        if isinstance(name, str) and prefix:
+            out[f"{prefix}name"] = name
+        for f in fields(obj):
+            out.update(flatten(getattr(obj, f.name), f"{prefix}{f.name}."))
+        return out
+    key = prefix[:-1]
+    out[key] = list(obj) if isinstance(obj, tuple) else obj
+    return out
+
+
+def config_hash(flat: Mapping[str, Any], length: int = 16) -> str:
+    """Stable short hash of a flattened config (key order and int/float spelling do not matter)."""
+    def norm(v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, (list, tuple)):
+            return [norm(x) for x in v]
+        return v
+
+    text = json.dumps({k: norm(v) for k, v in sorted(flat.items())}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def split_overrides(pairs: list[str] | None) -> dict[str, str]:
+    """``["a.b=1", "seed=2"]`` to ``{"a.b": "1", "seed": "2"}``, rejecting malformed pairs."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key = key.strip()
+        if key in out:
+            raise ConfigError(f"--set {key} given twice")
+        out[key] = value
+    return out

@@ -1,0 +1,125 @@
+"""ImageSet: an in-memory image dataset that never loses track of its samples.
+
+Every stage of eclipse_ray (poisoning, purification, training) takes ImageSets
+and returns ImageSets. ``index`` is the stable id of each sample in its source
+dataset; ``labels`` and ``poisoned`` travel with it. Purification must keep all
+three exactly (:func:`check_same_samples` enforces this in code).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from eclipse_ray.config import ConfigError
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSet:
+    """uint8 NHWC RGB images with labels, stable indices and a ground-truth poison mask."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    index: np.ndarray
+    poisoned: np.ndarray
+    classes: tuple[str, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_arrays(self.images, self.labels, len(self.classes), what="image set")
+        n = len(self.images)
+        index = np.asarray(self.index)
+        poisoned = np.asarray(self.poisoned)
+        if index.shape != (n,) or poisoned.shape != (n,):
+            raise ConfigError(
+                f"image set: index {index.shape} and poisoned {poisoned.shape} must both have shape ({n},)"
+            )
+        if not np.issubdtype(index.dtype, np.integer):
+            raise ConfigError(f"image set: index must be integers, got {index.dtype}")
+        if len(np.unique(index)) != n:
+            raise ConfigError("image set: index values must be unique (a sample is duplicated)")
+        object.__setattr__(self, "labels", np.asarray(self.labels, dtype=np.int64))
+        object.__setattr__(self, "index", index.astype(np.int64))
+        object.__setattr__(self, "poisoned", poisoned.astype(bool))
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def with_images(self, images: np.ndarray, **meta: Any) -> "ImageSet":
+        """Same samples (index, labels, poisoned), new pixels; ``meta`` entries are added."""
+        if images.shape[0] != len(self):
+            raise ConfigError(f"with_images: {images.shape[0]} images for {len(self)} samples")
+        return dataclasses.replace(self, images=images, meta={**self.meta, **meta})
+
+    def subset(self, rows: np.ndarray) -> "ImageSet":
+        """The samples at positions ``rows`` (in that order)."""
+        rows = np.asarray(rows)
+        return ImageSet(self.images[rows], self.labels[rows], self.index[rows],
+                        self.poisoned[rows], self.classes, dict(self.meta))
+
+    def sorted_by_index(self) -> "ImageSet":
+        return self.subset(np.argsort(self.index, kind="stable"))
+
+
+def validate_arrays(images: Any, labels: Any, num_classes: int, what: str) -> None:
+    """Raise a one-line :class:`ConfigError` unless images/labels form a valid dataset."""
+    if not isinstance(images, np.ndarray):
+        raise ConfigError(f"{what}: images must be a numpy array, got {type(images).__name__}")
+    if images.dtype != np.uint8:
+        if np.issubdtype(images.dtype, np.floating) and np.isnan(images).any():
+            raise ConfigError(f"{what}: images contain NaN")
+        raise ConfigError(f"{what}: images must be uint8, got {images.dtype}")
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ConfigError(f"{what}: images must have shape (N, H, W, 3), got {images.shape}")
+    if images.shape[0] == 0:
+        raise ConfigError(f"{what}: no images (empty set)")
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ConfigError(f"{what}: labels must be 1-D, got shape {labels.shape}")
+    if len(labels) != len(images):
+        raise ConfigError(f"{what}: {len(images)} images but {len(labels)} labels")
+    if np.issubdtype(labels.dtype, np.floating):
+        if np.isnan(labels).any():
+            raise ConfigError(f"{what}: labels contain NaN")
+        if not np.all(labels == np.round(labels)):
+            raise ConfigError(f"{what}: labels must be whole numbers")
+    elif not np.issubdtype(labels.dtype, np.integer):
+        raise ConfigError(f"{what}: labels must be integers, got {labels.dtype}")
+    if num_classes < 1:
+        raise ConfigError(f"{what}: no classes")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise ConfigError(f"{what}: labels must lie in 0..{num_classes - 1}, found {lo}..{hi}")
+
+
+def check_same_samples(before: ImageSet, after: ImageSet, stage: str) -> None:
+    """Raise unless ``after`` holds exactly the samples of ``before`` in the same order."""
+    if len(before) != len(after):
+        raise RuntimeError(f"{stage}: {len(before)} samples went in, {len(after)} came out")
+    for name in ("index", "labels", "poisoned"):
+        if not np.array_equal(getattr(before, name), getattr(after, name)):
+            raise RuntimeError(f"{stage}: '{name}' changed; samples were lost, duplicated or reordered")
+    if after.images.shape[1:] != before.images.shape[1:]:
+        raise RuntimeError(f"{stage}: image shape changed {before.images.shape[1:]} -> {after.images.shape[1:]}")
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 NHWC to float32 in [0, 1]."""
+    return images.astype(np.float32) / 255.0
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """float in [0, 1] to uint8 with rounding and clipping."""
+    return np.clip(np.rint(np.asarray(images, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)

@@ -1,0 +1,167 @@
+"""The on-disk dataset format: parquet shards per split plus ``meta.json``.
+
+Layout::
+
+    DIR/meta.json                  format, classes, image shape, splits, dataset meta
+    DIR/<split>/part-00000.parquet columns index:int64 label:int64 poisoned:bool image:binary
+
+``image`` holds the raw uint8 HWC bytes (lossless; shape in ``meta.json``), so
+the shards are readable by ``ray.data.read_parquet``, pandas, pyarrow and
+duckdb alike. A dataset is written under a temporary name in the same folder
+and renamed into place, so an interrupted write never leaves a directory that
+looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from eclipse_ray.config import ConfigError
+from eclipse_ray.data.imageset import ImageSet
+
+FORMAT = "eclipse_ray.imageset/1"
+COLUMNS = ("index", "label", "poisoned", "image")
+
+
+def to_table(s: ImageSet) -> pa.Table:
+    """One ImageSet as an arrow table (raw image bytes, one row per sample)."""
+    flat = np.ascontiguousarray(s.images).reshape(len(s), -1)
+    width = flat.shape[1]
+    images = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(s), [None, pa.py_buffer(flat.tobytes())])
+    return pa.table({
+        "index": pa.array(s.index, pa.int64()),
+        "label": pa.array(s.labels, pa.int64()),
+        "poisoned": pa.array(s.poisoned, pa.bool_()),
+        "image": images.cast(pa.binary()),
+    })
+
+
+def decode_images(column: Any, shape: tuple[int, int, int]) -> np.ndarray:
+    """Raw-bytes image column (arrow or numpy of bytes) to a uint8 NHWC array."""
+    values = column.to_pylist() if hasattr(column, "to_pylist") else list(column)
+    size = int(np.prod(shape))
+    bad = [i for i, v in enumerate(values) if len(v) != size]
+    if bad:
+        raise ConfigError(f"image bytes of row {bad[0]} have length {len(values[bad[0]])}, expected {size} for {shape}")
+    return np.frombuffer(b"".join(values), dtype=np.uint8).reshape((len(values), *shape)).copy()
+
+
+def from_table(table: pa.Table, shape: tuple[int, int, int], classes: tuple[str, ...],
+               meta: dict[str, Any] | None = None) -> ImageSet:
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        raise ConfigError(f"parquet shard lacks column(s) {', '.join(missing)}")
+    return ImageSet(
+        images=decode_images(table.column("image"), shape),
+        labels=table.column("label").to_numpy(),
+        index=table.column("index").to_numpy(),
+        poisoned=table.column("poisoned").to_numpy(zero_copy_only=False),
+        classes=classes,
+        meta=dict(meta or {}),
+    )
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+def write_dataset(path: str | Path, splits: Mapping[str, ImageSet], meta: Mapping[str, Any] | None = None,
+                  *, overwrite: bool = False, shard_rows: int = 2048) -> Path:
+    """Write ``splits`` to ``path`` atomically; refuses to replace a dataset unless ``overwrite``."""
+    path = Path(path)
+    if not splits:
+        raise ConfigError("nothing to write: no splits")
+    first = next(iter(splits.values()))
+    for name, s in splits.items():
+        if not name.replace("_", "").isalnum():
+            raise ConfigError(f"bad split name {name!r}")
+        if s.classes != first.classes or s.image_shape != first.image_shape:
+            raise ConfigError(f"split {name!r} has other classes or image shape than {next(iter(splits))!r}")
+    if path.exists() and not overwrite:
+        if not path.is_dir() or any(path.iterdir()):
+            raise ConfigError(f"{path} already exists; choose a new output directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        info: dict[str, Any] = {}
+        for name, s in splits.items():
+            (tmp / name).mkdir()
+            table = to_table(s)
+            shards = []
+            for k, start in enumerate(range(0, len(s), shard_rows)):
+                shard = f"{name}/part-{k:05d}.parquet"
+                pq.write_table(table.slice(start, shard_rows), tmp / shard)
+                shards.append(shard)
+            info[name] = {"rows": len(s), "shards": shards, "poisoned": int(s.poisoned.sum()),
+                          "meta": _jsonable(s.meta)}
+        doc = {"format": FORMAT, "classes": list(first.classes), "image_shape": list(first.image_shape),
+               "image_encoding": "raw-uint8-hwc", "splits": info, "meta": _jsonable(dict(meta or {}))}
+        (tmp / "meta.json").write_text(json.dumps(doc, indent=2))
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    if path.exists():
+        trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(path, trash)
+        os.replace(tmp, path)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The parsed ``meta.json`` of a dataset directory, with a clear error if it is not one."""
+    path = Path(path)
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        raise ConfigError(f"{path} is not an eclipse_ray dataset (no meta.json)")
+    try:
+        doc = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{meta_file}: not valid JSON ({e.msg})") from None
+    if doc.get("format") != FORMAT:
+        raise ConfigError(f"{meta_file}: unknown format {doc.get('format')!r} (expected {FORMAT})")
+    return doc
+
+
+def read_split(path: str | Path, split: str) -> ImageSet:
+    """One split of a dataset directory as an ImageSet (row count checked against meta.json)."""
+    path = Path(path)
+    doc = read_meta(path)
+    if split not in doc["splits"]:
+        raise ConfigError(f"{path} has no split {split!r} (has {', '.join(doc['splits'])})")
+    info = doc["splits"][split]
+    tables = [pq.read_table(path / shard, columns=list(COLUMNS)) for shard in info["shards"]]
+    table = pa.concat_tables(tables)
+    if table.num_rows != info["rows"]:
+        raise ConfigError(f"{path}/{split}: {table.num_rows} rows on disk, meta.json says {info['rows']}")
+    return from_table(table, tuple(doc["image_shape"]), tuple(doc["classes"]), info.get("meta"))
+
+
+def read_dataset(path: str | Path) -> tuple[dict[str, ImageSet], dict[str, Any]]:
+    """All splits of a dataset directory and its dataset-level meta."""
+    doc = read_meta(path)
+    return {name: read_split(path, name) for name in doc["splits"]}, doc.get("meta", {})

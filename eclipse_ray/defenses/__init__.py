@@ -1,0 +1,12 @@
+"""Defenses, by name. ``DEFENSES[name]`` is the defense's config class (defaults = published settings)."""
+
+from __future__ import annotations
+
+from eclipse_ray.defenses.base import DefenseConfig, NoDefense
+from eclipse_ray.defenses.baselines import JPEG, BitDepth, Blur, Gray
+from eclipse_ray.defenses.compensation import Compensation
+from eclipse_ray.registry import Registry
+
+DEFENSES: Registry[DefenseConfig] = Registry("defense", [NoDefense, JPEG, Gray, BitDepth, Blur, Compensation])
+
+__all__ = ["DEFENSES", "DefenseConfig"]

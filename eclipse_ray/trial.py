@@ -1,0 +1,174 @@
+"""One trial end to end: load → poison → purify → train the victim → measure → one results row.
+
+This is the unit every sweep repeats. :func:`build_config` validates all
+settings before any work starts; :func:`run_trial` does the work and returns
+the row (flattened config, metrics, timings, provenance). Nothing is written
+until the row is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from eclipse_ray.attacks import ATTACKS, AVAILABILITY, BACKDOOR, AttackConfig
+from eclipse_ray.config import ConfigError, config_hash, flatten, parse_value, with_overrides
+from eclipse_ray.data.imageset import check_same_samples
+from eclipse_ray.data.sources import Dataset, load_dataset
+from eclipse_ray.defenses import DEFENSES, DefenseConfig
+from eclipse_ray.provenance import provenance
+from eclipse_ray.results.store import append_rows
+from eclipse_ray.victim import metrics
+from eclipse_ray.victim.train import VictimConfig, pick_device, train_victim
+
+SECTIONS = ("attack", "defense", "victim")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything that determines a trial's result (and hence its ``config_hash``)."""
+
+    dataset: str
+    attack: AttackConfig
+    defense: DefenseConfig
+    victim: VictimConfig = field(default_factory=VictimConfig)
+    seed: int = 0
+
+    def flat(self) -> dict[str, Any]:
+        """The dotted result columns of this config (victim recipe resolved)."""
+        return {"dataset": self.dataset, **flatten(self.attack, "attack."), **flatten(self.defense, "defense."),
+                **flatten(self.victim.resolved(), "victim."), "seed": self.seed}
+
+    def hash(self) -> str:
+        return config_hash(self.flat())
+
+
+def build_config(dataset: str, attack: str = "none", defense: str = "none",
+                 overrides: Mapping[str, str] | None = None) -> TrialConfig:
+    """A validated TrialConfig from names and dotted ``--set`` overrides (``attack.eps``, ``seed`` …)."""
+    per: dict[str, dict[str, str]] = {s: {} for s in SECTIONS}
+    seed = 0
+    for key, raw in (overrides or {}).items():
+        section, dot, rest = key.partition(".")
+        if key == "seed":
+            seed = parse_value(raw, int, "seed")
+            if seed < 0:
+                raise ConfigError(f"seed={seed}: must be ≥ 0")
+        elif dot and section in per and rest:
+            if rest == "name":
+                raise ConfigError(f"{key}: choose the {section} with --{section}, not --set")
+            per[section][rest] = raw
+        else:
+            raise ConfigError(f"unknown setting {key!r} (settings start with attack., defense., victim. or are 'seed')")
+    victim = VictimConfig()
+
+    return TrialConfig(dataset=dataset, attack=ATTACKS.build(attack, per["attack"]),
+                       defense=DEFENSES.build(defense, per["defense"]),
+                       victim=with_overrides(victim, per["victim"], prefix="victim."), seed=seed)
+
+
+def prepare(cfg: TrialConfig, data_dir: str | Path | None = None) -> Dataset:
+    """Load and poison the data (all validation that needs the dataset happens here)."""
+    data = load_dataset(cfg.dataset, data_dir)
+    if cfg.attack.name != "none":
+        return cfg.attack.apply(data)
+    return data
+
+
+def _reference_accuracy(cfg: TrialConfig, data: Dataset, cache_dir: Path | None, progress: bool) -> float:
+    """Clean test accuracy of the same victim on the undefended clean training set (cached by hash)."""
+    ref_cfg = TrialConfig(cfg.dataset, ATTACKS.build("none"), DEFENSES.build("none"), cfg.victim, cfg.seed)
+    key = ref_cfg.hash()
+    path = cache_dir / "acc_ref" / f"{key}.json" if cache_dir else None
+    if path is not None and path.is_file():
+        return float(json.loads(path.read_text())["test_acc"])
+    train = data.train
+    clean = train.with_images(metrics.originals_aligned(train, data.splits.get("originals")))
+    victim = train_victim(cfg.victim, clean.images, clean.labels, clean.num_classes, cfg.seed, progress=progress)
+    acc = metrics.accuracy(victim.predict(data.test.images), data.test.labels)
+    if path is not None:
+        _write_json(path, {"test_acc": acc, "config_hash": key})
+    return acc
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_dir: str | Path | None = None,
+              cache_dir: str | Path | None = None, reference: bool = True, progress: bool = True,
+              data: Dataset | None = None) -> dict[str, Any]:
+    """Run one trial and return its results row; append it to ``results_dir`` if given."""
+    t0 = time.perf_counter()
+    device = pick_device(cfg.victim.device)
+    data = data if data is not None else prepare(cfg, data_dir)
+    t_attack = time.perf_counter() - t0
+    train = data.train
+    kind = data.meta.get("attack_kind", "none")
+    target = data.meta.get("target")
+
+    t1 = time.perf_counter()
+    purified = cfg.defense.purify(train, cfg.seed, progress=progress)
+    check_same_samples(train, purified, f"defense {cfg.defense.name}")
+    t_purify = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    victim = train_victim(cfg.victim, purified.images, purified.labels, train.num_classes, cfg.seed,
+                          transform=cfg.defense.train_transform(), progress=progress)
+    t_train = time.perf_counter() - t2
+
+    m: dict[str, Any] = {"test_acc": metrics.accuracy(victim.predict(data.test.images), data.test.labels)}
+    if "test_triggered" in data.splits and target is not None:
+        m["asr"] = metrics.attack_success_rate(victim.predict(data.splits["test_triggered"].images), int(target))
+    if cfg.defense.purifies:
+        clean = metrics.originals_aligned(train, data.splits.get("originals"))
+        m.update(metrics.fidelity(purified, train, clean))
+    if kind == BACKDOOR:
+        m["poison_success"] = m.get("asr", float("nan"))
+    elif kind == AVAILABILITY or (reference and kind == "none"):
+        cache = Path(cache_dir) if cache_dir else (Path(results_dir) / ".cache" if results_dir else None)
+        if kind == "none" and cfg.defense.name == "none":
+            m["acc_ref"] = m["test_acc"]
+            if cache is not None:
+                _write_json(cache / "acc_ref" / f"{cfg.hash()}.json", {"test_acc": m["test_acc"],
+                                                                      "config_hash": cfg.hash()})
+        elif reference:
+            m["acc_ref"] = _reference_accuracy(cfg, data, cache, progress)
+        if "acc_ref" in m:
+            loss = metrics.relative_accuracy_loss(m["test_acc"], m["acc_ref"])
+            m["poison_success" if kind == AVAILABILITY else "clean_cost"] = loss
+
+    row: dict[str, Any] = {**cfg.flat(), "attack.kind": kind, "n_train": len(train),
+                           "n_poisoned": int(train.poisoned.sum()), "n_test": len(data.test), **m,
+                           "attack_seconds": t_attack, "purify_seconds": t_purify, "train_seconds": t_train,
+                           "seconds": time.perf_counter() - t0,
+                           "images_per_second": len(train) / t_purify if cfg.defense.purifies and t_purify > 0
+                           else None,
+                           "config_hash": cfg.hash(), **provenance(device)}
+    if results_dir is not None:
+        append_rows(results_dir, [row])
+    return row
+
+
+SUMMARY_KEYS = ("dataset", "attack.name", "defense.name", "seed", "test_acc", "asr", "poison_success", "acc_ref",
+                "clean_cost", "purify_psnr_poisoned", "purify_psnr_clean", "seconds", "config_hash")
+
+
+def summary(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline fields of a row, rounded, for the one-line JSON the CLI prints."""
+    out = {}
+    for k in SUMMARY_KEYS:
+        v = row.get(k)
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            continue
+        out[k] = round(v, 4) if isinstance(v, float) else v
+    return out

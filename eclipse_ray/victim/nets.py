@@ -1,0 +1,107 @@
+"""Victim classifiers: ResNet-18 (CIFAR variant) for paper-faithful runs, and a fast small net for sweeps.
+
+``FastNet`` follows airbench (Jordan, 2024): a frozen 2x2 patch-whitening stem
+initialised from the training images, three conv–pool–BN–GELU groups, max-pool
+head and a scaled linear classifier. At ``width=64`` it is airbench94's shape
+(64/256/256 channels); the default ``width=32`` (32/64/128) keeps a 10-epoch
+run on 4,660 CIFAR images to a couple of CPU minutes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ConvGroup(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout, momentum=0.4)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout, momentum=0.4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.bn1(F.max_pool2d(self.conv1(x), 2)))
+        return F.gelu(self.bn2(self.conv2(x)))
+
+
+class FastNet(nn.Module):
+    """airbench-style net: whitening stem, three conv groups, max-pool head."""
+
+    def __init__(self, num_classes: int, width: int = 32, in_channels: int = 3) -> None:
+        super().__init__()
+        stem = 2 * in_channels * 2 * 2
+        self.whiten = nn.Conv2d(in_channels, stem, 2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        widths = (width, 2 * width, 4 * width) if width < 64 else (width, 4 * width, 4 * width)
+        self.layers = nn.Sequential(ConvGroup(stem, widths[0]), ConvGroup(widths[0], widths[1]),
+                                    ConvGroup(widths[1], widths[2]))
+        self.head = nn.Linear(widths[2], num_classes, bias=False)
+
+    @torch.no_grad()
+    def init_whitening(self, x: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the stem to whiten 2x2 patches of ``x`` (N, C, H, W), ± each eigenvector."""
+        c = x.shape[1]
+        patches = x.unfold(2, 2, 1).unfold(3, 2, 1).transpose(1, 3).reshape(-1, c * 4).double()
+        patches = patches - patches.mean(0)
+        cov = patches.T @ patches / len(patches)
+        evals, evecs = torch.linalg.eigh(cov)
+        w = (evecs.T / torch.sqrt(evals.clamp_min(0) + eps)[:, None]).reshape(-1, c, 2, 2).float()
+        self.whiten.weight.copy_(torch.cat([w, -w]))
+        self.whiten.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.whiten(x))
+        x = self.layers(x)
+        x = F.adaptive_max_pool2d(x, 1).flatten(1)
+        return self.head(x) / x.shape[1] ** 0.5 * 4
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for 32x32 inputs: 3x3 stem, no max-pool, stages 64/128/256/512."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 64) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        stages, cin = [], width
+        for i, stride in enumerate((1, 2, 2, 2)):
+            cout = width * 2**i
+            stages.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.linear = nn.Linear(cin, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last-stage feature maps (used by V&B's attention)."""
+        return self.stages(F.relu(self.bn1(self.conv1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+def build_net(arch: str, num_classes: int, width: int) -> nn.Module:
+    if arch == "fast":
+        return FastNet(num_classes, width=width)
+    if arch == "resnet18":
+        return ResNet18(num_classes)
+    raise ValueError(f"unknown victim.arch {arch!r}")
