@@ -125,8 +125,9 @@ def load_npz(path: str | Path) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except ValueError as e:
-        raise ConfigError(f"npz:{path}: unreadable or holds pickled objects ({e})") from None
+    except ValueError:
+        raise ConfigError(f"npz:{path}: not a valid .npz of plain arrays (pickled objects are refused, "
+                          f"never loaded)") from None
     except Exception as e:  # zipfile.BadZipFile, OSError, ...
         raise ConfigError(f"npz:{path}: not a valid .npz file ({type(e).__name__})") from None
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]

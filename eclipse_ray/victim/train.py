@@ -132,7 +132,7 @@ def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     x_all = to_tensor(images, device)
-    y_all = torch.from_numpy(np.asarray(labels, np.int64)).to(device)
+    y_all = torch.from_numpy(np.array(labels, np.int64)).to(device)
     mean = x_all.mean((0, 2, 3), keepdim=True)
     std = x_all.std((0, 2, 3), keepdim=True).clamp_min(1e-3)
     model = build_net(cfg.arch, num_classes, cfg.width).to(device)

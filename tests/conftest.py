@@ -1,0 +1,25 @@
+"""Shared fixtures: the offline digits dataset and a small, quick victim."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+from eclipse_ray.data.sources import Dataset, load_digits  # noqa: E402
+from eclipse_ray.victim.train import VictimConfig  # noqa: E402
+
+# Small enough for a 2-core CI machine; big enough that poisons and defenses show.
+QUICK_VICTIM = {"victim.epochs": "5", "victim.width": "16"}
+
+
+@pytest.fixture(scope="session")
+def digits() -> Dataset:
+    return load_digits()
+
+
+@pytest.fixture(scope="session")
+def quick_victim() -> VictimConfig:
+    return VictimConfig(epochs=5, width=16)

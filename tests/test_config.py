@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+
+from eclipse_ray.attacks import ATTACKS
+from eclipse_ray.config import ConfigError, config_hash, flatten, split_overrides
+from eclipse_ray.defenses import DEFENSES
+from eclipse_ray.trial import build_config
+
+
+def test_flatten_gives_dotted_result_columns():
+    cfg = build_config("digits", "lsp", "jpeg", {"attack.eps": "0.03", "defense.quality": "20", "seed": "3"})
+    flat = cfg.flat()
+    assert flat["attack.name"] == "lsp" and flat["attack.eps"] == pytest.approx(0.03)
+    assert flat["defense.name"] == "jpeg" and flat["defense.quality"] == 20
+    assert flat["victim.arch"] == "fast" and flat["victim.lr"] == pytest.approx(0.2)  # recipe resolved
+    assert flat["seed"] == 3 and flat["dataset"] == "digits"
+
+
+def test_config_hash_is_stable_and_sensitive():
+    a = build_config("digits", "lsp", "none", {"attack.eps": "0.03"})
+    b = build_config("digits", "lsp", "none", {"attack.eps": "0.030"})
+    c = build_config("digits", "lsp", "none", {"attack.eps": "0.031"})
+    assert a.hash() == b.hash() != c.hash()
+    assert config_hash({"x": 1, "y": 2.0}) == config_hash({"y": 2, "x": 1.0})
+    # Explicitly setting a recipe default does not change the hash: it is the same experiment.
+    assert build_config("digits", overrides={"victim.lr": "0.2"}).hash() == build_config("digits").hash()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"attack.eps": "-0.1"}, "attack.eps=-0.1: must be ≥ 0"),
+    ({"attack.rate": "1.5"}, "attack.rate=1.5: must be ≤ 1"),
+    ({"attack.eps": "abc"}, "cannot read 'abc'"),
+    ({"attack.bogus": "1"}, "unknown setting 'attack.bogus'"),
+    ({"victim.epochs": "2.5"}, "cannot read '2.5' as int"),
+    ({"victim.arch": "vgg"}, "must be one of fast, resnet18"),
+    ({"nonsense": "1"}, "unknown setting 'nonsense'"),
+    ({"seed": "-1"}, "seed=-1"),
+    ({"attack.name": "urp"}, "choose the attack with --attack"),
+])
+def test_bad_settings_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+        build_config("digits", "lsp", "none", overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_names():
+    with pytest.raises(ConfigError, match="unknown attack 'nope'"):
+        build_config("digits", "nope")
+    with pytest.raises(ConfigError, match="unknown defense 'nope'"):
+        build_config("digits", "none", "nope")
+
+
+def test_split_overrides_rejects_malformed():
+    assert split_overrides(["a.b=1", "c=x=y"]) == {"a.b": "1", "c": "x=y"}
+    with pytest.raises(ConfigError, match="key=value"):
+        split_overrides(["novalue"])
+    with pytest.raises(ConfigError, match="given twice"):
+        split_overrides(["a=1", "a=2"])
+
+
+def test_every_registered_config_has_help_and_validates_defaults():
+    for reg in (ATTACKS, DEFENSES):
+        for name in reg:
+            cfg = reg.build(name)
+            for fname, _, _, help_text in type(cfg).describe():
+                assert help_text, f"{name}.{fname} has no help"
+            assert flatten(cfg, f"{reg.section}.")[f"{reg.section}.name"] == name

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from eclipse_ray.attacks import ATTACKS
+from eclipse_ray.config import ConfigError
+from eclipse_ray.data import store
+from eclipse_ray.data.imageset import ImageSet, check_same_samples
+
+
+def test_round_trip_is_lossless(digits, tmp_path):
+    data = ATTACKS.build("badnets").apply(digits)
+    store.write_dataset(tmp_path / "ds", data.splits, data.meta, shard_rows=500)
+    back, meta = store.read_dataset(tmp_path / "ds")
+    assert set(back) == set(data.splits) == {"train", "test", "test_triggered", "originals"}
+    for name, s in data.splits.items():
+        b = back[name]
+        assert np.array_equal(b.images, s.images) and b.images.dtype == np.uint8
+        check_same_samples(s, b, "round trip")
+        assert b.classes == s.classes
+    assert meta["attack"]["attack.name"] == "badnets" and meta["target"] == 0
+    assert len(list((tmp_path / "ds" / "train").glob("*.parquet"))) == 3  # 1,438 rows in shards of 500
+
+
+def test_shards_are_plain_parquet(digits, tmp_path):
+    store.write_dataset(tmp_path / "ds", {"train": digits.train, "test": digits.test})
+    doc = json.loads((tmp_path / "ds" / "meta.json").read_text())
+    df = pd.concat(pd.read_parquet(tmp_path / "ds" / s) for s in doc["splits"]["train"]["shards"])
+    assert list(df.columns) == ["index", "label", "poisoned", "image"]
+    assert len(df) == len(digits.train) and df["index"].tolist() == digits.train.index.tolist()
+    img = np.frombuffer(df["image"].iloc[0], np.uint8).reshape(doc["image_shape"])
+    assert np.array_equal(img, digits.train.images[0])
+
+
+def test_refuses_to_overwrite_and_leaves_nothing_on_failure(digits, tmp_path):
+    out = tmp_path / "ds"
+    store.write_dataset(out, {"train": digits.train})
+    with pytest.raises(ConfigError, match="already exists"):
+        store.write_dataset(out, {"train": digits.test})
+    assert store.read_split(out, "train").images.shape == digits.train.images.shape
+
+    class Boom(Exception):
+        pass
+
+    orig = pq.write_table
+    calls = []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Boom
+        return orig(*a, **k)
+
+    pq.write_table, target = flaky, tmp_path / "half"
+    try:
+        with pytest.raises(Boom):
+            store.write_dataset(target, {"train": digits.train, "test": digits.test})
+    finally:
+        pq.write_table = orig
+    assert not target.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temp leftovers
+
+
+def test_imageset_guards_its_invariants(digits):
+    s = digits.train
+    with pytest.raises(ConfigError, match="unique"):
+        ImageSet(s.images[:2], s.labels[:2], np.array([5, 5]), s.poisoned[:2], s.classes)
+    with pytest.raises(ConfigError, match="labels must lie in 0..9"):
+        ImageSet(s.images[:2], np.array([0, 10]), s.index[:2], s.poisoned[:2], s.classes)
+    with pytest.raises(ConfigError, match="empty"):
+        ImageSet(s.images[:0], s.labels[:0], s.index[:0], s.poisoned[:0], s.classes)
+    with pytest.raises(RuntimeError, match="lost, duplicated or reordered"):
+        check_same_samples(s, s.subset(np.arange(len(s))[::-1]), "test")
+    with pytest.raises(RuntimeError, match="went in"):
+        check_same_samples(s, s.subset(np.arange(len(s) - 1)), "test")
