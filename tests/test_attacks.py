@@ -74,8 +74,11 @@ def test_dirty_label_backdoor(digits, name):
     trig = p.splits["test_triggered"]
     assert (trig.labels != 3).all() and len(trig) == (digits.test.labels != 3).sum()
     if name == "badnets":
-        assert (trig.images[:, -3:, -3:] == 255).all()
-        assert (tr.images[tr.poisoned][:, -3:, -3:] == 255).all()
+        corner = trig.images[:, -3:, -3:]
+        assert (corner[:, ::2, ::2] == 255).all() and (corner[:, 1, 0] == 0).all()
+        assert np.array_equal(tr.images[tr.poisoned][:, -3:, -3:], corner[: tr.poisoned.sum()])
+        white = ATTACKS.build(name, {"pattern": "white"}).apply(digits).splits["test_triggered"]
+        assert (white.images[:, -3:, -3:] == 255).all()
 
 
 def test_sig_is_clean_label_on_target_class(digits):

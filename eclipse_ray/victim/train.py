@@ -49,8 +49,10 @@ class VictimConfig(Config):
     label_smoothing: float | None = setting(None, "label smoothing (none: recipe's)", ge=0.0, lt=1.0)
     schedule: str | None = setting(None, "lr schedule (none: recipe's)", choices=("linear", "constant", "cosine"))
     nesterov: bool | None = setting(None, "Nesterov momentum (none: recipe's)")
-    augment: bool = setting(True, "flip + translate augmentation")
+    augment: bool = setting(True, "random flip + translate augmentation")
+    translate: int = setting(2, "max translation in px when augmenting (0: flip only)", ge=0)
     width: int = setting(32, "base width of the fast net (64 = airbench94)", ge=4)
+    whiten: bool = setting(True, "fast net: initialise the frozen 2x2 stem by patch whitening (else random, trained)")
     device: str = setting("auto", "auto (CUDA if present), cpu or cuda[:N]")
 
     def resolved(self) -> "VictimConfig":
@@ -81,6 +83,8 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.
     n = x.shape[0]
     flip = torch.rand(n, generator=gen) < 0.5
     x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+    if pad == 0:
+        return x
     h, w = x.shape[2:]
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
@@ -136,7 +140,9 @@ def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_
     mean = x_all.mean((0, 2, 3), keepdim=True)
     std = x_all.std((0, 2, 3), keepdim=True).clamp_min(1e-3)
     model = build_net(cfg.arch, num_classes, cfg.width).to(device)
-    if isinstance(model, FastNet):
+    if isinstance(model, FastNet) and not cfg.whiten:
+        model.whiten.weight.requires_grad_(True)
+    elif isinstance(model, FastNet):
         model.init_whitening(((x_all - mean) / std)[: min(len(x_all), 5000)])
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
@@ -159,7 +165,7 @@ def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_
                 continue
             x, y = x_all[idx], y_all[idx]
             if cfg.augment:
-                x = augment_batch(x, gen)
+                x = augment_batch(x, gen, pad=cfg.translate)
             if transform is not None:
                 x = transform(x, gen)
             for group in opt.param_groups:
