@@ -85,6 +85,53 @@ def _cmd_run(args: argparse.Namespace) -> None:
     print(json.dumps(summary(row)))
 
 
+def _cmd_train_diffusion(args: argparse.Namespace) -> None:
+    from eclipse_ray.data.sources import load_dataset
+    from eclipse_ray.diffusion.train import clean_reference_rows, puregen_defaults, train_config_with, \
+        train_diffusion
+    from eclipse_ray.victim.metrics import originals_aligned
+
+    overrides = split_overrides(args.set)
+    bad = [k for k in overrides if not k.startswith("train.")]
+    if bad:
+        raise ConfigError(f"unknown setting {bad[0]!r} (train-diffusion takes train.* settings)")
+    cfg = train_config_with({k[len("train."):]: v for k, v in overrides.items()})
+    if args.recipe == "puregen":
+        import dataclasses
+
+        base = puregen_defaults()
+        given = {k[len("train."):] for k in overrides}
+        cfg = dataclasses.replace(base, **{k: getattr(cfg, k) for k in given})
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or {p.name for p in out.iterdir()} - {"checkpoint"}):
+        raise ConfigError(f"{out} already exists and is not an interrupted training run; choose a new directory")
+    data = load_dataset(args.dataset, args.data_dir)
+    train = data.train
+    clean_images = originals_aligned(train, data.splits.get("originals"))
+    rows = clean_reference_rows(train, cfg.clean_fraction, cfg.seed)
+    clean = train.subset(rows).with_images(clean_images[rows])
+    path = train_diffusion(cfg, clean, out, progress=not args.quiet, extra_info={"dataset": args.dataset})
+    print(json.dumps({"out": str(path), "clean_images": len(clean), "iterations": cfg.iterations,
+                      "schedule": cfg.schedule, "num_steps": cfg.num_steps, "t_max": cfg.t_max}))
+
+
+def _cmd_purify(args: argparse.Namespace) -> None:
+    from eclipse_ray.defenses import DEFENSES
+    from eclipse_ray.distributed.purify import purify_dataset
+
+    overrides = split_overrides(args.set)
+    bad = [k for k in overrides if not k.startswith("defense.")]
+    if bad:
+        raise ConfigError(f"unknown setting {bad[0]!r} (purify takes defense.* settings)")
+    defense = DEFENSES.build(args.defense, {k[len("defense."):]: v for k, v in overrides.items()})
+    if args.actors < 0:
+        raise ConfigError(f"--actors={args.actors}: must be ≥ 0")
+    report = purify_dataset(args.input, defense, args.out, seed=args.seed, actors=args.actors,
+                            address=args.address, progress=not args.quiet)
+    print(json.dumps({k: report[k] for k in ("out", "rows", "shards_computed", "seconds", "cached", "key")
+                      if k in report}))
+
+
 def _refuse_existing(out: str) -> None:
     p = Path(out)
     if p.exists() and (not p.is_dir() or any(p.iterdir())):
@@ -129,6 +176,27 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
     common(sp)
     sp.set_defaults(fn=_cmd_run)
+
+    sp = sub.add_parser("train-diffusion", help="train a DDPM on the defender's clean reference set")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--out", required=True, help="model directory (diffusers layout); rerun to resume")
+    sp.add_argument("--recipe", choices=("eclipse", "puregen"), default="eclipse",
+                    help="defaults: eclipse (cosine T=4000) or puregen (linear T=1000, t<250)")
+    sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.* settings")
+    sp.add_argument("--quiet", action="store_true")
+    common(sp)
+    sp.set_defaults(fn=_cmd_train_diffusion)
+
+    sp = sub.add_parser("purify", help="purify a dataset directory's train split (Ray Data actor pool)")
+    sp.add_argument("--input", required=True, help="dataset directory (eclipse-ray poison output)")
+    sp.add_argument("--defense", required=True)
+    sp.add_argument("--out", required=True, help="new dataset directory; rerun to resume")
+    sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="defense.* settings")
+    sp.add_argument("--actors", type=int, default=0, help="Ray actors (one GPU each if present); 0: in-process")
+    sp.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--quiet", action="store_true")
+    sp.set_defaults(fn=_cmd_purify)
     return p
 
 

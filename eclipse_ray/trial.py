@@ -19,7 +19,7 @@ import numpy as np
 
 from eclipse_ray.attacks import ATTACKS, AVAILABILITY, BACKDOOR, AttackConfig
 from eclipse_ray.config import ConfigError, config_hash, flatten, parse_value, with_overrides
-from eclipse_ray.data.imageset import check_same_samples
+from eclipse_ray.data.imageset import ImageSet, check_same_samples
 from eclipse_ray.data.sources import Dataset, load_dataset
 from eclipse_ray.defenses import DEFENSES, DefenseConfig
 from eclipse_ray.provenance import provenance
@@ -106,8 +106,12 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 
 def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_dir: str | Path | None = None,
               cache_dir: str | Path | None = None, reference: bool = True, progress: bool = True,
-              data: Dataset | None = None) -> dict[str, Any]:
-    """Run one trial and return its results row; append it to ``results_dir`` if given."""
+              data: Dataset | None = None, purified_train: ImageSet | None = None) -> dict[str, Any]:
+    """Run one trial and return its results row; append it to ``results_dir`` if given.
+
+    ``data`` (already poisoned) and ``purified_train`` (e.g. from the purification
+    cache) skip those stages when given.
+    """
     t0 = time.perf_counter()
     device = pick_device(cfg.victim.device)
     data = data if data is not None else prepare(cfg, data_dir)
@@ -117,9 +121,11 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
     target = data.meta.get("target")
 
     t1 = time.perf_counter()
-    purified = cfg.defense.purify(train, cfg.seed, progress=progress)
+    clean_images = metrics.originals_aligned(train, data.splits.get("originals"))
+    purified = purified_train if purified_train is not None else \
+        cfg.defense.purify(train, cfg.seed, progress=progress, clean_images=clean_images)
     check_same_samples(train, purified, f"defense {cfg.defense.name}")
-    t_purify = time.perf_counter() - t1
+    t_purify = time.perf_counter() - t1 if purified_train is None else float(purified.meta.get("purify_seconds", 0))
 
     t2 = time.perf_counter()
     victim = train_victim(cfg.victim, purified.images, purified.labels, train.num_classes, cfg.seed,
@@ -130,8 +136,7 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
     if "test_triggered" in data.splits and target is not None:
         m["asr"] = metrics.attack_success_rate(victim.predict(data.splits["test_triggered"].images), int(target))
     if cfg.defense.purifies:
-        clean = metrics.originals_aligned(train, data.splits.get("originals"))
-        m.update(metrics.fidelity(purified, train, clean))
+        m.update(metrics.fidelity(purified, train, clean_images))
     if kind == BACKDOOR:
         m["poison_success"] = m.get("asr", float("nan"))
     elif kind == AVAILABILITY or (reference and kind == "none"):
@@ -154,6 +159,7 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
                            "images_per_second": len(train) / t_purify if cfg.defense.purifies and t_purify > 0
                            else None,
                            "config_hash": cfg.hash(), **provenance(device)}
+    row.update(purified.meta.get("resolved", {}))
     if results_dir is not None:
         append_rows(results_dir, [row])
     return row

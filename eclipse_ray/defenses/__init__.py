@@ -5,8 +5,10 @@ from __future__ import annotations
 from eclipse_ray.defenses.base import DefenseConfig, NoDefense
 from eclipse_ray.defenses.baselines import JPEG, BitDepth, Blur, Gray
 from eclipse_ray.defenses.compensation import Compensation
+from eclipse_ray.defenses.diffusion import Denoise, Eclipse, PureGenDDPM
 from eclipse_ray.registry import Registry
 
-DEFENSES: Registry[DefenseConfig] = Registry("defense", [NoDefense, JPEG, Gray, BitDepth, Blur, Compensation])
+DEFENSES: Registry[DefenseConfig] = Registry("defense", [NoDefense, JPEG, Gray, BitDepth, Blur, Compensation,
+                                                         Eclipse, PureGenDDPM, Denoise])
 
 __all__ = ["DEFENSES", "DefenseConfig"]

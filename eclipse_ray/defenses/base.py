@@ -26,8 +26,13 @@ class DefenseConfig(Config):
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
 
-    def purify(self, train: ImageSet, seed: int, progress: bool = True) -> ImageSet:
-        """The purified training set (same samples, new pixels). Default: unchanged."""
+    def purify(self, train: ImageSet, seed: int, progress: bool = True,
+               clean_images: np.ndarray | None = None) -> ImageSet:
+        """The purified training set (same samples, new pixels). Default: unchanged.
+
+        ``clean_images`` (aligned to ``train``) are the clean originals, from which
+        defenses that need a clean reference set (ECLIPSE) draw theirs.
+        """
         return train
 
     def train_transform(self) -> BatchTransform | None:

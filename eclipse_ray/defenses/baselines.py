@@ -57,7 +57,8 @@ class JPEG(DefenseConfig):
     summary: ClassVar[str] = "JPEG compression round trip (ISS-J)"
     quality: int = setting(10, "JPEG quality (ISS-J / APBench: 10)", ge=1, le=100)
 
-    def purify(self, train: ImageSet, seed: int, progress: bool = True) -> ImageSet:
+    def purify(self, train: ImageSet, seed: int, progress: bool = True,
+               clean_images: np.ndarray | None = None) -> ImageSet:
         return train.with_images(jpeg(train.images, self.quality))
 
 
@@ -66,7 +67,8 @@ class Gray(DefenseConfig):
     name: ClassVar[str] = "gray"
     summary: ClassVar[str] = "grayscale, luma replicated to 3 channels (ISS-G)"
 
-    def purify(self, train: ImageSet, seed: int, progress: bool = True) -> ImageSet:
+    def purify(self, train: ImageSet, seed: int, progress: bool = True,
+               clean_images: np.ndarray | None = None) -> ImageSet:
         return train.with_images(batched_uint8(train.images, grayscale))
 
 
@@ -76,7 +78,8 @@ class BitDepth(DefenseConfig):
     summary: ClassVar[str] = "bit-depth reduction to `bits` bits per channel"
     bits: int = setting(2, "bits per channel kept", ge=1, le=8)
 
-    def purify(self, train: ImageSet, seed: int, progress: bool = True) -> ImageSet:
+    def purify(self, train: ImageSet, seed: int, progress: bool = True,
+               clean_images: np.ndarray | None = None) -> ImageSet:
         return train.with_images(batched_uint8(train.images, lambda x: bit_depth(x, self.bits)))
 
 
@@ -91,5 +94,6 @@ class Blur(DefenseConfig):
         if self.kernel % 2 == 0:
             raise ConfigError(f"defense.kernel={self.kernel}: must be odd")
 
-    def purify(self, train: ImageSet, seed: int, progress: bool = True) -> ImageSet:
+    def purify(self, train: ImageSet, seed: int, progress: bool = True,
+               clean_images: np.ndarray | None = None) -> ImageSet:
         return train.with_images(batched_uint8(train.images, lambda x: gaussian_blur(x, self.kernel, self.sigma)))

@@ -12,14 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from eclipse_ray.config import setting
 from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.defenses.base import DefenseConfig, batched_uint8
+from eclipse_ray.defenses.base import DefenseConfig
+from eclipse_ray.rng import per_sample_randn
 from eclipse_ray.victim.train import BatchTransform
 
 LUMA = (0.299, 0.587, 0.114)
+COMPENSATION_STREAM = 1_000_001  # random stream id of the once-off compensation
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -57,19 +60,38 @@ class Compensation(DefenseConfig):
     noise_sigma: float = _SIGMA
     mode: str = _MODE
 
-    def purify(self, train: ImageSet, seed: int, progress: bool = True) -> ImageSet:
+    def purify(self, train: ImageSet, seed: int, progress: bool = True,
+               clean_images: np.ndarray | None = None) -> ImageSet:
         return apply_compensation(train, self.gray_p, self.noise_sigma, self.mode, seed)
 
     def train_transform(self) -> BatchTransform | None:
         return compensation_transform(self.gray_p, self.noise_sigma, self.mode)
 
 
+def compensate_per_sample(x: torch.Tensor, index: np.ndarray, gray_p: float, sigma: float,
+                          seed: int) -> torch.Tensor:
+    """:func:`compensate` with each sample's draws from its own (seed, index) stream (batch-independent)."""
+    draws = per_sample_randn(index, seed, COMPENSATION_STREAM, (1 + x[0].numel(),))
+    pick = (torch.special.ndtr(draws[:, 0]) < gray_p).to(x.device)[:, None, None, None]
+    noise = draws[:, 1:].reshape(x.shape).to(x.device)
+    return (torch.where(pick, grayscale(x), x) + sigma * noise).clamp(0, 1)
+
+
+def compensate_uint8(images: np.ndarray, index: np.ndarray, gray_p: float, sigma: float, seed: int) -> np.ndarray:
+    """Once-off compensation of uint8 NHWC images (per-sample streams)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255)
+    y = compensate_per_sample(x, index, gray_p, sigma, seed)
+    return y.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def apply_compensation(train: ImageSet, gray_p: float, sigma: float, mode: str, seed: int) -> ImageSet:
     """Compensation applied once to a set (``mode=once``); the set unchanged otherwise."""
     if mode != "once":
         return train
-    gen = torch.Generator().manual_seed(seed)
-    return train.with_images(batched_uint8(train.images, lambda x: compensate(x, gray_p, sigma, gen)))
+    out = np.empty_like(train.images)
+    for i in range(0, len(train), 1024):
+        out[i:i + 1024] = compensate_uint8(train.images[i:i + 1024], train.index[i:i + 1024], gray_p, sigma, seed)
+    return train.with_images(out)
 
 
 def compensation_transform(gray_p: float, sigma: float, mode: str) -> BatchTransform | None:
