@@ -161,7 +161,7 @@ _GRAY_P, _COMP_SIGMA, _MODE = compensation_settings()
 class Eclipse(DiffusionDefense):
     name: ClassVar[str] = "eclipse"
     summary: ClassVar[str] = "sparse-clean-set DDPM purification (full chain from σ≈6.4/255) + compensation"
-    default_sigma: ClassVar[float | None] = 0.025
+    default_sigma: ClassVar[float | None] = 0.0249  # = σ(t*=100) on cosine T=4000 (6.37/255), ECLIPSE
     recipe: ClassVar[dict[str, Any]] = dict(schedule="cosine", num_steps=4000, duplicates=4)
     gray_p: float = _GRAY_P
     noise_sigma: float = _COMP_SIGMA

@@ -1,0 +1,109 @@
+"""Diffusion purification: the noise unit, the samplers' exact behaviour, batch independence, Ray Data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from eclipse_ray.config import ConfigError
+from eclipse_ray.defenses import DEFENSES
+from eclipse_ray.diffusion.samplers import SamplerPlan, ddim_timesteps, purify_batch
+from eclipse_ray.diffusion.schedule import Schedule
+from eclipse_ray.diffusion.unet import build_unet, load_model, save_model
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A randomly initialised tiny UNet + cosine T=4000 scheduler in diffusers layout."""
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_model")
+    save_model(build_unet("tiny"), DDPMScheduler(num_train_timesteps=4000, beta_schedule="squaredcos_cap_v2"),
+               out, {"t_max": 4000})
+    return out
+
+
+@pytest.mark.parametrize("kind, T", [("cosine", 4000), ("linear", 1000)])
+def test_sigma_t_conversion_matches_the_formula(kind, T):
+    s = Schedule.make(kind, T)
+    ab = s.alphas_cumprod
+    for t in (1, 10, 50, 100, 150, 250):
+        want = math.sqrt((1 - float(ab[t])) / float(ab[t])) / 2
+        assert s.sigma(t) == pytest.approx(want, rel=1e-9)
+        assert s.t_for_sigma(s.sigma(t)) == t  # smallest t reaching its own σ
+        assert s.sigma(s.t_for_sigma(want * 0.999)) >= want * 0.999 > s.sigma(s.t_for_sigma(want * 0.999) - 1)
+    assert s.t_for_sigma(0.0) == 0 and s.sigma(0) == 0.0
+
+
+def test_reference_points_of_design():
+    cos = Schedule.make("cosine", 4000)
+    assert float(cos.alphas_cumprod[100]) == pytest.approx(0.9975, abs=1e-4)
+    assert cos.sigma(100) * 255 == pytest.approx(6.4, abs=0.1)  # ECLIPSE's t* = 100
+    assert cos.sigma(50) * 255 == pytest.approx(3.75, abs=0.3)
+    assert cos.sigma(150) * 255 == pytest.approx(8.9, abs=0.3)
+    assert Schedule.make("linear", 1000).sigma(100) * 255 == pytest.approx(41, abs=3)  # DESIGN: "≈ 41/255"; exactly 43.2
+    with pytest.raises(ConfigError, match="must be ≥ 0"):
+        cos.t_for_sigma(-0.1)
+    with pytest.raises(ConfigError, match="must lie in 0..4000"):
+        cos.sigma(4001)
+    with pytest.raises(ConfigError, match="beyond this"):
+        Schedule.make("linear", 10).t_for_sigma(50.0)
+
+
+def run(model_dir, images, index, plan, seed=0):
+    m = load_model(model_dir)
+    return purify_batch(m.unet, m.schedule.coefficients("cpu"), images, index, plan, seed)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "oneshot"])
+def test_chain_from_t_zero_is_the_identity(tiny_model_dir, digits, sampler):
+    x = digits.train.images[:4]
+    out = run(tiny_model_dir, x, digits.train.index[:4], SamplerPlan(sampler, 0, steps=5))
+    assert np.array_equal(out, x)
+
+
+def test_oneshot_at_tiny_sigma_returns_nearly_the_input(tiny_model_dir, digits):
+    x = digits.train.images[:8]
+    out = run(tiny_model_dir, x, digits.train.index[:8], SamplerPlan("oneshot", 1))  # σ ≈ 0.001
+    err = np.abs(out.astype(int) - x)
+    assert err.mean() < 0.3 and err.max() <= 3  # even an untrained ε-net barely moves x at t = 1
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "oneshot"])
+def test_output_does_not_depend_on_batching(tiny_model_dir, digits, sampler):
+    x, idx = digits.train.images[:6], digits.train.index[:6]
+    plan = SamplerPlan(sampler, 6, steps=3)
+    whole = run(tiny_model_dir, x, idx, plan)
+    parts = {i: run(tiny_model_dir, x[i:i + 2], idx[i:i + 2], plan) for i in (4, 0, 2)}  # other order, size
+    assert np.array_equal(whole, np.concatenate([parts[0], parts[2], parts[4]]))
+    shuffled = run(tiny_model_dir, x[::-1], idx[::-1], plan)
+    assert np.array_equal(whole, shuffled[::-1])
+    assert not np.array_equal(whole, run(tiny_model_dir, x, idx, plan, seed=1))
+
+
+def test_ddim_timesteps():
+    assert ddim_timesteps(100, 4) == [100, 75, 50, 25]
+    assert ddim_timesteps(3, 10) == [3, 2, 1]
+    assert SamplerPlan("ddpm", 100).model_calls() == 100
+    assert SamplerPlan("ddim", 100, steps=10, repeats=2).model_calls() == 20
+
+
+def test_defense_resolves_sigma_and_t_star(tiny_model_dir, digits):
+    m = load_model(tiny_model_dir)
+    eclipse = DEFENSES.build("eclipse", {"model": str(tiny_model_dir)})
+    r = eclipse.resolved(m)
+    assert r["defense.t_star"] == 100 and r["defense.sigma"] * 255 == pytest.approx(6.4, abs=0.1)
+    assert DEFENSES.build("denoise", {"t_star": "40"}).resolved(m)["defense.t_star"] == 40
+    with pytest.raises(ConfigError, match="not both"):
+        DEFENSES.build("denoise", {"t_star": "40", "sigma": "0.1"})
+    with pytest.raises(ConfigError, match="must lie in 0..4000"):
+        DEFENSES.build("denoise", {"t_star": "5000"}).plan(m)
+    with pytest.raises(ConfigError, match="no diffusion model there"):
+        DEFENSES.build("denoise", {"model": str(tiny_model_dir / "nope")}).purify(digits.train, 0)
+    out = DEFENSES.build("eclipse", {"model": str(tiny_model_dir), "sampler": "ddim", "steps": "2"}).purify(
+        digits.train.subset(np.arange(5)), 0, progress=False)
+    assert out.meta["resolved"]["defense.model_calls"] == 2
