@@ -132,6 +132,31 @@ def _cmd_purify(args: argparse.Namespace) -> None:
                       if k in report}))
 
 
+def _cmd_results(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from eclipse_ray.results.pareto import pareto, summarize
+    from eclipse_ray.results.report import SUMMARY_COLS, plot_pareto, write_report
+    from eclipse_ray.results.store import read_results
+
+    df = read_results(args.study)
+    if df.empty:
+        raise ConfigError(f"{args.study}: no results store there (no part-*.parquet)")
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_columns", 20)
+    if args.action == "summary":
+        s = summarize(df)
+        print(s[[c for c in SUMMARY_COLS if c in s.columns]].to_string(index=False))
+    elif args.action == "pareto":
+        p = pareto(df)
+        print(p[p["on_front"]][[c for c in SUMMARY_COLS if c in p.columns]].to_string(index=False))
+    elif args.action == "plot":
+        path = plot_pareto(df, args.out or Path(args.study) / "pareto.png")
+        print(f"wrote {path}" if path else "nothing to plot (no poison_success values)")
+    else:
+        print(f"wrote {write_report(args.study, args.out)}")
+
+
 def _refuse_existing(out: str) -> None:
     p = Path(out)
     if p.exists() and (not p.is_dir() or any(p.iterdir())):
@@ -197,6 +222,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(fn=_cmd_purify)
+
+    sp = sub.add_parser("results", help="summarise a results store: seed tables, Pareto frontier, plots, report")
+    sp.add_argument("action", choices=("summary", "pareto", "plot", "report"))
+    sp.add_argument("study", help="results store directory (results/<study>)")
+    sp.add_argument("--out", default=None, help="plot: PNG path; report: output directory")
+    sp.set_defaults(fn=_cmd_results)
     return p
 
 

@@ -86,15 +86,23 @@ def _reference_accuracy(cfg: TrialConfig, data: Dataset, cache_dir: Path | None,
     ref_cfg = TrialConfig(cfg.dataset, ATTACKS.build("none"), DEFENSES.build("none"), cfg.victim, cfg.seed)
     key = ref_cfg.hash()
     path = cache_dir / "acc_ref" / f"{key}.json" if cache_dir else None
-    if path is not None and path.is_file():
-        return float(json.loads(path.read_text())["test_acc"])
+    if path is None:
+        return _train_reference(cfg, data, progress)
+    from eclipse_ray.distributed.cache import file_lock
+
+    with file_lock(path.with_suffix(".lock")):  # concurrent trials train the reference once
+        if path.is_file():
+            return float(json.loads(path.read_text())["test_acc"])
+        acc = _train_reference(cfg, data, progress)
+        _write_json(path, {"test_acc": acc, "config_hash": key})
+        return acc
+
+
+def _train_reference(cfg: TrialConfig, data: Dataset, progress: bool) -> float:
     train = data.train
     clean = train.with_images(metrics.originals_aligned(train, data.splits.get("originals")))
     victim = train_victim(cfg.victim, clean.images, clean.labels, clean.num_classes, cfg.seed, progress=progress)
-    acc = metrics.accuracy(victim.predict(data.test.images), data.test.labels)
-    if path is not None:
-        _write_json(path, {"test_acc": acc, "config_hash": key})
-    return acc
+    return metrics.accuracy(victim.predict(data.test.images), data.test.labels)
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:

@@ -91,8 +91,11 @@ class DiffusionDefense(DefenseConfig):
         clean = ImageSet(images, train.labels[rows], train.index[rows], np.zeros(len(rows), bool), train.classes)
         h = hashlib.sha256(images.tobytes() + clean.index.tobytes() + config_hash(flatten(tcfg)).encode())
         out = cache_root() / "models" / h.hexdigest()[:16]
-        if not (out / "config.json").is_file():
-            train_diffusion(tcfg, clean, out, progress=progress)
+        from eclipse_ray.distributed.cache import file_lock
+
+        with file_lock(out.with_suffix(".lock")):  # concurrent trials train it once
+            if not (out / "config.json").is_file():
+                train_diffusion(tcfg, clean, out, progress=progress)
         return out
 
     # --- noise level ------------------------------------------------------------------------

@@ -1,0 +1,58 @@
+"""The purification cache: each (dataset, attack, purifier config, seed) is purified once.
+
+Purification costs 100–500 fast-victim trainings, so every victim trial that
+needs the same purified training set reads it from
+``CACHE/purified/<key>/`` (the dataset store format). An exclusive file lock
+per key means two trials never compute the same thing at once: the second
+waits, then reads the first one's result. On a multi-node cluster put the cache
+on shared storage (NFS), where ``flock`` works across nodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import time
+from pathlib import Path
+from typing import Iterator
+
+from eclipse_ray.config import config_hash, flatten
+from eclipse_ray.data import store
+from eclipse_ray.data.imageset import ImageSet
+from eclipse_ray.data.sources import Dataset
+from eclipse_ray.victim.metrics import originals_aligned
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if missing), held for the ``with`` block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def purification_key(dataset: str, attack_flat: dict, defense, seed: int) -> str:
+    """What a purified training set depends on (the victim and training-time settings excluded)."""
+    return config_hash({"dataset": dataset, **attack_flat, **flatten(defense, "defense."), "seed": seed})
+
+
+def cached_purify(data: Dataset, attack_flat: dict, defense, seed: int, cache_dir: str | Path,
+                  dataset: str, progress: bool = False) -> tuple[ImageSet, bool]:
+    """(purified training set, whether it came from the cache)."""
+    key = purification_key(dataset, attack_flat, defense, seed)
+    root = Path(cache_dir) / "purified"
+    path = root / key
+    with file_lock(root / f"{key}.lock"):
+        if (path / "meta.json").is_file():
+            return store.read_split(path, "train"), True
+        t = time.perf_counter()
+        train = data.train
+        purified = defense.purify(train, seed, progress=progress,
+                                  clean_images=originals_aligned(train, data.splits.get("originals")))
+        purified = purified.with_images(purified.images, purify_seconds=time.perf_counter() - t)
+        store.write_dataset(path, {"train": purified}, {"purification_key": key, "defense": flatten(defense)})
+        return purified, False

@@ -1,0 +1,102 @@
+"""Plots (PNG) and a markdown report of a results store.
+
+``plot_pareto`` draws one panel per (dataset, attack): every defense config as
+a point (mean over seeds, error bars = std), the frontier joined and
+highlighted, points labelled by defense and noise level. ``write_report`` puts
+the summary table, the frontier and the plots in ``report.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from eclipse_ray.results.pareto import pareto, point_label, summarize
+from eclipse_ray.results.store import read_results
+
+
+def plot_pareto(df: pd.DataFrame, path: str | Path, x: str = "test_acc", y: str = "poison_success") -> Path | None:
+    """One panel per (dataset, attack); returns the PNG path, or None when there is nothing to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = pareto(df, x, y)
+    if p.empty or f"{y}_mean" not in p:
+        return None
+    panels = list(p.groupby(["dataset", "attack.name"]))
+    cols = min(3, len(panels))
+    rows = int(np.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, ((dataset, attack), g) in zip(axes.flat, panels):
+        for name, d in g.groupby("defense.name"):
+            ax.errorbar(d[f"{x}_mean"], d[f"{y}_mean"], xerr=d[f"{x}_std"].fillna(0), yerr=d[f"{y}_std"].fillna(0),
+                        fmt="o", ms=5, alpha=0.8, label=name, capsize=2)
+        front = g[g["on_front"]].sort_values(f"{x}_mean")
+        ax.plot(front[f"{x}_mean"], front[f"{y}_mean"], "k--", lw=1.2, label="Pareto front")
+        ax.scatter(front[f"{x}_mean"], front[f"{y}_mean"], s=140, facecolors="none", edgecolors="k", lw=1.5)
+        for _, r in g.iterrows():
+            ax.annotate(point_label(r), (r[f"{x}_mean"], r[f"{y}_mean"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_title(f"{dataset} · {attack}", fontsize=9)
+        ax.set_xlabel(f"{x} (higher is better)")
+        ax.set_ylabel(f"{y} (lower is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _table(df: pd.DataFrame, cols: list[str]) -> str:
+    cols = [c for c in cols if c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df[cols].iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            cells.append(f"{v:.4g}" if isinstance(v, (float, np.floating)) and not pd.isna(v) else
+                         ("" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+SUMMARY_COLS = ["dataset", "attack.name", "defense.name", "defense.sigma", "defense.t_star", "defense.sampler",
+                "defense.model_calls", "seeds", "test_acc_mean", "test_acc_std", "poison_success_mean",
+                "poison_success_std", "asr_mean", "purify_psnr_poisoned_mean", "purify_seconds_mean"]
+
+
+def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """``report.md`` and ``pareto.png`` for the store in ``study_dir``."""
+    study_dir = Path(study_dir)
+    out = Path(out_dir) if out_dir else study_dir
+    df = read_results(study_dir)
+    if df.empty:
+        raise FileNotFoundError(f"{study_dir}: no results (no part-*.parquet files)")
+    png = plot_pareto(df, out / "pareto.png")
+    s = summarize(df)
+    p = pareto(df)
+    front = p[p["on_front"]] if "on_front" in p else p.iloc[0:0]
+    text = [f"# Results: {study_dir.name}", "",
+            f"{len(df)} trials, {s.shape[0]} configurations, seeds {sorted(df['seed'].unique().tolist())}.", "",
+            "## Summary (mean and std over seeds)", "", _table(s, SUMMARY_COLS), "",
+            "## Pareto frontier per (dataset, attack)", "",
+            "Higher `test_acc`, lower `poison_success` (ASR for backdoors; relative accuracy loss for "
+            "availability poisons).", "", _table(front, SUMMARY_COLS), ""]
+    if png is not None:
+        text += ["## Plot", "", f"![Pareto]({png.name})", ""]
+    path = out / "report.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(text))
+    return path

@@ -1,0 +1,47 @@
+"""Results analysis: seed aggregation, the Pareto frontier, plots and the report."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from eclipse_ray.results.pareto import pareto, pareto_front, summarize
+from eclipse_ray.results.report import write_report
+from eclipse_ray.results.store import append_rows, read_results
+
+
+def rows():
+    out = []
+    for seed in (0, 1):
+        for name, sigma, acc, ps in [("none", None, 0.2, 0.7), ("jpeg", None, 0.5, 0.3), ("eclipse", 0.05, 0.6, 0.2),
+                                     ("eclipse", 0.1, 0.7, 0.25), ("denoise", 0.1, 0.55, 0.35)]:
+            out.append({"dataset": "d", "attack.name": "lsp", "defense.name": name, "defense.sigma": sigma,
+                        "victim.epochs": 5, "seed": seed, "test_acc": acc + 0.01 * seed,
+                        "poison_success": ps, "config_hash": f"{name}{sigma}{seed}"})
+    out.append({"dataset": "d", "attack.name": "none", "defense.name": "none", "defense.sigma": None,
+                "victim.epochs": 5, "seed": 0, "test_acc": 0.9, "config_hash": "clean"})
+    return out
+
+
+def test_summary_averages_over_seeds():
+    s = summarize(pd.DataFrame(rows()))
+    e = s[(s["defense.name"] == "eclipse") & (s["defense.sigma"] == 0.05)].iloc[0]
+    assert e["seeds"] == 2 and abs(e["test_acc_mean"] - 0.605) < 1e-9 and e["test_acc_std"] > 0
+
+
+def test_pareto_frontier_keeps_only_non_dominated_configs():
+    p = pareto(pd.DataFrame(rows()))
+    front = set(zip(p[p["on_front"]]["defense.name"], p[p["on_front"]]["defense.sigma"].fillna(-1)))
+    assert front == {("eclipse", 0.05), ("eclipse", 0.1)}
+    assert "none" not in set(p["attack.name"])  # utility rows are not attack points
+    pts = pd.DataFrame({"a": [1.0, 2.0, 2.0, 0.5], "b": [1.0, 1.0, 0.5, 0.1]})
+    assert pareto_front(pts, "a", "b").tolist() == [False, False, True, True]
+
+
+def test_report_and_plot_are_written(tmp_path):
+    append_rows(tmp_path, rows()[:6])
+    append_rows(tmp_path, rows()[6:])
+    assert len(read_results(tmp_path)) == 11
+    report = write_report(tmp_path)
+    text = report.read_text()
+    assert "Pareto frontier" in text and "eclipse" in text and "![Pareto](pareto.png)" in text
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
