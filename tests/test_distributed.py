@@ -73,7 +73,7 @@ def test_interrupted_purify_resumes_and_then_serves_the_cache(poisoned_dir, mode
     monkeypatch.setattr(dp, "_write_shard", real)
     again = dp.purify_dataset(poisoned_dir, defense(model_dir), tmp_path / "out", progress=False)
     assert again["shards_computed"] == 2 and not again["cached"]
-    fresh = dp.purify_dataset(poisoned_dir, defense(model_dir), tmp_path / "fresh", progress=False)
+    dp.purify_dataset(poisoned_dir, defense(model_dir), tmp_path / "fresh", progress=False)
     assert np.array_equal(store.read_split(tmp_path / "out", "train").images,
                           store.read_split(tmp_path / "fresh", "train").images)
     cached = dp.purify_dataset(poisoned_dir, defense(model_dir), tmp_path / "out", progress=False)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from eclipse_ray.data.imageset import ImageSet
+from eclipse_ray.figures import save_png
 
 
 def pick_rows(s: ImageSet, n: int, seed: int = 0) -> np.ndarray:
@@ -48,10 +48,4 @@ def save_grid(s: ImageSet, path: str | Path, n: int = 40, cols: int = 10, title:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path)

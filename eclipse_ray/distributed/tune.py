@@ -96,7 +96,9 @@ def run_sweep(study_dir: str | Path, specs: list[dict[str, Any]], *, address: st
     init_ray(address)
     storage = study_dir / "_tune"
     fn = tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-    name = "sweep"
+    from eclipse_ray.config import config_hash
+
+    name = f"sweep-{config_hash({'specs': specs}, 8)}"  # same command → same experiment → restored
     if tune.Tuner.can_restore(str(storage / name)):
         tuner = tune.Tuner.restore(str(storage / name), trainable=fn, resume_errored=True)
     else:

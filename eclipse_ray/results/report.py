@@ -8,12 +8,12 @@ the summary table, the frontier and the plots in ``report.md``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from eclipse_ray.figures import save_png
 from eclipse_ray.results.pareto import pareto, point_label, summarize
 from eclipse_ray.results.store import read_results
 
@@ -50,13 +50,7 @@ def plot_pareto(df: pd.DataFrame, path: str | Path, x: str = "test_acc", y: str 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path, dpi=110)
 
 
 def _table(df: pd.DataFrame, cols: list[str]) -> str:
