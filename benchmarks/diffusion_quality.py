@@ -7,7 +7,7 @@ a ``tiny`` DDPM (cosine T = 4,000) is trained on it once on the CPU
 and ``denoise``; the fast victim trains 10 epochs. Each row: attack × defense ×
 noise level, against the undefended rows of ``foundation_quality.py``.
 
-Usage:  ECLIPSE_RAY_CACHE=cache python benchmarks/diffusion_quality.py [--iterations 600] [--seed 0]
+Usage:  ECLIPSE_RAY_CACHE=cache python benchmarks/diffusion_quality.py [--iterations 600] [--seed 0] [--puregen]
 Cost:   model training ≈ 1.7 s/iteration (batch 64) plus ≈ 2.5 min per trial on 2 CPU cores.
 """
 
@@ -31,6 +31,8 @@ TRIALS = [
     ("badnets", "eclipse", {**ONESHOT, "defense.sigma": "0.05"}),
     ("ops", "none", {}),
 ]
+PUREGEN = {"defense.sampler": "ddim", "defense.steps": "4", "defense.sigma": "0.1"}
+TRIALS_PUREGEN = [(a, "puregen-ddpm", PUREGEN) for a in ("lsp", "none", "ops", "badnets")]
 
 
 def main() -> None:
@@ -39,8 +41,9 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default="results/diffusion_cpu")
+    p.add_argument("--puregen", action="store_true", help="the puregen-ddpm rows (trains its own model first)")
     args = p.parse_args()
-    for attack, defense, extra in TRIALS:
+    for attack, defense, extra in (TRIALS_PUREGEN if args.puregen else TRIALS):
         settings = {"victim.epochs": "10", "seed": str(args.seed), **extra}
         if defense != "none":
             settings.update({"defense.train_iterations": str(args.iterations), "defense.train_preset": "tiny"})

@@ -89,7 +89,7 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> None:
     from eclipse_ray.data.sources import load_dataset
     from eclipse_ray.diffusion.train import clean_reference_rows, puregen_defaults, train_config_with, \
         train_diffusion
-    from eclipse_ray.victim.metrics import originals_aligned
+    from eclipse_ray.victim.metrics import clean_view
 
     overrides = split_overrides(args.set)
     bad = [k for k in overrides if not k.startswith("train.")]
@@ -106,10 +106,8 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> None:
     if out.exists() and (not out.is_dir() or {p.name for p in out.iterdir()} - {"checkpoint"}):
         raise ConfigError(f"{out} already exists and is not an interrupted training run; choose a new directory")
     data = load_dataset(args.dataset, args.data_dir)
-    train = data.train
-    clean_images = originals_aligned(train, data.splits.get("originals"))
-    rows = clean_reference_rows(train, cfg.clean_fraction, cfg.seed)
-    clean = train.subset(rows).with_images(clean_images[rows])
+    full = clean_view(data.train, data.splits.get("originals"))
+    clean = full.subset(clean_reference_rows(full, cfg.clean_fraction, cfg.seed))
     path = train_diffusion(cfg, clean, out, progress=not args.quiet, extra_info={"dataset": args.dataset})
     print(json.dumps({"out": str(path), "clean_images": len(clean), "iterations": cfg.iterations,
                       "schedule": cfg.schedule, "num_steps": cfg.num_steps, "t_max": cfg.t_max}))

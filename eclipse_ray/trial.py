@@ -99,8 +99,7 @@ def _reference_accuracy(cfg: TrialConfig, data: Dataset, cache_dir: Path | None,
 
 
 def _train_reference(cfg: TrialConfig, data: Dataset, progress: bool) -> float:
-    train = data.train
-    clean = train.with_images(metrics.originals_aligned(train, data.splits.get("originals")))
+    clean = metrics.clean_view(data.train, data.splits.get("originals"))
     victim = train_victim(cfg.victim, clean.images, clean.labels, clean.num_classes, cfg.seed, progress=progress)
     return metrics.accuracy(victim.predict(data.test.images), data.test.labels)
 
@@ -129,9 +128,9 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
     target = data.meta.get("target")
 
     t1 = time.perf_counter()
-    clean_images = metrics.originals_aligned(train, data.splits.get("originals"))
+    clean = metrics.clean_view(train, data.splits.get("originals"))
     purified = purified_train if purified_train is not None else \
-        cfg.defense.purify(train, cfg.seed, progress=progress, clean_images=clean_images)
+        cfg.defense.purify(train, cfg.seed, progress=progress, clean=clean)
     check_same_samples(train, purified, f"defense {cfg.defense.name}")
     t_purify = time.perf_counter() - t1 if purified_train is None else float(purified.meta.get("purify_seconds", 0))
 
@@ -144,7 +143,7 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
     if "test_triggered" in data.splits and target is not None:
         m["asr"] = metrics.attack_success_rate(victim.predict(data.splits["test_triggered"].images), int(target))
     if cfg.defense.purifies:
-        m.update(metrics.fidelity(purified, train, clean_images))
+        m.update(metrics.fidelity(purified, train, clean.images))
     if kind == BACKDOOR:
         m["poison_success"] = m.get("asr", float("nan"))
     elif kind == AVAILABILITY or (reference and kind == "none"):

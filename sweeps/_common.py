@@ -14,7 +14,8 @@ from eclipse_ray.results.report import write_report
 
 # smoke: digits, tiny auto-trained DDPM, small fast victim; CPU, offline, minutes.
 SMOKE = {"dataset": "digits", "victim": {"victim.epochs": "4", "victim.width": "16"},
-         "defense": {"defense.train_iterations": "40", "defense.train_preset": "tiny"}}
+         "defense": {"defense.train_iterations": "40", "defense.train_batch_size": "32",
+                     "defense.train_preset": "tiny"}}
 # cifar10: full CIFAR-10, paper UNet, ResNet-18 (ECLIPSE's recipe); GPUs.
 CIFAR10 = {"dataset": "cifar10",
            "victim": {"victim.arch": "resnet18", "victim.epochs": "80", "victim.batch_size": "128"},
@@ -39,10 +40,14 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def trial_settings(preset: dict[str, Any], defense: str, extra: dict[str, str], seed: int,
                    user: dict[str, str]) -> dict[str, str]:
+    """One trial's --set: preset victim, preset diffusion settings, grid values, then the user's --set
+    (``defense.*`` keys only where this defense has that setting)."""
+    from eclipse_ray.defenses import DEFENSES
+
+    fields = {f"defense.{name}" for name, *_ in DEFENSES[defense].describe()}
     s = {**preset["victim"], "seed": str(seed), **extra}
-    if defense in ("eclipse", "denoise", "puregen-ddpm"):
-        s.update(preset["defense"])
-    s.update({k: v for k, v in user.items() if not k.startswith("defense.") or defense != "none"})
+    s.update({k: v for k, v in preset["defense"].items() if k in fields})
+    s.update({k: v for k, v in user.items() if not k.startswith("defense.") or k in fields})
     return s
 
 

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def pinned_ray() -> str:
-    m = re.search(r'"ray\[tune,data\]==([0-9.]+)"', (ROOT / "pyproject.toml").read_text())
+    m = re.search(r'"ray\[[a-z,]+\]==([0-9.]+)"', (ROOT / "pyproject.toml").read_text())
     assert m, "pyproject.toml must pin ray"
     return m.group(1)
 

@@ -107,3 +107,20 @@ def test_defense_resolves_sigma_and_t_star(tiny_model_dir, digits):
     out = DEFENSES.build("eclipse", {"model": str(tiny_model_dir), "sampler": "ddim", "steps": "2"}).purify(
         digits.train.subset(np.arange(5)), 0, progress=False)
     assert out.meta["resolved"]["defense.model_calls"] == 2
+
+
+def test_auto_model_uses_the_same_clean_set_whatever_the_attack(digits, tmp_path, monkeypatch):
+    from eclipse_ray.attacks import ATTACKS
+    from eclipse_ray.victim.metrics import clean_view
+
+    monkeypatch.setenv("ECLIPSE_RAY_CACHE", str(tmp_path))
+    d = DEFENSES.build("denoise", {"train_iterations": "1", "train_batch_size": "2"})
+    dirs = set()
+    for attack in ("badnets", "lsp"):  # dirty labels must not change which images the defender holds
+        data = ATTACKS.build(attack).apply(digits)
+        dirs.add(d.model_path(data.train, clean_view(data.train, data.splits.get("originals")), progress=False))
+    assert len(dirs) == 1
+    import json
+
+    idx = json.loads((dirs.pop() / "clean_index.json").read_text())
+    assert abs(len(idx) - 0.04 * len(digits.train)) <= 10 and not set(idx) & set(digits.test.index.tolist())

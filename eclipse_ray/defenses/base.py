@@ -27,11 +27,11 @@ class DefenseConfig(Config):
     summary: ClassVar[str] = ""
 
     def purify(self, train: ImageSet, seed: int, progress: bool = True,
-               clean_images: np.ndarray | None = None) -> ImageSet:
+               clean: ImageSet | None = None) -> ImageSet:
         """The purified training set (same samples, new pixels). Default: unchanged.
 
-        ``clean_images`` (aligned to ``train``) are the clean originals, from which
-        defenses that need a clean reference set (ECLIPSE) draw theirs.
+        ``clean`` (aligned to ``train``) holds the clean originals and their true
+        labels, from which defenses that need a clean reference set (ECLIPSE) draw theirs.
         """
         return train
 

@@ -58,7 +58,7 @@ class JPEG(DefenseConfig):
     quality: int = setting(10, "JPEG quality (ISS-J / APBench: 10)", ge=1, le=100)
 
     def purify(self, train: ImageSet, seed: int, progress: bool = True,
-               clean_images: np.ndarray | None = None) -> ImageSet:
+               clean: ImageSet | None = None) -> ImageSet:
         return train.with_images(jpeg(train.images, self.quality))
 
 
@@ -68,7 +68,7 @@ class Gray(DefenseConfig):
     summary: ClassVar[str] = "grayscale, luma replicated to 3 channels (ISS-G)"
 
     def purify(self, train: ImageSet, seed: int, progress: bool = True,
-               clean_images: np.ndarray | None = None) -> ImageSet:
+               clean: ImageSet | None = None) -> ImageSet:
         return train.with_images(batched_uint8(train.images, grayscale))
 
 
@@ -79,7 +79,7 @@ class BitDepth(DefenseConfig):
     bits: int = setting(2, "bits per channel kept", ge=1, le=8)
 
     def purify(self, train: ImageSet, seed: int, progress: bool = True,
-               clean_images: np.ndarray | None = None) -> ImageSet:
+               clean: ImageSet | None = None) -> ImageSet:
         return train.with_images(batched_uint8(train.images, lambda x: bit_depth(x, self.bits)))
 
 
@@ -95,5 +95,5 @@ class Blur(DefenseConfig):
             raise ConfigError(f"defense.kernel={self.kernel}: must be odd")
 
     def purify(self, train: ImageSet, seed: int, progress: bool = True,
-               clean_images: np.ndarray | None = None) -> ImageSet:
+               clean: ImageSet | None = None) -> ImageSet:
         return train.with_images(batched_uint8(train.images, lambda x: gaussian_blur(x, self.kernel, self.sigma)))

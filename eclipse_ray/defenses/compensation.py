@@ -61,7 +61,7 @@ class Compensation(DefenseConfig):
     mode: str = _MODE
 
     def purify(self, train: ImageSet, seed: int, progress: bool = True,
-               clean_images: np.ndarray | None = None) -> ImageSet:
+               clean: ImageSet | None = None) -> ImageSet:
         return apply_compensation(train, self.gray_p, self.noise_sigma, self.mode, seed)
 
     def train_transform(self) -> BatchTransform | None:

@@ -66,6 +66,7 @@ class DiffusionDefense(DefenseConfig):
     device: str = setting("auto", "auto, cpu or cuda[:N]")
     train_preset: str = setting("tiny", "auto model: UNet preset", choices=tuple(PRESETS))
     train_iterations: int = setting(2000, "auto model: training iterations", ge=1)
+    train_batch_size: int = setting(64, "auto model: training batch size", ge=1)
     train_clean_fraction: float = setting(0.04, "auto model: share of the training set held clean", gt=0.0, le=1.0)
 
     def validate(self) -> None:
@@ -77,25 +78,26 @@ class DiffusionDefense(DefenseConfig):
         from eclipse_ray.diffusion.train import DiffusionTrainConfig
 
         return dataclasses.replace(DiffusionTrainConfig(), preset=self.train_preset, iterations=self.train_iterations,
-                                   clean_fraction=self.train_clean_fraction, device=self.device, **self.recipe)
+                                   batch_size=self.train_batch_size, clean_fraction=self.train_clean_fraction,
+                                   device=self.device, **self.recipe)
 
-    def model_path(self, train: ImageSet, clean_images: np.ndarray | None, progress: bool = True) -> Path:
+    def model_path(self, train: ImageSet, clean: ImageSet | None, progress: bool = True) -> Path:
         """The model directory; for ``auto`` trained (once, cached) on the clean reference set."""
         if self.model != "auto":
             return Path(self.model)
         from eclipse_ray.diffusion.train import clean_reference_rows, train_diffusion
 
         tcfg = self.train_config()
-        rows = clean_reference_rows(train, tcfg.clean_fraction, tcfg.seed)
-        images = (clean_images if clean_images is not None else train.images)[rows]
-        clean = ImageSet(images, train.labels[rows], train.index[rows], np.zeros(len(rows), bool), train.classes)
-        h = hashlib.sha256(images.tobytes() + clean.index.tobytes() + config_hash(flatten(tcfg)).encode())
+        src = clean if clean is not None else train  # drawn on true labels: the same set whatever the attack
+        rows = clean_reference_rows(src, tcfg.clean_fraction, tcfg.seed)
+        ref = ImageSet(src.images[rows], src.labels[rows], src.index[rows], np.zeros(len(rows), bool), src.classes)
+        h = hashlib.sha256(ref.images.tobytes() + ref.index.tobytes() + config_hash(flatten(tcfg)).encode())
         out = cache_root() / "models" / h.hexdigest()[:16]
         from eclipse_ray.distributed.cache import file_lock
 
         with file_lock(out.with_suffix(".lock")):  # concurrent trials train it once
             if not (out / "config.json").is_file():
-                train_diffusion(tcfg, clean, out, progress=progress)
+                train_diffusion(tcfg, ref, out, progress=progress)
         return out
 
     # --- noise level ------------------------------------------------------------------------
@@ -145,8 +147,8 @@ class DiffusionDefense(DefenseConfig):
         return images
 
     def purify(self, train: ImageSet, seed: int, progress: bool = True,
-               clean_images: np.ndarray | None = None) -> ImageSet:
-        run, model = self.make_purifier(self.model_path(train, clean_images, progress), seed)
+               clean: ImageSet | None = None) -> ImageSet:
+        run, model = self.make_purifier(self.model_path(train, clean, progress), seed)
         out = np.empty_like(train.images)
         bar = tqdm(total=len(train), desc=f"purify {self.name}", unit="img", disable=not progress, leave=False)
         for i in range(0, len(train), self.batch_size):

@@ -20,7 +20,7 @@ from eclipse_ray.config import config_hash, flatten
 from eclipse_ray.data import store
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
-from eclipse_ray.victim.metrics import originals_aligned
+from eclipse_ray.victim.metrics import clean_view
 
 
 @contextlib.contextmanager
@@ -52,7 +52,7 @@ def cached_purify(data: Dataset, attack_flat: dict, defense, seed: int, cache_di
         t = time.perf_counter()
         train = data.train
         purified = defense.purify(train, seed, progress=progress,
-                                  clean_images=originals_aligned(train, data.splits.get("originals")))
+                                  clean=clean_view(train, data.splits.get("originals")))
         purified = purified.with_images(purified.images, purify_seconds=time.perf_counter() - t)
         store.write_dataset(path, {"train": purified}, {"purification_key": key, "defense": flatten(defense)})
         return purified, False

@@ -33,7 +33,7 @@ from eclipse_ray.data import store
 from eclipse_ray.data.imageset import ImageSet, check_same_samples
 from eclipse_ray.defenses import DefenseConfig
 from eclipse_ray.defenses.diffusion import DiffusionDefense
-from eclipse_ray.victim.metrics import originals_aligned
+from eclipse_ray.victim.metrics import clean_view
 
 ImagePurifier = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -102,7 +102,7 @@ def purify_dataset(input_dir: str | Path, defense: DefenseConfig, out_dir: str |
     model_dir, model_fp = None, "none"
     if isinstance(defense, _DD):
         originals = store.read_split(input_dir, "originals") if "originals" in doc["splits"] else None
-        model_dir = str(defense.model_path(train, originals_aligned(train, originals), progress))
+        model_dir = str(defense.model_path(train, clean_view(train, originals), progress))
         model_fp = model_fingerprint(model_dir)
     key = request_key(input_dir, defense, model_fp, seed)
     if (out_dir / "meta.json").is_file():
