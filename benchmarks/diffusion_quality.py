@@ -17,6 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
+from eclipse_ray.results.store import read_results
 from eclipse_ray.trial import build_config, run_trial
 
 DEFAULT_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_subset.npz"
@@ -47,9 +48,12 @@ def main() -> None:
         settings = {"victim.epochs": "10", "seed": str(args.seed), **extra}
         if defense != "none":
             settings.update({"defense.train_iterations": str(args.iterations), "defense.train_preset": "tiny"})
+        cfg = build_config(f"npz:{args.npz}", attack, defense, settings)
+        done = read_results(args.results)
+        if not done.empty and cfg.hash() in set(done["config_hash"]):
+            continue  # measured already (rerun to finish an interrupted benchmark)
         t = time.perf_counter()
-        row = run_trial(build_config(f"npz:{args.npz}", attack, defense, settings), results_dir=args.results,
-                        reference=False, progress=False)
+        row = run_trial(cfg, results_dir=args.results, reference=False, progress=False)
         print(f"{attack:>8} + {defense:<8} σ={row.get('defense.sigma', 0) or 0:.4f} t*={row.get('defense.t_star', 0)}"
               f" test_acc {row['test_acc']:.3f}" + (f" asr {row['asr']:.3f}" if "asr" in row else "")
               + f" psnr_p {row.get('purify_psnr_poisoned', float('nan')):.1f}"
