@@ -90,7 +90,6 @@ def purify_dataset(input_dir: str | Path, defense: DefenseConfig, out_dir: str |
                    actors: int = 0, address: str | None = None, batch_size: int | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Purify the ``train`` split of ``input_dir`` into ``out_dir`` (other splits copied). Returns a report."""
-    from eclipse_ray.defenses.diffusion import DiffusionDefense as _DD
     from eclipse_ray.diffusion.unet import model_fingerprint
 
     input_dir, out_dir = Path(input_dir), Path(out_dir)
@@ -100,7 +99,7 @@ def purify_dataset(input_dir: str | Path, defense: DefenseConfig, out_dir: str |
     shape = tuple(doc["image_shape"])
     train = store.read_split(input_dir, "train")
     model_dir, model_fp = None, "none"
-    if isinstance(defense, _DD):
+    if isinstance(defense, DiffusionDefense):
         originals = store.read_split(input_dir, "originals") if "originals" in doc["splits"] else None
         model_dir = str(defense.model_path(train, clean_view(train, originals), progress))
         model_fp = model_fingerprint(model_dir)
@@ -149,7 +148,7 @@ def purify_dataset(input_dir: str | Path, defense: DefenseConfig, out_dir: str |
     report = {"key": key, "defense": flatten(defense, "defense."), "model": model_dir, "model_fingerprint": model_fp,
               "seed": seed, "input": str(input_dir), "rows": len(train), "shards_computed": len(pending),
               "seconds": seconds, "actors": actors}
-    if isinstance(defense, _DD):
+    if isinstance(defense, DiffusionDefense):
         from eclipse_ray.diffusion.unet import load_model
 
         report["resolved"] = defense.resolved(load_model(model_dir))
@@ -214,7 +213,6 @@ def _finish_shard(input_dir: Path, path: Path, tables: list[pa.Table], work: Pat
     if not np.array_equal(table.column("index").to_numpy(), original):
         raise RuntimeError(f"purify: rows of {path.name} were lost or duplicated")
     rel = path.resolve().relative_to(input_dir.resolve())
-    cols = [c for c in store.COLUMNS]
-    _write_shard(table.select(cols).cast(pa.schema([pa.field("index", pa.int64()), pa.field("label", pa.int64()),
+    _write_shard(table.select(list(store.COLUMNS)).cast(pa.schema([pa.field("index", pa.int64()), pa.field("label", pa.int64()),
                                                     pa.field("poisoned", pa.bool_()),
                                                     pa.field("image", pa.binary())])), work / rel)
