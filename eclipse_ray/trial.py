@@ -73,12 +73,20 @@ def build_config(dataset: str, attack: str = "none", defense: str = "none",
                        victim=with_overrides(victim, per["victim"], prefix="victim."), seed=seed)
 
 
-def prepare(cfg: TrialConfig, data_dir: str | Path | None = None) -> Dataset:
-    """Load and poison the data (all validation that needs the dataset happens here)."""
+def prepare(cfg: TrialConfig, data_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> Dataset:
+    """Load and poison the data (all validation that needs the dataset happens here).
+
+    Crafted attacks (``attack.crafted``) are read from the poison cache under
+    ``cache_dir`` ($ECLIPSE_RAY_CACHE when not given) and crafted only once.
+    """
     data = load_dataset(cfg.dataset, data_dir)
-    if cfg.attack.name != "none":
-        return cfg.attack.apply(data)
-    return data
+    if cfg.attack.name == "none":
+        return data
+    if cfg.attack.crafted:
+        from eclipse_ray.distributed.cache import cached_attack
+
+        return cached_attack(cfg.attack, data, cfg.dataset, cache_dir)
+    return cfg.attack.apply(data)
 
 
 def _reference_accuracy(cfg: TrialConfig, data: Dataset, cache_dir: Path | None, progress: bool) -> float:
@@ -121,7 +129,7 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
     """
     t0 = time.perf_counter()
     device = pick_device(cfg.victim.device)
-    data = data if data is not None else prepare(cfg, data_dir)
+    data = data if data is not None else prepare(cfg, data_dir, cache_dir)
     t_attack = time.perf_counter() - t0
     train = data.train
     kind = data.meta.get("attack_kind", "none")
@@ -161,7 +169,7 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
 
     row: dict[str, Any] = {**cfg.flat(), "attack.kind": kind, "n_train": len(train),
                            "n_poisoned": int(train.poisoned.sum()), "n_test": len(data.test), **m,
-                           "attack_seconds": t_attack, "purify_seconds": t_purify, "train_seconds": t_train,
+                           "attack_seconds": t_attack, "craft_seconds": data.meta.get("craft_seconds"), "purify_seconds": t_purify, "train_seconds": t_train,
                            "seconds": time.perf_counter() - t0,
                            "images_per_second": len(train) / t_purify if cfg.defense.purifies and t_purify > 0
                            else None,

@@ -34,6 +34,8 @@ class AttackConfig(Config):
     name: ClassVar[str] = ""
     kind: ClassVar[str] = NONE
     summary: ClassVar[str] = ""
+    # Crafted against a surrogate model (costly): trials read it from the poison cache.
+    crafted: ClassVar[bool] = False
 
     def check_dataset(self, train: ImageSet) -> None:
         """Dataset-dependent checks (target class in range, image size), before anything is written."""

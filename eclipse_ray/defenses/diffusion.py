@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -37,13 +36,10 @@ from eclipse_ray.defenses.compensation import (apply_compensation, compensation_
                                                compensation_transform)
 from eclipse_ray.diffusion.samplers import SAMPLERS, SamplerPlan, purify_batch
 from eclipse_ray.diffusion.unet import PRESETS, DiffusionModel, load_model
+from eclipse_ray.distributed.cache import cache_root
 from eclipse_ray.victim.train import BatchTransform, pick_device
 
 ImagePurifier = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("ECLIPSE_RAY_CACHE", Path.home() / ".cache" / "eclipse_ray"))
 
 
 @dataclass(frozen=True)

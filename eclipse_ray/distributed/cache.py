@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import time
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +22,11 @@ from eclipse_ray.data import store
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.victim.metrics import clean_view
+
+
+def cache_root() -> Path:
+    """Where trained models, crafted poisons and purified sets are cached ($ECLIPSE_RAY_CACHE)."""
+    return Path(os.environ.get("ECLIPSE_RAY_CACHE", Path.home() / ".cache" / "eclipse_ray"))
 
 
 @contextlib.contextmanager
@@ -56,3 +62,24 @@ def cached_purify(data: Dataset, attack_flat: dict, defense, seed: int, cache_di
         purified = purified.with_images(purified.images, purify_seconds=time.perf_counter() - t)
         store.write_dataset(path, {"train": purified}, {"purification_key": key, "defense": flatten(defense)})
         return purified, False
+
+
+def cached_attack(attack, data: Dataset, dataset: str, cache_dir: str | Path | None = None) -> Dataset:
+    """``attack.apply(data)``, crafted once per (dataset, attack config) and then read from the cache.
+
+    For attacks that optimise their poisons against a surrogate (EM, TAP,
+    gradient matching …), whose crafting costs many victim trainings. The
+    crafting time is kept in the dataset meta (``craft_seconds``) either way.
+    """
+    key = config_hash({"dataset": dataset, **flatten(attack, "attack.")})
+    root = Path(cache_dir) if cache_dir else cache_root()
+    path = root / "poisons" / key
+    with file_lock(root / "poisons" / f"{key}.lock"):
+        if (path / "meta.json").is_file():
+            splits, meta = store.read_dataset(path)
+            return Dataset(data.name, splits, {**data.meta, **meta, "poison_cached": True})
+        t = time.perf_counter()
+        poisoned = attack.apply(data)
+        meta = {**poisoned.meta, "craft_seconds": poisoned.meta.get("craft_seconds", time.perf_counter() - t)}
+        store.write_dataset(path, poisoned.splits, {**meta, "poison_key": key})
+        return Dataset(poisoned.name, poisoned.splits, {**meta, "poison_cached": False})

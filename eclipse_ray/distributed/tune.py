@@ -52,7 +52,7 @@ def run_spec(trial: dict[str, Any], results_dir: str, cache_dir: str, data_dir: 
     done = read_results(results_dir)
     if not done.empty and key in set(done["config_hash"]):
         return {**done[done["config_hash"] == key].iloc[-1].to_dict(), "resumed": True}
-    data = prepare(cfg, data_dir)
+    data = prepare(cfg, data_dir, cache_dir)
     purified, reused = None, None
     if cfg.defense.purifies:
         purified, reused = cached_purify(data, flatten(cfg.attack, "attack."), cfg.defense, cfg.seed, cache_dir,
