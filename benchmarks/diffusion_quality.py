@@ -31,6 +31,12 @@ TRIALS = [
     ("ops", "eclipse", {**ONESHOT, "defense.sigma": "0.05"}),
     ("badnets", "eclipse", {**ONESHOT, "defense.sigma": "0.05"}),
     ("ops", "none", {}),
+    # σ around the working point, for "the σ each works best"
+    ("lsp", "eclipse", {**ONESHOT, "defense.sigma": "0.025"}),
+    ("none", "eclipse", {**ONESHOT, "defense.sigma": "0.025"}),
+    ("lsp", "eclipse", {**ONESHOT, "defense.sigma": "0.1"}),
+    ("none", "eclipse", {**ONESHOT, "defense.sigma": "0.1"}),
+    ("lsp", "denoise", {"defense.sigma": "0.2"}),
 ]
 PUREGEN = {"defense.sampler": "ddim", "defense.steps": "4", "defense.sigma": "0.1"}
 TRIALS_PUREGEN = [(a, "puregen-ddpm", PUREGEN) for a in ("lsp", "none", "ops", "badnets")]

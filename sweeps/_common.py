@@ -21,7 +21,12 @@ CIFAR10 = {"dataset": "cifar10",
            "victim": {"victim.arch": "resnet18", "victim.epochs": "80", "victim.batch_size": "128"},
            "defense": {"defense.train_iterations": "250000", "defense.train_preset": "paper",
                        "defense.batch_size": "512"}}
-PRESETS = {"smoke": SMOKE, "cifar10": CIFAR10}
+# subset: the 4,660-image CIFAR-10 subset shipped beside the checkout (../shared/data), CPU scale: the
+# tiny DDPM of benchmarks/diffusion_quality.py (600 iterations; cached under $ECLIPSE_RAY_CACHE), fast victim.
+SUBSET_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_subset.npz"
+SUBSET = {"dataset": f"npz:{SUBSET_NPZ}", "victim": {"victim.epochs": "10"},
+          "defense": {"defense.train_iterations": "600", "defense.train_preset": "tiny"}}
+PRESETS = {"smoke": SMOKE, "subset": SUBSET, "cifar10": CIFAR10}
 
 
 def parser(description: str) -> argparse.ArgumentParser:

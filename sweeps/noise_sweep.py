@@ -5,6 +5,7 @@ for each purifier's cost on clean data), every trial a fast-victim training on
 a purified set from the shared purification cache.
 
     python sweeps/noise_sweep.py --preset smoke            # digits, CPU, offline
+    ECLIPSE_RAY_CACHE=cache python sweeps/noise_sweep.py --preset subset   # CIFAR-10 subset, CPU
     ray job submit --working-dir . -- python sweeps/noise_sweep.py --preset cifar10
 
 smoke preset, measured on the 2-core CPU machine: see README ("Sweeps").
@@ -19,6 +20,8 @@ from eclipse_ray.distributed.tune import spec
 GRIDS = {
     "smoke": dict(sigmas=(0.05, 0.15), attacks=("lsp", "badnets"), defenses=("denoise", "eclipse"),
                   sampler={"defense.sampler": "oneshot"}),
+    "subset": dict(sigmas=(0.0125, 0.025, 0.05, 0.075, 0.1), attacks=("lsp", "ops"), defenses=("eclipse", "denoise"),
+                   sampler={"defense.sampler": "oneshot"}),
     "cifar10": dict(sigmas=(0.0125, 0.0249, 0.035, 0.05, 0.1), attacks=("lsp", "ops", "ar", "badnets"),
                     defenses=("eclipse", "denoise"), sampler={}),
 }

@@ -13,6 +13,7 @@ from _common import main, trial_settings
 from eclipse_ray.distributed.tune import spec
 
 GRIDS = {"smoke": dict(rates=(0.05, 0.2), attacks=("badnets",), defenses=("none", "eclipse")),
+         "subset": dict(rates=(0.1, 0.5, 1.0), attacks=("lsp", "badnets"), defenses=("none", "eclipse")),
          "cifar10": dict(rates=(0.01, 0.05, 0.1, 0.2, 0.5, 1.0), attacks=("lsp", "badnets", "blend"),
                          defenses=("none", "jpeg", "eclipse"))}
 
@@ -25,8 +26,9 @@ def build(preset, args):
             for rate in g["rates"]:
                 for defense in g["defenses"]:
                     extra = {"attack.rate": str(rate)}
-                    if defense == "eclipse" and args.preset == "smoke":
-                        extra.update({"defense.sampler": "oneshot", "defense.sigma": "0.1"})
+                    if defense == "eclipse" and args.preset in ("smoke", "subset"):
+                        extra.update({"defense.sampler": "oneshot",
+                                      "defense.sigma": "0.1" if args.preset == "smoke" else "0.05"})
                     specs.append(spec(preset["dataset"], attack, defense,
                                       trial_settings(preset, defense, extra, seed, args.user)))
     return specs

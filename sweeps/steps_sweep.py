@@ -14,6 +14,7 @@ from _common import main, trial_settings
 from eclipse_ray.distributed.tune import spec
 
 GRIDS = {"smoke": dict(sigma=0.05, steps=(1, 3), attacks=("lsp",), full_chain=False),
+         "subset": dict(sigma=0.05, steps=(1, 2, 5), attacks=("lsp",), full_chain=False),
          "cifar10": dict(sigma=0.0249, steps=(1, 2, 5, 10, 20), attacks=("lsp", "ops", "badnets"), full_chain=True)}
 
 
