@@ -4,6 +4,9 @@
     eclipse-ray show DATASET_OR_DIR --out grid.png
     eclipse-ray poison --dataset D --attack A [--set k=v ...] --out DIR
     eclipse-ray run --dataset D --attack A --defense P [--set k=v ...] --results DIR
+    eclipse-ray train-ebm --dataset D --out DIR [--set ebm.iterations=N ...]
+    eclipse-ray import FORMAT PATH --out DIR [--clean DATASET]
+    eclipse-ray certify --dataset D [--attack A] --out DIR [--set certify.models=N ...] [--address A]
 
 Bad input ends with one line ``eclipse-ray: error: …`` on stderr, exit code 2,
 and nothing written.
@@ -113,6 +116,28 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> None:
                       "schedule": cfg.schedule, "num_steps": cfg.num_steps, "t_max": cfg.t_max}))
 
 
+def _cmd_train_ebm(args: argparse.Namespace) -> None:
+    from eclipse_ray.data.sources import load_dataset
+    from eclipse_ray.diffusion.train import clean_reference_rows
+    from eclipse_ray.ebm.train import ebm_train_config_with, train_ebm
+    from eclipse_ray.victim.metrics import clean_view
+
+    overrides = split_overrides(args.set)
+    bad = [k for k in overrides if not k.startswith("ebm.")]
+    if bad:
+        raise ConfigError(f"unknown setting {bad[0]!r} (train-ebm takes ebm.* settings)")
+    cfg = ebm_train_config_with({k[len("ebm."):]: v for k, v in overrides.items()})
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or {p.name for p in out.iterdir()} - {"checkpoint"}):
+        raise ConfigError(f"{out} already exists and is not an interrupted training run; choose a new directory")
+    data = load_dataset(args.dataset, args.data_dir)
+    full = clean_view(data.train, data.splits.get("originals"))
+    clean = full.subset(clean_reference_rows(full, cfg.clean_fraction, cfg.seed))
+    path = train_ebm(cfg, clean, out, progress=not args.quiet, extra_info={"dataset": args.dataset})
+    print(json.dumps({"out": str(path), "clean_images": len(clean), "iterations": cfg.iterations,
+                      "preset": cfg.preset, "mcmc_steps": cfg.mcmc_steps}))
+
+
 def _cmd_purify(args: argparse.Namespace) -> None:
     from eclipse_ray.defenses import DEFENSES
     from eclipse_ray.distributed.purify import purify_dataset
@@ -153,6 +178,35 @@ def _cmd_results(args: argparse.Namespace) -> None:
         print(f"wrote {path}" if path else "nothing to plot (no poison_success values)")
     else:
         print(f"wrote {write_report(args.study, args.out)}")
+
+
+def _cmd_certify(args: argparse.Namespace) -> None:
+    from eclipse_ray.certify.report import interpretation
+    from eclipse_ray.certify.run import build_job, run_certify
+
+    job = build_job(args.dataset, args.attack, split_overrides(args.set))
+    s = run_certify(job, args.out, data_dir=args.data_dir, use_ray=not args.in_process, address=args.address,
+                    progress=not args.quiet)
+    print(f"certified accuracy — {s['dataset']}, attack {s['attack.name']}, σ = {s['certify.sigma_resolved']:.4g} "
+          f"(t* = {s['defense.t_star']}), N = {s['certify.models']} models (n0 = {s['certify.n0']} select, "
+          f"n = {s['certify.n']} estimate), α = {s['certify.alpha']:g}; "
+          f"{s['models_trained']} trained, {s['models_reused']} reused")
+    print(Path(args.out, "certified_accuracy.md").read_text().rstrip())
+    for line in interpretation(s):
+        print(f"- {line}")
+    print(f"wrote {args.out}/radii.parquet, certified_accuracy.csv/.md/.png, certify.json")
+
+
+def _cmd_import(args: argparse.Namespace) -> None:
+    from eclipse_ray.data.importers import import_poisons
+    from eclipse_ray.data.store import write_dataset
+
+    _refuse_existing(args.out)
+    data = import_poisons(args.format, args.path, args.clean, args.data_dir, progress=not args.quiet,
+                          trainset_size=args.trainset_size)
+    path = write_dataset(args.out, data.splits, data.meta)
+    print(json.dumps({"out": str(path), "format": args.format, "splits": {k: len(v) for k, v in data.splits.items()},
+                      "poisoned": int(data.train.poisoned.sum()), "attack_kind": data.meta.get("attack_kind")}))
 
 
 def _refuse_existing(out: str) -> None:
@@ -210,6 +264,14 @@ def parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(fn=_cmd_train_diffusion)
 
+    sp = sub.add_parser("train-ebm", help="train a PureGen EBM (contrastive divergence) on the clean reference set")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--out", required=True, help="model directory (model.safetensors + config.json); rerun to resume")
+    sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ebm.* settings")
+    sp.add_argument("--quiet", action="store_true")
+    common(sp)
+    sp.set_defaults(fn=_cmd_train_ebm)
+
     sp = sub.add_parser("purify", help="purify a dataset directory's train split (Ray Data actor pool)")
     sp.add_argument("--input", required=True, help="dataset directory (eclipse-ray poison output)")
     sp.add_argument("--defense", required=True)
@@ -226,6 +288,31 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("study", help="results store directory (results/<study>)")
     sp.add_argument("--out", default=None, help="plot: PNG path; report: output directory")
     sp.set_defaults(fn=_cmd_results)
+
+    sp = sub.add_parser("import", help="turn poisons made with another tool into a dataset directory")
+    sp.add_argument("format", choices=("apbench", "toxic", "backdoorbench", "eclipse", "npz"),
+                    help="apbench: data/<index>.png folder; toxic: 'Just how toxic' trial folder; backdoorbench: "
+                         "attack_result.pt; eclipse: <POISON>.pkl; npz: x_train,y_train,x_test,y_test[,poisoned,…]")
+    sp.add_argument("path", help="the foreign file or folder")
+    sp.add_argument("--out", required=True, help="new dataset directory (then: eclipse-ray run --dataset DIR)")
+    sp.add_argument("--clean", default=None, help="clean dataset the poisons were made from (cifar10, npz:PATH …)")
+    sp.add_argument("--trainset-size", type=int, default=None,
+                    help="toxic: rebuild the benchmark's training subset of this size (e.g. 2500)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    common(sp)
+    sp.set_defaults(fn=_cmd_import)
+
+    sp = sub.add_parser("certify", help="certified denoising (Hong et al.): N noised+denoised trainings, radii")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--attack", default="none")
+    sp.add_argument("--out", required=True, help="output directory; rerun the same command to resume")
+    sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="certify.* (sigma, models, alpha …), attack.*, defense.* (denoise), victim.*")
+    sp.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    sp.add_argument("--in-process", action="store_true", help="train the models one by one here, without Ray")
+    sp.add_argument("--quiet", action="store_true")
+    common(sp)
+    sp.set_defaults(fn=_cmd_certify)
     return p
 
 
