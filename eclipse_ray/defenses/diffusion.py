@@ -138,6 +138,12 @@ class DiffusionDefense(DefenseConfig):
 
         return run, model
 
+    def image_purifier(self, model_dir: str | Path | None, seed: int) -> ImagePurifier:
+        return self.make_purifier(model_dir, seed)[0]
+
+    def model_resolved(self, model_dir: str | Path) -> dict[str, Any]:
+        return self.resolved(load_model(model_dir))
+
     def finish_batch(self, images: np.ndarray, index: np.ndarray, seed: int) -> np.ndarray:
         """Per-batch post-processing after the sampler (ECLIPSE: once-off compensation)."""
         return images

@@ -30,9 +30,8 @@ from tqdm.auto import tqdm
 
 from eclipse_ray.config import ConfigError, flatten
 from eclipse_ray.data import store
-from eclipse_ray.data.imageset import ImageSet, check_same_samples
+from eclipse_ray.data.imageset import check_same_samples
 from eclipse_ray.defenses import DefenseConfig
-from eclipse_ray.defenses.diffusion import DiffusionDefense
 from eclipse_ray.victim.metrics import clean_view
 
 ImagePurifier = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -40,15 +39,7 @@ ImagePurifier = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def make_purifier(defense: DefenseConfig, model_dir: str | None, seed: int) -> ImagePurifier:
     """f(uint8 NHWC images, index) -> purified images, with any model loaded once."""
-    if isinstance(defense, DiffusionDefense):
-        run, _ = defense.make_purifier(model_dir, seed)
-        return run
-
-    def run_plain(images: np.ndarray, index: np.ndarray) -> np.ndarray:
-        s = ImageSet(images, np.zeros(len(images), np.int64), index, np.zeros(len(images), bool), ("x",))
-        return defense.purify(s, seed, progress=False).images
-
-    return run_plain
+    return defense.image_purifier(model_dir, seed)
 
 
 class PurifyActor:
@@ -99,7 +90,7 @@ def purify_dataset(input_dir: str | Path, defense: DefenseConfig, out_dir: str |
     shape = tuple(doc["image_shape"])
     train = store.read_split(input_dir, "train")
     model_dir, model_fp = None, "none"
-    if isinstance(defense, DiffusionDefense):
+    if defense.needs_model:
         originals = store.read_split(input_dir, "originals") if "originals" in doc["splits"] else None
         model_dir = str(defense.model_path(train, clean_view(train, originals), progress))
         model_fp = model_fingerprint(model_dir)
@@ -148,10 +139,8 @@ def purify_dataset(input_dir: str | Path, defense: DefenseConfig, out_dir: str |
     report = {"key": key, "defense": flatten(defense, "defense."), "model": model_dir, "model_fingerprint": model_fp,
               "seed": seed, "input": str(input_dir), "rows": len(train), "shards_computed": len(pending),
               "seconds": seconds, "actors": actors}
-    if isinstance(defense, DiffusionDefense):
-        from eclipse_ray.diffusion.unet import load_model
-
-        report["resolved"] = defense.resolved(load_model(model_dir))
+    if model_dir is not None:
+        report["resolved"] = defense.model_resolved(model_dir)
     new_doc = {**doc, "meta": {**doc.get("meta", {}), "purify": report}}
     (work / "meta.json").write_text(json.dumps(new_doc, indent=2, default=str))
     out_dir.parent.mkdir(parents=True, exist_ok=True)

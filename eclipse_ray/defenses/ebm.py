@@ -1,0 +1,121 @@
+"""``puregen-ebm``: purify with Langevin dynamics on an energy-based model (Bhat et al., NeurIPS 2024).
+
+Each training image, mapped to [-1, 1], takes ``steps`` = 150 Langevin steps
+x ← x − (η²/2)·∇E(x)/τ + η·n with η = 1.25e-2, τ = 1e-4 and no initial noise
+(PureGen §3 and their ``ebm_purify``), and is mapped back to uint8. Each step is
+one forward and one backward pass of the energy network.
+
+``defense.model`` is an EBM directory (``eclipse-ray train-ebm``) or ``auto``:
+train one by contrastive divergence on the defender's clean reference set (the
+same 4 % stratified draw of the training split the diffusion defenses use),
+cached under ``cache_root()/models/<hash>`` and trained once per (clean set,
+recipe) even by concurrent trials. Deviation: PureGen's EBM is trained on a
+separate large dataset (CINIC-10's ImageNet part); see :mod:`eclipse_ray.ebm.train`.
+
+Result columns added once the model is known: ``defense.model_calls`` (= steps),
+``defense.langevin_sigma`` (η/2·√steps, the std in pixel units that the injected
+noise alone would reach without the energy's drift), ``defense.ebm_arch`` and
+``defense.ebm_width``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from eclipse_ray.config import config_hash, flatten, setting
+from eclipse_ray.data.imageset import ImageSet
+from eclipse_ray.defenses.base import DefenseConfig, ImagePurifier
+from eclipse_ray.ebm.net import PRESETS
+
+
+@dataclass(frozen=True)
+class PureGenEBM(DefenseConfig):
+    name: ClassVar[str] = "puregen-ebm"
+    summary: ClassVar[str] = "Langevin dynamics on an EBM: 150 steps, η = 1.25e-2, τ = 1e-4 (PureGen)"
+
+    model: str = setting("auto", "EBM directory, or auto: train one on the clean reference set (cached)")
+    steps: int = setting(150, "Langevin steps (PureGen: 150)", ge=0)
+    eta: float = setting(1.25e-2, "Langevin step size η on [-1,1] (PureGen: 1.25e-2)", ge=0.0)
+    tau: float = setting(1e-4, "Langevin temperature τ (PureGen: 1e-4)", gt=0.0)
+    batch_size: int = setting(64, "images per Langevin batch", ge=1)
+    device: str = setting("auto", "auto, cpu or cuda[:N]")
+    train_preset: str = setting("small", "auto model: energy network preset", choices=tuple(PRESETS))
+    train_iterations: int = setting(1000, "auto model: contrastive-divergence iterations", ge=1)
+    train_batch_size: int = setting(64, "auto model: batch size", ge=1)
+    train_mcmc_steps: int = setting(100, "auto model: Langevin steps per negative batch (PureGen: 100)", ge=1)
+    train_clean_fraction: float = setting(0.04, "auto model: share of the training set held clean", gt=0.0, le=1.0)
+
+    # --- the model --------------------------------------------------------------------------
+    def train_config(self):
+        from eclipse_ray.ebm.train import EBMTrainConfig
+
+        return dataclasses.replace(EBMTrainConfig(), preset=self.train_preset, iterations=self.train_iterations,
+                                   batch_size=self.train_batch_size, mcmc_steps=self.train_mcmc_steps,
+                                   clean_fraction=self.train_clean_fraction, device=self.device)
+
+    def model_path(self, train: ImageSet, clean: ImageSet | None, progress: bool = True) -> Path:
+        """The EBM directory; for ``auto`` trained (once, cached) on the clean reference set."""
+        if self.model != "auto":
+            return Path(self.model)
+        from eclipse_ray.diffusion.train import clean_reference_rows
+        from eclipse_ray.distributed.cache import cache_root, file_lock
+        from eclipse_ray.ebm.train import train_ebm
+
+        tcfg = self.train_config()
+        src = clean if clean is not None else train  # drawn on true labels: the same set whatever the attack
+        rows = clean_reference_rows(src, tcfg.clean_fraction, tcfg.seed)
+        ref = ImageSet(src.images[rows], src.labels[rows], src.index[rows], np.zeros(len(rows), bool), src.classes)
+        h = hashlib.sha256(b"ebm|" + ref.images.tobytes() + ref.index.tobytes()
+                           + config_hash(flatten(tcfg)).encode())
+        out = cache_root() / "models" / h.hexdigest()[:16]
+        with file_lock(out.with_suffix(".lock")):  # concurrent trials train it once
+            if not (out / "config.json").is_file():
+                train_ebm(tcfg, ref, out, progress=progress)
+        return out
+
+    # --- purification -----------------------------------------------------------------------
+    def image_purifier(self, model_dir: str | Path | None, seed: int) -> ImagePurifier:
+        """Load the EBM once; f(images uint8 NHWC, index) -> purified images."""
+        from eclipse_ray.ebm.langevin import purify_images
+        from eclipse_ray.ebm.net import load_energy
+        from eclipse_ray.victim.train import pick_device
+
+        device = pick_device(self.device)
+        net, _ = load_energy(model_dir, device)
+
+        def run(images: np.ndarray, index: np.ndarray) -> np.ndarray:
+            return purify_images(net, images, index, seed, self.steps, self.eta, self.tau, device)
+
+        return run
+
+    def model_resolved(self, model_dir: str | Path) -> dict[str, Any]:
+        """Result columns filled in once the model is known."""
+        import json
+
+        info = json.loads((Path(model_dir) / "config.json").read_text())
+        return {"defense.model_calls": self.steps, "defense.langevin_sigma": self.eta / 2 * math.sqrt(self.steps),
+                "defense.ebm_arch": info.get("arch"), "defense.ebm_width": info.get("width")}
+
+    def purify(self, train: ImageSet, seed: int, progress: bool = True,
+               clean: ImageSet | None = None) -> ImageSet:
+        model_dir = self.model_path(train, clean, progress)
+        run = self.image_purifier(model_dir, seed)
+        out = np.empty_like(train.images)
+        bar = tqdm(total=len(train), desc=f"purify {self.name}", unit="img", disable=not progress, leave=False)
+        for i in range(0, len(train), self.batch_size):
+            sl = slice(i, i + self.batch_size)
+            out[sl] = run(train.images[sl], train.index[sl])
+            bar.update(len(out[sl]))
+        bar.close()
+        return train.with_images(out, resolved=self.model_resolved(model_dir))
+
+
+__all__ = ["PureGenEBM"]
