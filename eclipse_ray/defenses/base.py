@@ -4,20 +4,24 @@ A *purification* defense rewrites the training images once, offline
 (:meth:`DefenseConfig.purify`), keeping every sample's index, label and poison
 flag (checked by the caller). It may also ask for a per-batch transform during
 victim training (:meth:`DefenseConfig.train_transform`), which is how ECLIPSE's
-public code applies its compensation.
+public code applies its compensation. A *training-time* defense (V&B) replaces
+victim training altogether (:meth:`DefenseConfig.train_victim`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
 
 from eclipse_ray.config import Config
 from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.victim.train import BatchTransform
+from eclipse_ray.victim.train import BatchTransform, Victim, VictimConfig
+
+ImagePurifier = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (uint8 NHWC images, index) -> images
 
 
 @dataclass(frozen=True)
@@ -39,10 +43,44 @@ class DefenseConfig(Config):
         """A transform applied to every training batch, or ``None``."""
         return None
 
+    def train_victim(self, victim_cfg: VictimConfig, train: ImageSet, seed: int,
+                     progress: bool = True) -> tuple[Victim, dict[str, Any]] | None:
+        """A training-time defense's own training: (model to evaluate, extra result columns).
+
+        ``None`` (the default) means: train the victim normally. ``train.poisoned`` is the
+        ground truth; a defense may use it only for the metrics it returns.
+        """
+        return None
+
     @property
     def purifies(self) -> bool:
         """Whether :meth:`purify` changes pixels (so purification metrics are meaningful)."""
         return type(self).purify is not DefenseConfig.purify
+
+    # --- model-based purifiers (Ray Data loads the model once per actor) -------------------
+    def model_path(self, train: ImageSet, clean: ImageSet | None, progress: bool = True) -> Path | None:
+        """The model directory this defense purifies with (``auto``: trained once, cached); ``None``: model-free."""
+        return None
+
+    def image_purifier(self, model_dir: str | Path | None, seed: int) -> ImagePurifier:
+        """f(uint8 NHWC images, index) -> purified images, with any model loaded once (here, not per call).
+
+        Default: :meth:`purify` on each batch (model-free defenses).
+        """
+        def run(images: np.ndarray, index: np.ndarray) -> np.ndarray:
+            s = ImageSet(images, np.zeros(len(images), np.int64), index, np.zeros(len(images), bool), ("x",))
+            return self.purify(s, seed, progress=False).images
+
+        return run
+
+    def model_resolved(self, model_dir: str | Path) -> dict[str, Any]:
+        """Result columns that depend on the model (noise levels in both units, model calls …)."""
+        return {}
+
+    @property
+    def needs_model(self) -> bool:
+        """Whether :meth:`model_path` names a model to load (model-based purifier)."""
+        return type(self).model_path is not DefenseConfig.model_path
 
 
 @dataclass(frozen=True)

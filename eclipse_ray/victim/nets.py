@@ -52,11 +52,17 @@ class FastNet(nn.Module):
         self.whiten.weight.copy_(torch.cat([w, -w]))
         self.whiten.bias.zero_()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.gelu(self.whiten(x))
-        x = self.layers(x)
-        x = F.adaptive_max_pool2d(x, 1).flatten(1)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last-stage feature maps (used by V&B's attention)."""
+        return self.layers(F.gelu(self.whiten(x)))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from :meth:`features`' output."""
+        x = F.adaptive_max_pool2d(features, 1).flatten(1)
         return self.head(x) / x.shape[1] ** 0.5 * 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x))
 
 
 class BasicBlock(nn.Module):
@@ -95,8 +101,12 @@ class ResNet18(nn.Module):
         """Last-stage feature maps (used by V&B's attention)."""
         return self.stages(F.relu(self.bn1(self.conv1(x))))
 
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from :meth:`features`' output."""
+        return self.linear(F.adaptive_avg_pool2d(features, 1).flatten(1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+        return self.classify(self.features(x))
 
 
 def build_net(arch: str, num_classes: int, width: int) -> nn.Module:

@@ -1,0 +1,310 @@
+"""The Victim and the Beneficiary (V&B; Zhu et al., ICCV 2023, arXiv 2404.11265): a training-time backdoor defense.
+
+No clean data is needed. Two networks train side by side on the poisoned set:
+
+1. The *Victim* (Adam 1e-3, weight decay 5e-4, no augmentation) trains one
+   epoch of cross-entropy on all data, then only on *suspicious* samples, so it
+   becomes a strong poison detector. Suspicious = the per-sample entropy of its
+   prediction, temporally smoothed (0.75·new + 0.25·old) and min-max
+   normalised, lies below a threshold (``max(1 − 0.4·e, 0.2)`` in warm-up epoch
+   ``e``, i.e. 0.6 then 0.2; 0.2 after).
+2. The *Beneficiary* (SGD 0.1, momentum 0.9, weight decay 5e-4, lr ×0.1 at
+   epochs 50/100/150 of 200, crop + flip) trains on the *credible* samples with
+   AttentionMix (:mod:`eclipse_ray.victim.attention_mix`). Every 5 epochs the
+   Victim trains one more epoch on the suspicious samples and the split is
+   re-computed.
+3. After epoch 100 (*semi-supervised suppression*) the suspicious samples lose
+   their labels: pseudo-label = argmax of the Beneficiary's softmax averaged
+   over two augmented views; every target (labelled and pseudo) becomes
+   ``clip(onehot − softmax(Victim(x)/3), 0, 1)``; loss = mix loss + λ·unlabelled
+   loss, λ = 0.1, then 0.5 after epoch 150. The Victim is refreshed every epoch.
+
+Every epoch count is in the paper's units and multiplied by ``epoch_scale``, so
+a 20-epoch CPU run (``epoch_scale=0.1``) keeps the schedule's shape. The
+Victim's warm-up (3 epochs, as in the public code) is not scaled.
+
+The model evaluated is the Beneficiary after its last epoch; the public code
+reports its best *test* epoch, which we do not do (no model selection on the
+test set). Both networks use ``victim.arch`` (the public code's Victim is
+always a ResNet-18, and its Beneficiary gets a fresh avg-pool + linear head;
+ours keeps the architecture's own head). The training loop never reads the
+ground-truth poison mask; :meth:`VaB.train_victim` uses it only afterwards, to
+report the split's precision and recall.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from eclipse_ray.config import ConfigError, setting
+from eclipse_ray.data.imageset import ImageSet
+from eclipse_ray.defenses.base import DefenseConfig
+from eclipse_ray.victim.attention_mix import attention_mix, feature_attention
+from eclipse_ray.victim.nets import FastNet, build_net
+from eclipse_ray.victim.train import Victim, VictimConfig, augment_batch, pick_device, to_tensor
+
+
+@dataclass(frozen=True)
+class VaB(DefenseConfig):
+    name: ClassVar[str] = "vab"
+    summary: ClassVar[str] = ("training-time: a poisoned Victim flags suspicious samples, a Beneficiary learns the "
+                              "rest with AttentionMix and semi-supervised suppression (V&B)")
+    epoch_scale: float = setting(1.0, "multiplies every Beneficiary epoch count below (0.1: 20-epoch CPU run)",
+                                 gt=0.0, le=10.0)
+    epochs: int = setting(200, "Beneficiary epochs (paper units, times epoch_scale)", ge=1)
+    milestones: tuple[int, ...] = setting((50, 100, 150), "epochs where the Beneficiary's lr drops x lr_gamma")
+    suppress_from: int = setting(100, "semi-supervised suppression after this epoch", ge=0)
+    lambda_switch: int = setting(150, "unlabelled-loss weight switches lambda1 -> lambda2 after this epoch", ge=0)
+    refresh_every: int = setting(5, "Victim epoch on suspicious data + new split every N epochs (paper units)", ge=1)
+    lr: float = setting(0.1, "Beneficiary SGD learning rate", gt=0.0)
+    lr_gamma: float = setting(0.1, "lr factor at each milestone", gt=0.0, le=1.0)
+    lr_schedule: str = setting("step", "step: x lr_gamma at the milestones (paper); linear: 20 % warm-up then "
+                               "linear decay to 0 (for short CPU runs)", choices=("step", "linear"))
+    momentum: float = setting(0.9, "Beneficiary SGD momentum", ge=0.0, lt=1.0)
+    weight_decay: float = setting(5e-4, "Beneficiary weight decay", ge=0.0)
+    batch_size: int = setting(128, "batch size of both networks", ge=2)
+    pad: int = setting(4, "Beneficiary augmentation: flip + translate by up to this many px", ge=0)
+    lambda1: float = setting(0.1, "unlabelled-loss weight from suppress_from", ge=0.0)
+    lambda2: float = setting(0.5, "unlabelled-loss weight after lambda_switch", ge=0.0)
+    temperature: float = setting(3.0, "temperature of the Victim's softmax subtracted from targets", gt=0.0)
+    attention_threshold: float = setting(0.1, "AttentionMix mask: attention >= this", ge=0.0, le=1.0)
+    victim_lr: float = setting(1e-3, "Victim Adam learning rate", gt=0.0)
+    victim_weight_decay: float = setting(5e-4, "Victim Adam weight decay (public code; the paper omits it)", ge=0.0)
+    warmup: int = setting(3, "Victim warm-up: 1 epoch on all data, then warmup-1 epochs on suspicious data", ge=1)
+    smoothing: float = setting(0.75, "weight of the new entropy in the temporal smoothing", gt=0.0, le=1.0)
+    threshold: float = setting(0.2, "suspicious: normalised entropy below this (after warm-up)", gt=0.0, lt=1.0)
+    threshold_decay: float = setting(0.4, "warm-up epoch e uses max(1 - threshold_decay*e, threshold)", ge=0.0)
+
+    def validate(self) -> None:
+        if list(self.milestones) != sorted(self.milestones) or any(m < 1 for m in self.milestones):
+            raise ConfigError(f"defense.milestones={list(self.milestones)}: must be increasing epochs ≥ 1")
+        if self.scaled(self.epochs) < 1:
+            raise ConfigError(f"defense.epoch_scale={self.epoch_scale}: leaves no Beneficiary epoch "
+                              f"(epochs={self.epochs})")
+
+    def scaled(self, n: int) -> int:
+        """An epoch count in paper units, times ``epoch_scale``, rounded half up."""
+        return int(math.floor(n * self.epoch_scale + 0.5))
+
+    def train_victim(self, victim_cfg: VictimConfig, train: ImageSet, seed: int,
+                     progress: bool = True) -> tuple[Victim, dict[str, Any]]:
+        """Train the Beneficiary on ``train``; extra metrics: the suspicious split's quality against the truth."""
+        result = train_vab(self, victim_cfg, train.images, train.labels, train.num_classes, seed, progress)
+        metrics = {"vab_epochs": result["epochs"], **split_quality(result["suspicious"], train.poisoned, "vab_"),
+                   **split_quality(result["suspicious_warmup"], train.poisoned, "vab_warmup_")}
+        return result["victim"], metrics
+
+
+def split_quality(suspicious: np.ndarray, poisoned: np.ndarray, prefix: str) -> dict[str, float]:
+    """Precision and recall of the suspicious set for the true poisons, and the share flagged."""
+    flagged, truth = int(suspicious.sum()), int(poisoned.sum())
+    hit = int((suspicious & poisoned).sum())
+    return {f"{prefix}suspicious": flagged / max(len(suspicious), 1),
+            f"{prefix}precision": hit / flagged if flagged else float("nan"),
+            f"{prefix}recall": hit / truth if truth else float("nan")}
+
+
+# ----------------------------------------------------------------------------------------------- the split
+
+
+def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean of −p·log p over classes (the public code's scale; 0·log 0 taken as 0)."""
+    p = torch.softmax(logits.float(), 1)
+    return -torch.special.xlogy(p, p).mean(1)
+
+
+def smooth_and_normalise(entropy: np.ndarray, previous: np.ndarray | None,
+                         r: float) -> tuple[np.ndarray, np.ndarray]:
+    """(min-max normalised smoothed entropy, smoothed entropy to carry to the next call)."""
+    smoothed = entropy if previous is None else r * entropy + (1 - r) * previous
+    lo, hi = smoothed.min(), smoothed.max()
+    return (smoothed - lo) / (hi - lo) if hi > lo else np.zeros_like(smoothed), smoothed
+
+
+@torch.no_grad()
+def _entropies(net: nn.Module, x_all: torch.Tensor, batch: int) -> np.ndarray:
+    net.eval()
+    out = [prediction_entropy(net(x_all[i:i + batch])) for i in range(0, len(x_all), batch)]
+    return torch.cat(out).cpu().numpy()
+
+
+def _epoch(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, batch: int,
+           gen: torch.Generator) -> None:
+    """One epoch of plain cross-entropy, no augmentation (the Victim's training)."""
+    net.train()
+    order = torch.randperm(len(x), generator=gen).to(x.device)
+    for i in range(0, len(x), batch):
+        idx = order[i:i + batch]
+        if len(idx) < 2:
+            continue
+        loss = F.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+class _Detector:
+    """The Victim and its running split: trains on suspicious samples, re-scores everyone."""
+
+    def __init__(self, cfg: VaB, net: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> None:
+        self.cfg, self.net, self.x, self.y, self.gen = cfg, net, x, y, gen
+        self.opt = torch.optim.Adam(net.parameters(), lr=cfg.victim_lr, weight_decay=cfg.victim_weight_decay)
+        self.previous: np.ndarray | None = None
+        self.suspicious = np.zeros(len(x), bool)
+
+    def train_all(self) -> None:
+        _epoch(self.net, self.opt, self.x, self.y, self.cfg.batch_size, self.gen)
+
+    def train_suspicious(self) -> None:
+        rows = torch.from_numpy(np.flatnonzero(self.suspicious)).to(self.x.device)
+        if len(rows) >= 2:
+            _epoch(self.net, self.opt, self.x[rows], self.y[rows], self.cfg.batch_size, self.gen)
+
+    def rescore(self, threshold: float) -> np.ndarray:
+        score, self.previous = smooth_and_normalise(_entropies(self.net, self.x, 512), self.previous,
+                                                    self.cfg.smoothing)
+        self.suspicious = score < threshold
+        return self.suspicious
+
+    @torch.no_grad()
+    def soft(self, x: torch.Tensor) -> torch.Tensor:
+        """softmax(Victim(x) / T): what is subtracted from the Beneficiary's targets during suppression."""
+        self.net.eval()
+        return torch.softmax(self.net(x).float() / self.cfg.temperature, 1)
+
+
+def warm_up(cfg: VaB, det: _Detector, progress: bool = False) -> np.ndarray:
+    """The Victim's warm-up (1 epoch on all data, then on suspicious data); returns the split after it."""
+    det.train_all()
+    for e in tqdm(range(1, cfg.warmup), desc="V&B victim warm-up", disable=not progress, leave=False):
+        det.rescore(max(1 - cfg.threshold_decay * e, cfg.threshold))
+        det.train_suspicious()
+    return det.rescore(cfg.threshold).copy()
+
+
+# ----------------------------------------------------------------------------------------- the Beneficiary
+
+
+def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -(F.log_softmax(logits, 1) * targets).sum(1).mean()
+
+
+def _mixed_batch(cfg: VaB, ben: nn.Module, x: torch.Tensor, targets: torch.Tensor,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two augmented views of ``x`` mixed with AttentionMix (attention from the Beneficiary itself)."""
+    views = torch.cat([augment_batch(x, gen, cfg.pad), augment_batch(x, gen, cfg.pad)])
+    with torch.no_grad():
+        att = feature_attention(ben.features(views), tuple(x.shape[2:]))
+    perm = torch.randperm(len(views), generator=gen).to(x.device)
+    mixed, mixed_targets, _ = attention_mix(views, att, torch.cat([targets, targets]), perm,
+                                            cfg.attention_threshold)
+    return mixed, mixed_targets
+
+
+def _beneficiary_epoch(cfg: VaB, ben: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                       num_classes: int, suspicious: np.ndarray, det: _Detector | None, lam: float,
+                       gen: torch.Generator, lr_at: Callable[[float], float]) -> float:
+    """One Beneficiary epoch; ``det`` given = semi-supervised suppression with unlabelled weight ``lam``."""
+    ben.train()
+    cred = torch.from_numpy(np.flatnonzero(~suspicious)).to(x.device)
+    susp = torch.from_numpy(np.flatnonzero(suspicious)).to(x.device)
+    cred = cred[torch.randperm(len(cred), generator=gen).to(x.device)]
+    susp = susp[torch.randperm(len(susp), generator=gen).to(x.device)]
+    steps = len(cred) // cfg.batch_size + 1
+    batch_u = len(susp) // steps
+    loss_sum = 0.0
+    for s in range(steps):
+        idx = cred[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+        if len(idx) < 2:
+            continue
+        for group in opt.param_groups:
+            group["lr"] = lr_at(s / steps)
+        xl = x[idx]
+        onehot = F.one_hot(y[idx], num_classes).float()
+        labelled = onehot if det is None else (onehot - det.soft(xl)).clamp(0, 1)
+        mixed, targets = _mixed_batch(cfg, ben, xl, labelled, gen)
+        loss = _soft_ce(ben(mixed), targets)
+        if det is not None:
+            uidx = susp[s * batch_u:(s + 1) * batch_u]
+            if batch_u >= 1 and len(uidx) >= 1:
+                xu = x[uidx]
+                u = torch.cat([augment_batch(xu, gen, cfg.pad), augment_batch(xu, gen, cfg.pad)])
+                logits_u = ben(u)
+                with torch.no_grad():  # pseudo-label: argmax of the two views' mean softmax
+                    p = torch.softmax(logits_u.detach().float(), 1)
+                    pseudo = F.one_hot(((p[:len(xu)] + p[len(xu):]) / 2).argmax(1), num_classes).float()
+                    target_u = (pseudo - det.soft(xu)).clamp(0, 1)
+                loss = loss + lam * _soft_ce(logits_u, torch.cat([target_u, target_u]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.item()
+    return loss_sum / steps
+
+
+def _new_net(arch: str, num_classes: int, width: int, x_norm: torch.Tensor, device: torch.device) -> nn.Module:
+    net = build_net(arch, num_classes, width).to(device)
+    if isinstance(net, FastNet):
+        net.init_whitening(x_norm[: min(len(x_norm), 5000)])
+    return net
+
+
+def train_vab(cfg: VaB, victim_cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_classes: int,
+              seed: int, progress: bool = True, stop_after_warmup: bool = False) -> dict[str, Any]:
+    """Run V&B on uint8 NHWC ``images``; returns the Beneficiary (as a Victim) and the splits.
+
+    Keys: ``victim`` (:class:`Victim`, ``None`` if ``stop_after_warmup``), ``suspicious_warmup``
+    and ``suspicious`` (bool masks over the samples), ``epochs`` (Beneficiary epochs run).
+    """
+    if len(images) < 2:
+        raise ConfigError("defense vab: needs at least 2 training samples")
+    victim_cfg = victim_cfg.resolved()
+    device = pick_device(victim_cfg.device)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x_raw = to_tensor(images, device)
+    mean = x_raw.mean((0, 2, 3), keepdim=True)
+    std = x_raw.std((0, 2, 3), keepdim=True).clamp_min(1e-3)
+    x = (x_raw - mean) / std
+    del x_raw
+    y = torch.from_numpy(np.asarray(labels, np.int64)).to(device)
+
+    det = _Detector(cfg, _new_net(victim_cfg.arch, num_classes, victim_cfg.width, x, device), x, y, gen)
+    suspicious_warmup = warm_up(cfg, det, progress)
+    if stop_after_warmup:
+        return {"victim": None, "suspicious_warmup": suspicious_warmup, "suspicious": suspicious_warmup, "epochs": 0}
+
+    ben = _new_net(victim_cfg.arch, num_classes, victim_cfg.width, x, device)
+    params = [p for p in ben.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    epochs, suppress, switch = cfg.scaled(cfg.epochs), cfg.scaled(cfg.suppress_from), cfg.scaled(cfg.lambda_switch)
+    milestones = [cfg.scaled(m) for m in cfg.milestones]
+    refresh = max(1, cfg.scaled(cfg.refresh_every))
+    suspicious = suspicious_warmup
+    bar = tqdm(range(1, epochs + 1), desc=f"V&B beneficiary {victim_cfg.arch}", disable=not progress, leave=False)
+    for epoch in bar:
+        semi = epoch > suppress
+        lam = cfg.lambda1 if epoch <= switch else cfg.lambda2
+
+        def lr_at(frac: float, epoch: int = epoch) -> float:  # frac: progress through this epoch
+            if cfg.lr_schedule == "step":  # MultiStepLR, stepped once per finished epoch
+                return cfg.lr * cfg.lr_gamma ** sum(m <= epoch - 1 for m in milestones)
+            t = (epoch - 1 + frac) / epochs
+            return cfg.lr * (t / 0.2 if t < 0.2 else (1 - t) / 0.8)
+
+        loss = _beneficiary_epoch(cfg, ben, opt, x, y, num_classes, suspicious, det if semi else None, lam, gen,
+                                  lr_at)
+        if epoch % refresh == 0 or semi:
+            det.train_suspicious()
+            suspicious = det.rescore(cfg.threshold).copy()
+        bar.set_postfix(loss=f"{loss:.3f}", suspicious=int(suspicious.sum()), semi=semi)
+    return {"victim": Victim(ben, mean, std, device), "suspicious_warmup": suspicious_warmup,
+            "suspicious": suspicious, "epochs": epochs}

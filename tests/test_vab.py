@@ -1,0 +1,125 @@
+"""V&B (training-time defense): AttentionMix on hand-made maps, the Victim's split, the trial row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eclipse_ray.attacks import ATTACKS
+from eclipse_ray.config import ConfigError
+from eclipse_ray.data.sources import Dataset
+from eclipse_ray.defenses import DEFENSES
+from eclipse_ray.defenses.vab import VaB, smooth_and_normalise, split_quality, train_vab
+from eclipse_ray.trial import build_config, run_trial
+from eclipse_ray.victim.attention_mix import attention_mix, feature_attention, mix_weights
+from eclipse_ray.victim.nets import build_net
+from eclipse_ray.victim.train import VictimConfig
+
+
+def _maps() -> torch.Tensor:
+    """Two 1-channel 2x2 feature maps: A lights the top-left cell, B the top-left and bottom-right cells."""
+    return torch.tensor([[[[2.0, 0.0], [0.0, 0.0]]], [[[1.0, 0.0], [0.0, 1.0]]]])
+
+
+def test_feature_attention_is_upsampled_min_max_of_squared_channel_sum():
+    feats = torch.tensor([[[[1.0, 2.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]]]])  # 2 channels
+    att = feature_attention(feats, 4)
+    assert att.shape == (1, 1, 4, 4)
+    # channel sum of squares: [[2, 4], [0, 0]] -> min-max [[0.5, 1], [0, 0]], each cell a 2x2 block
+    expected = torch.tensor([[0.5, 1.0], [0.0, 0.0]]).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    assert torch.allclose(att[0, 0], expected)
+
+
+def test_attention_mix_weights_images_and_labels_by_attention_mass():
+    att = feature_attention(_maps(), 4)
+    x = torch.stack([torch.full((3, 4, 4), 1.0), torch.full((3, 4, 4), 0.0)])
+    y = torch.eye(2)
+    perm = torch.tensor([1, 0])
+    mask, own, partner = mix_weights(att, perm, 0.1)
+    # A: all its attention lies in its mask (top-left block); B has half of its attention there.
+    assert torch.allclose(own, torch.tensor([1.0, 1.0])) and torch.allclose(partner, torch.tensor([0.5, 1.0]))
+    mixed, targets, region = attention_mix(x, att, y, perm, 0.1)
+    # A keeps 1/(1+0.5) = 2/3 of its masked block, the rest is B; outside the mask it is untouched.
+    assert torch.allclose(mixed[0, :, :2, :2], torch.full((3, 2, 2), 2 / 3))
+    assert torch.equal(mixed[0, :, 2:, :], x[0, :, 2:, :]) and torch.equal(mixed[0, :, :2, 2:], x[0, :, :2, 2:])
+    # B's mask (two blocks) is split half and half with A.
+    assert torch.allclose(mixed[1, :, :2, :2], torch.full((3, 2, 2), 0.5))
+    assert torch.allclose(mixed[1, :, 2:, 2:], torch.full((3, 2, 2), 0.5))
+    assert torch.equal(mixed[1, :, :2, 2:], x[1, :, :2, 2:])
+    # labels: partner gets w * w_p / (w + w_p): A -> 1/3 of B, B -> 1/2 of A.
+    assert torch.allclose(targets, torch.tensor([[2 / 3, 1 / 3], [1 / 2, 1 / 2]]))
+    assert torch.allclose(targets.sum(1), torch.ones(2))
+    assert region == pytest.approx((4 + 8) / 2 / 16)
+
+
+def test_attention_mix_keeps_label_mass_outside_the_mask_and_sums_to_one():
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.rand(16, 8, 4, 4, generator=gen) ** 3  # peaked maps: part of the mass below the threshold
+    att = feature_attention(feats, 8)
+    y = F.one_hot(torch.arange(16) % 10, 10).float()
+    perm = torch.randperm(16, generator=gen)
+    mixed, targets, _ = attention_mix(torch.rand(16, 3, 8, 8, generator=gen), att, y, perm, 0.1)
+    assert torch.allclose(targets.sum(1), torch.ones(16), atol=1e-6)
+    mask, own, partner = mix_weights(att, perm, 0.1)
+    assert (own < 1).any() and (own > 0).all()
+    own_label = targets[torch.arange(16), torch.arange(16) % 10]
+    same = (perm % 10) == (torch.arange(16) % 10)
+    # the sample's own label never drops below the attention mass outside its mask
+    assert (own_label[~same] >= 1 - own[~same] - 1e-6).all()
+    assert torch.allclose(own_label[~same], 1 - own[~same] * partner[~same] / (own[~same] + partner[~same]))
+    # threshold 1.01: empty masks, nothing is mixed
+    same_x, same_t, region = attention_mix(torch.ones(16, 3, 8, 8), att, y, perm, 1.01)
+    assert torch.equal(same_x, torch.ones(16, 3, 8, 8)) and torch.allclose(same_t, y) and region == 0
+
+
+def test_nets_expose_last_stage_features():
+    x = torch.rand(2, 3, 16, 16)
+    for arch in ("fast", "resnet18"):
+        net = build_net(arch, 10, 16).eval()
+        f = net.features(x)
+        assert f.ndim == 4 and f.shape[2] < 16
+        assert torch.allclose(net.classify(f), net(x))
+
+
+def test_entropy_smoothing_and_split_quality():
+    score, carried = smooth_and_normalise(np.array([1.0, 3.0, 2.0]), np.array([3.0, 3.0, 3.0]), 0.75)
+    assert np.allclose(carried, [1.5, 3.0, 2.25]) and np.allclose(score, [0.0, 1.0, 0.5])
+    q = split_quality(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool), "x_")
+    assert q == {"x_suspicious": 0.5, "x_precision": 0.5, "x_recall": 0.5}
+
+
+def test_config_schedule_and_bad_input():
+    cfg = DEFENSES.build("vab", {"epoch_scale": "0.05"})
+    assert [cfg.scaled(n) for n in (200, 50, 100, 150, 5)] == [10, 3, 5, 8, 0]
+    assert not cfg.purifies
+    with pytest.raises(ConfigError, match="milestones"):
+        DEFENSES.build("vab", {"milestones": "100,50"})
+    with pytest.raises(ConfigError, match="epoch_scale"):
+        DEFENSES.build("vab", {"epoch_scale": "0"})
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        DEFENSES.build("vab", {"lr_schedule": "cosine"})
+
+
+def test_victim_warm_up_flags_badnets_samples(digits):
+    train = ATTACKS.build("badnets").apply(digits).train
+    base_rate = train.poisoned.mean()
+    out = train_vab(VaB(), VictimConfig(width=32), train.images, train.labels, train.num_classes, seed=0,
+                    progress=False, stop_after_warmup=True)
+    q = split_quality(out["suspicious_warmup"], train.poisoned, "")
+    assert q["recall"] >= 0.8, q
+    assert q["precision"] >= 4 * base_rate, q
+
+
+def test_tiny_vab_trial_row_has_split_columns(digits):
+    cfg = build_config("digits", "badnets", "vab", {"defense.epoch_scale": "0.01", "victim.width": "8"})
+    full = ATTACKS.build("badnets").apply(digits)
+    data = Dataset(full.name, {k: v.subset(np.arange(min(len(v), 300))) for k, v in full.splits.items()},
+                   full.meta)
+    row = run_trial(cfg, data=data, reference=False, progress=False)
+    assert row["defense.name"] == "vab" and row["vab_epochs"] == 2
+    for k in ("vab_precision", "vab_recall", "vab_suspicious", "vab_warmup_precision", "vab_warmup_recall"):
+        assert 0.0 <= row[k] <= 1.0, (k, row[k])
+    assert 0.0 <= row["test_acc"] <= 1.0 and "asr" in row
+    assert row["n_poisoned"] == int(data.train.poisoned.sum())
