@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from eclipse_ray.attacks import ATTACKS, AVAILABILITY, BACKDOOR, AttackConfig
+from eclipse_ray.attacks import ATTACKS, AVAILABILITY, BACKDOOR, TARGETED, AttackConfig
 from eclipse_ray.config import ConfigError, config_hash, flatten, parse_value, with_overrides
 from eclipse_ray.data.imageset import ImageSet, check_same_samples
 from eclipse_ray.data.sources import Dataset, load_dataset
@@ -143,17 +143,28 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
     t_purify = time.perf_counter() - t1 if purified_train is None else float(purified.meta.get("purify_seconds", 0))
 
     t2 = time.perf_counter()
-    victim = train_victim(cfg.victim, purified.images, purified.labels, train.num_classes, cfg.seed,
-                          transform=cfg.defense.train_transform(), progress=progress)
+    trained = cfg.defense.train_victim(cfg.victim, purified, cfg.seed, progress=progress)  # training-time defense
+    victim, defense_metrics = trained if trained is not None else (
+        train_victim(cfg.victim, purified.images, purified.labels, train.num_classes, cfg.seed,
+                     transform=cfg.defense.train_transform(), progress=progress), {})
     t_train = time.perf_counter() - t2
 
-    m: dict[str, Any] = {"test_acc": metrics.accuracy(victim.predict(data.test.images), data.test.labels)}
+    m: dict[str, Any] = {"test_acc": metrics.accuracy(victim.predict(data.test.images), data.test.labels),
+                         **defense_metrics}
     if "test_triggered" in data.splits and target is not None:
         m["asr"] = metrics.attack_success_rate(victim.predict(data.splits["test_triggered"].images), int(target))
     if cfg.defense.purifies:
         m.update(metrics.fidelity(purified, train, clean.images))
     if kind == BACKDOOR:
         m["poison_success"] = m.get("asr", float("nan"))
+    elif kind == TARGETED:  # targets split (gradient matching, bullseye) and/or a trigger (narcissus)
+        if "targets" in data.splits:
+            adv = data.meta.get("adv_labels", data.splits["targets"].meta.get("adv_labels"))
+            m["target_success"] = metrics.target_success(victim.predict(data.splits["targets"].images), adv)
+        if "asr" in m:
+            trig = data.splits["test_triggered"]
+            m["asr_max_class"] = metrics.max_class_asr(victim.predict(trig.images), trig.labels, int(target))
+        m["poison_success"] = m.get("target_success", m.get("asr", float("nan")))
     elif kind == AVAILABILITY or (reference and kind == "none"):
         cache = Path(cache_dir) if cache_dir else (Path(results_dir) / ".cache" if results_dir else None)
         if kind == "none" and cfg.defense.name == "none":
@@ -180,7 +191,8 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
     return row
 
 
-SUMMARY_KEYS = ("dataset", "attack.name", "defense.name", "seed", "test_acc", "asr", "poison_success", "acc_ref",
+SUMMARY_KEYS = ("dataset", "attack.name", "defense.name", "seed", "test_acc", "asr", "asr_max_class",
+                "target_success", "poison_success", "acc_ref",
                 "clean_cost", "purify_psnr_poisoned", "purify_psnr_clean", "seconds", "config_hash")
 
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from eclipse_ray.attacks.adaptive import EMAdaptive
 from eclipse_ray.attacks.backdoor import SIG, BadNets, Blend
 from eclipse_ray.attacks.base import AVAILABILITY, BACKDOOR, NONE, TARGETED, AttackConfig, NoAttack
+from eclipse_ray.attacks.bullseye import BullseyePolytope
+from eclipse_ray.attacks.em import EM
+from eclipse_ray.attacks.gradient_matching import GradientMatching
+from eclipse_ray.attacks.narcissus import Narcissus
 from eclipse_ray.attacks.noise import AR, LSP, URP
 from eclipse_ray.attacks.ops import OPS
+from eclipse_ray.attacks.rem import REM
+from eclipse_ray.attacks.tap import TAP
+from eclipse_ray.attacks.wanet import WaNet
 from eclipse_ray.registry import Registry
 
-ATTACKS: Registry[AttackConfig] = Registry("attack", [NoAttack, URP, LSP, AR, OPS, BadNets, Blend, SIG])
+ATTACKS: Registry[AttackConfig] = Registry("attack", [NoAttack, URP, LSP, AR, OPS, BadNets, Blend, SIG, WaNet,
+                                                GradientMatching, BullseyePolytope, Narcissus, EM, REM, TAP,
+                                                EMAdaptive])
 
 __all__ = ["ATTACKS", "AttackConfig", "AVAILABILITY", "BACKDOOR", "NONE", "TARGETED"]

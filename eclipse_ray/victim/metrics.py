@@ -82,3 +82,14 @@ def fidelity(purified: ImageSet, poisoned: ImageSet, clean_images: np.ndarray) -
         out[f"purify_l2_{name}"] = float(np.mean(p_l2[sel])) if sel.any() else float("nan")
     out["poison_psnr"] = _mean_finite(psnr(poisoned.images[mask], clean_images[mask])) if mask.any() else float("nan")
     return out
+
+
+def target_success(pred_targets: np.ndarray, adv_labels: np.ndarray) -> float:
+    """Targeted poisons: share of the target images predicted as their adversarial class."""
+    return float(np.mean(pred_targets == np.asarray(adv_labels))) if len(pred_targets) else float("nan")
+
+
+def max_class_asr(pred_triggered: np.ndarray, labels: np.ndarray, target: int) -> float:
+    """The worst case over source classes of the attack success rate (PureGen's Narcissus figure)."""
+    rates = [np.mean(pred_triggered[labels == c] == target) for c in np.unique(labels)]
+    return float(max(rates)) if rates else float("nan")

@@ -1,0 +1,198 @@
+"""What the targeted clean-label poisons share: the surrogate, the target protocol and the crafted dataset.
+
+Targeted poisons (Witches' Brew, Bullseye Polytope) make one chosen *target*
+test image be classified as an *adversarial class* by perturbing a few training
+images of that class (labels untouched, ℓ∞ budget). They are crafted against a
+*surrogate*: here the fast victim (FastNet) trained on the clean training set,
+as in Witches' Brew's from-scratch setting (the attacker knows the data, not
+the victim's initialisation or its training randomness).
+
+Protocol — ``attack.targets=K`` targets per poisoned training set. Each target
+is a test image drawn by the attack seed, gets its own adversarial class (a
+class other than its own; distinct classes while K ≤ C) and its own disjoint
+set of base images (``budget`` of the training set, from the adversarial
+class). ``target_success`` is the share of the K targets the victim assigns to
+their adversarial classes. The papers run one target per victim training and
+average over many trainings; with K targets in one training the cost of a
+study falls by K (victim trainings dominate it), at the price of possible
+interference between the K poison sets (small when K·budget is a few per cent;
+the poison sets are disjoint and, while K ≤ C, of different classes). K=1 is
+the papers' protocol exactly: average it over ``attack.seed``.
+
+The returned dataset has the usual ``train`` (``poisoned`` marks the bases),
+``originals``, a ``test`` split *without* the target images (so ``test_acc``
+is natural accuracy on images the attack did not pick), and a ``targets``
+split (the target images with their true labels); ``meta["adv_labels"]`` (also
+in the split's meta) lists each target's adversarial class, row-aligned with
+``targets``. ``meta["poison_target"]`` maps each poisoned row to its target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from eclipse_ray.attacks.base import TARGETED, AttackConfig, _stable_id
+from eclipse_ray.config import ConfigError, flatten, setting
+from eclipse_ray.data.imageset import ImageSet
+from eclipse_ray.data.sources import Dataset
+from eclipse_ray.victim.train import Victim, VictimConfig, pick_device, to_tensor, train_victim
+
+
+def setting_eps(default: float = 8 / 255) -> float:
+    return setting(default, "ℓ∞ budget on the [0,1] scale (8/255; PureGen uses 16/255)", ge=0.0, le=1.0)
+
+
+def setting_surrogate_epochs() -> int:
+    return setting(10, "epochs of the fast surrogate trained on the clean training set", ge=1)
+
+
+def setting_surrogate_width() -> int:
+    return setting(32, "base width of the fast surrogate net", ge=4)
+
+
+_SURROGATES: dict[tuple, Victim] = {}  # the last two surrogates, reused by later attacks on the same data
+
+
+def train_surrogate(train: ImageSet, epochs: int, width: int, seed: int, progress: bool = False) -> Victim:
+    """The attacker's model: a fast victim trained on the clean ``train``, in eval mode (BN statistics fixed).
+
+    Training is deterministic, so the last two surrogates are kept in memory
+    and reused when a later attack in this process asks for the same one.
+    """
+    device = pick_device("auto")
+    key = (hashlib.sha1(train.images.tobytes() + train.labels.tobytes()).hexdigest(), epochs, width, seed, str(device))
+    if key not in _SURROGATES:
+        cfg = VictimConfig(arch="fast", epochs=epochs, width=width, device=str(device))
+        victim = train_victim(cfg, train.images, train.labels, train.num_classes, seed, progress=progress)
+        victim.model.eval()
+        while len(_SURROGATES) >= 2:
+            _SURROGATES.pop(next(iter(_SURROGATES)))
+        _SURROGATES[key] = victim
+    return _SURROGATES[key]
+
+
+def logits(victim: Victim, x: torch.Tensor) -> torch.Tensor:
+    """Surrogate logits of float [0,1] NCHW ``x`` (differentiable in ``x``)."""
+    return victim.model((x - victim.mean) / victim.std)
+
+
+def features(victim: Victim, x: torch.Tensor) -> torch.Tensor:
+    """Penultimate features (the input of the last linear layer) of float [0,1] NCHW ``x``."""
+    last = [m for m in victim.model.modules() if isinstance(m, nn.Linear)][-1]
+    out: list[torch.Tensor] = []
+    handle = last.register_forward_pre_hook(lambda _m, args: out.append(args[0]))
+    try:
+        logits(victim, x)
+    finally:
+        handle.remove()
+    return out[0]
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Differentiable augmentation: each image flipped horizontally with probability 1/2."""
+    flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def project(delta: torch.Tensor, base: torch.Tensor, eps: float) -> torch.Tensor:
+    """``delta`` clipped to the ℓ∞ ball of radius ``eps`` and so that ``base + delta`` stays in [0, 1]."""
+    return torch.maximum(torch.minimum(delta.clamp(-eps, eps), 1 - base), -base)
+
+
+def quantise(base: np.ndarray, delta: torch.Tensor, eps: float) -> np.ndarray:
+    """uint8 ``base + delta``, rounded, with the change kept within ``floor(eps·255)`` grey levels."""
+    levels = int(np.floor(eps * 255 + 1e-6))
+    new = np.rint(base.astype(np.float32) + delta.detach().cpu().permute(0, 2, 3, 1).numpy() * 255)
+    diff = np.clip(new - base, -levels, levels)
+    return np.clip(base + diff, 0, 255).astype(np.uint8)
+
+
+def pick_targets(train_labels: np.ndarray, test: ImageSet, k: int, per_target: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(target test rows, their adversarial classes, each target's base rows in train) — all disjoint."""
+    c = test.num_classes
+    if c < 2:
+        raise ConfigError("targeted attacks need at least 2 classes")
+    if k > len(test):
+        raise ConfigError(f"attack.targets={k}: the test set has only {len(test)} images")
+    adv = np.concatenate([rng.permutation(c) for _ in range(-(-k // c))])[:k]
+    taken_test: set[int] = set()
+    used = np.zeros(len(train_labels), bool)
+    rows, bases = [], []
+    for a in adv:
+        cand = np.array([r for r in np.flatnonzero(test.labels != a) if r not in taken_test])
+        if not len(cand):
+            raise ConfigError(f"no test image left outside class {a} to target")
+        r = int(rng.choice(cand))
+        taken_test.add(r)
+        rows.append(r)
+        pool = np.flatnonzero((train_labels == a) & ~used)
+        if per_target > len(pool):
+            raise ConfigError(f"attack wants {per_target} poisons of class {a} per target but only {len(pool)} "
+                              f"unused training images of that class remain (lower attack.budget or attack.targets)")
+        chosen = np.sort(rng.choice(pool, size=per_target, replace=False))
+        used[chosen] = True
+        bases.append(chosen)
+    return np.array(rows, np.int64), adv.astype(np.int64), bases
+
+
+@dataclass(frozen=True)
+class TargetedAttack(AttackConfig):
+    """Base of the targeted clean-label poisons; subclasses implement :meth:`craft` for one target.
+
+    Subclasses declare ``eps``, ``budget``, ``poisons``, ``targets``,
+    ``surrogate_epochs``, ``surrogate_width`` and ``seed`` settings.
+    """
+
+    kind: ClassVar[str] = TARGETED
+    crafted: ClassVar[bool] = True
+
+    def per_target(self, n_train: int) -> int:
+        """Number of poisons per target: ``poisons`` if set, else ``max(1, round(budget·n))``."""
+        return self.poisons if self.poisons is not None else max(1, int(round(self.budget * n_train)))
+
+    def craft(self, surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, adv_class: int,
+              gen: torch.Generator, progress: bool) -> torch.Tensor:
+        """The perturbation (same shape as float [0,1] NCHW ``bases``) for one target of class ≠ ``adv_class``."""
+        raise NotImplementedError
+
+    def apply(self, data: Dataset, progress: bool = False) -> Dataset:
+        """Pick the targets, train the surrogate, craft each target's poisons; the dataset described above."""
+        if any(s.poisoned.any() for s in data.splits.values()) or data.meta.get("attack"):
+            raise ConfigError(f"dataset {data.name} is already poisoned; use --attack none")
+        train, test = data.train, data.test
+        self.check_dataset(train)
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([self.seed, _stable_id(self.name)])
+        rows, adv, bases = pick_targets(train.labels, test, self.targets, self.per_target(len(train)), rng)
+        surrogate = train_surrogate(train, self.surrogate_epochs, self.surrogate_width, self.seed, progress)
+        device = surrogate.device
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        images = train.images.copy()
+        owner = np.full(len(train), -1, np.int64)
+        for i, (r, a, b) in enumerate(zip(rows, adv, bases)):
+            x_base = to_tensor(train.images[b], device)
+            x_target = to_tensor(test.images[[r]], device)
+            delta = self.craft(surrogate, x_base, x_target, int(a), gen, progress)
+            images[b] = quantise(train.images[b], project(delta, x_base, self.eps), self.eps)
+            owner[b] = i
+        mask = owner >= 0
+        meta = {"attack": flatten(self, "attack."), "attack_kind": self.kind, "adv_labels": adv.tolist(),
+                "target_index": test.index[rows].tolist(), "craft_seconds": time.perf_counter() - t0}
+        poisoned = ImageSet(images, train.labels, train.index, mask, train.classes,
+                            {**train.meta, **meta, "poison_target": owner[mask].tolist()})
+        keep = np.setdiff1d(np.arange(len(test)), rows)
+        targets = test.subset(rows)
+        targets = ImageSet(targets.images, targets.labels, targets.index, np.ones(len(rows), bool), test.classes,
+                           {**test.meta, "split": "targets", "adv_labels": adv.tolist()})
+        splits = {"train": poisoned, "test": test.subset(keep), "targets": targets,
+                  "originals": train.subset(np.flatnonzero(mask))}
+        return Dataset(data.name, splits, {**data.meta, **meta})
+
