@@ -147,6 +147,9 @@ def _cmd_purify(args: argparse.Namespace) -> None:
     if bad:
         raise ConfigError(f"unknown setting {bad[0]!r} (purify takes defense.* settings)")
     defense = DEFENSES.build(args.defense, {k[len("defense."):]: v for k, v in overrides.items()})
+    if not defense.purifies:
+        raise ConfigError(f"defense {defense.name!r} does not rewrite images (a training-time defense or none); "
+                          f"use it with `eclipse-ray run`")
     if args.actors < 0:
         raise ConfigError(f"--actors={args.actors}: must be ≥ 0")
     report = purify_dataset(args.input, defense, args.out, seed=args.seed, actors=args.actors,
