@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from eclipse_ray.config import ConfigError, split_overrides
 
@@ -89,10 +89,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 
 def _cmd_train_diffusion(args: argparse.Namespace) -> None:
-    from eclipse_ray.data.sources import load_dataset
-    from eclipse_ray.diffusion.train import clean_reference_rows, puregen_defaults, train_config_with, \
+    from eclipse_ray.diffusion.train import puregen_defaults, train_config_with, \
         train_diffusion
-    from eclipse_ray.victim.metrics import clean_view
 
     overrides = split_overrides(args.set)
     bad = [k for k in overrides if not k.startswith("train.")]
@@ -105,34 +103,35 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> None:
         base = puregen_defaults()
         given = {k[len("train."):] for k in overrides}
         cfg = dataclasses.replace(base, **{k: getattr(cfg, k) for k in given})
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or {p.name for p in out.iterdir()} - {"checkpoint"}):
-        raise ConfigError(f"{out} already exists and is not an interrupted training run; choose a new directory")
-    data = load_dataset(args.dataset, args.data_dir)
-    full = clean_view(data.train, data.splits.get("originals"))
-    clean = full.subset(clean_reference_rows(full, cfg.clean_fraction, cfg.seed))
+    out, clean = _training_setup(args, cfg)
     path = train_diffusion(cfg, clean, out, progress=not args.quiet, extra_info={"dataset": args.dataset})
     print(json.dumps({"out": str(path), "clean_images": len(clean), "iterations": cfg.iterations,
                       "schedule": cfg.schedule, "num_steps": cfg.num_steps, "t_max": cfg.t_max}))
 
 
-def _cmd_train_ebm(args: argparse.Namespace) -> None:
+def _training_setup(args: argparse.Namespace, cfg: Any) -> tuple[Path, Any]:
+    """(output directory, the defender's clean reference set) for train-diffusion / train-ebm."""
     from eclipse_ray.data.sources import load_dataset
     from eclipse_ray.diffusion.train import clean_reference_rows
-    from eclipse_ray.ebm.train import ebm_train_config_with, train_ebm
     from eclipse_ray.victim.metrics import clean_view
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or {p.name for p in out.iterdir()} - {"checkpoint"}):
+        raise ConfigError(f"{out} already exists and is not an interrupted training run; choose a new directory")
+    data = load_dataset(args.dataset, args.data_dir)
+    full = clean_view(data.train, data.splits.get("originals"))
+    return out, full.subset(clean_reference_rows(full, cfg.clean_fraction, cfg.seed))
+
+
+def _cmd_train_ebm(args: argparse.Namespace) -> None:
+    from eclipse_ray.ebm.train import ebm_train_config_with, train_ebm
 
     overrides = split_overrides(args.set)
     bad = [k for k in overrides if not k.startswith("ebm.")]
     if bad:
         raise ConfigError(f"unknown setting {bad[0]!r} (train-ebm takes ebm.* settings)")
     cfg = ebm_train_config_with({k[len("ebm."):]: v for k, v in overrides.items()})
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or {p.name for p in out.iterdir()} - {"checkpoint"}):
-        raise ConfigError(f"{out} already exists and is not an interrupted training run; choose a new directory")
-    data = load_dataset(args.dataset, args.data_dir)
-    full = clean_view(data.train, data.splits.get("originals"))
-    clean = full.subset(clean_reference_rows(full, cfg.clean_fraction, cfg.seed))
+    out, clean = _training_setup(args, cfg)
     path = train_ebm(cfg, clean, out, progress=not args.quiet, extra_info={"dataset": args.dataset})
     print(json.dumps({"out": str(path), "clean_images": len(clean), "iterations": cfg.iterations,
                       "preset": cfg.preset, "mcmc_steps": cfg.mcmc_steps}))

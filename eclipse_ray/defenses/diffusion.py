@@ -20,7 +20,6 @@ of the model's own schedule), never both; the results row records both.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -29,14 +28,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from eclipse_ray.config import ConfigError, config_hash, flatten, setting
+from eclipse_ray.config import ConfigError, setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.defenses.base import DefenseConfig
 from eclipse_ray.defenses.compensation import (apply_compensation, compensation_settings,
                                                compensation_transform)
 from eclipse_ray.diffusion.samplers import SAMPLERS, SamplerPlan, purify_batch
 from eclipse_ray.diffusion.unet import PRESETS, DiffusionModel, load_model
-from eclipse_ray.distributed.cache import cache_root
 from eclipse_ray.victim.train import BatchTransform, pick_device
 
 ImagePurifier = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -81,20 +79,10 @@ class DiffusionDefense(DefenseConfig):
         """The model directory; for ``auto`` trained (once, cached) on the clean reference set."""
         if self.model != "auto":
             return Path(self.model)
-        from eclipse_ray.diffusion.train import clean_reference_rows, train_diffusion
+        from eclipse_ray.diffusion.train import train_diffusion
+        from eclipse_ray.distributed.cache import cached_model
 
-        tcfg = self.train_config()
-        src = clean if clean is not None else train  # drawn on true labels: the same set whatever the attack
-        rows = clean_reference_rows(src, tcfg.clean_fraction, tcfg.seed)
-        ref = ImageSet(src.images[rows], src.labels[rows], src.index[rows], np.zeros(len(rows), bool), src.classes)
-        h = hashlib.sha256(ref.images.tobytes() + ref.index.tobytes() + config_hash(flatten(tcfg)).encode())
-        out = cache_root() / "models" / h.hexdigest()[:16]
-        from eclipse_ray.distributed.cache import file_lock
-
-        with file_lock(out.with_suffix(".lock")):  # concurrent trials train it once
-            if not (out / "config.json").is_file():
-                train_diffusion(tcfg, ref, out, progress=progress)
-        return out
+        return cached_model(b"", self.train_config(), clean if clean is not None else train, train_diffusion, progress)
 
     # --- noise level ------------------------------------------------------------------------
     def plan(self, model: DiffusionModel) -> SamplerPlan:

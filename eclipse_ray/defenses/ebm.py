@@ -21,7 +21,6 @@ noise alone would reach without the energy's drift), ``defense.ebm_arch`` and
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from eclipse_ray.config import config_hash, flatten, setting
+from eclipse_ray.config import setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.defenses.base import DefenseConfig, ImagePurifier
 from eclipse_ray.ebm.net import PRESETS
@@ -65,21 +64,10 @@ class PureGenEBM(DefenseConfig):
         """The EBM directory; for ``auto`` trained (once, cached) on the clean reference set."""
         if self.model != "auto":
             return Path(self.model)
-        from eclipse_ray.diffusion.train import clean_reference_rows
-        from eclipse_ray.distributed.cache import cache_root, file_lock
+        from eclipse_ray.distributed.cache import cached_model
         from eclipse_ray.ebm.train import train_ebm
 
-        tcfg = self.train_config()
-        src = clean if clean is not None else train  # drawn on true labels: the same set whatever the attack
-        rows = clean_reference_rows(src, tcfg.clean_fraction, tcfg.seed)
-        ref = ImageSet(src.images[rows], src.labels[rows], src.index[rows], np.zeros(len(rows), bool), src.classes)
-        h = hashlib.sha256(b"ebm|" + ref.images.tobytes() + ref.index.tobytes()
-                           + config_hash(flatten(tcfg)).encode())
-        out = cache_root() / "models" / h.hexdigest()[:16]
-        with file_lock(out.with_suffix(".lock")):  # concurrent trials train it once
-            if not (out / "config.json").is_file():
-                train_ebm(tcfg, ref, out, progress=progress)
-        return out
+        return cached_model(b"ebm|", self.train_config(), clean if clean is not None else train, train_ebm, progress)
 
     # --- purification -----------------------------------------------------------------------
     def image_purifier(self, model_dir: str | Path | None, seed: int) -> ImagePurifier:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -83,3 +84,24 @@ def cached_attack(attack, data: Dataset, dataset: str, cache_dir: str | Path | N
         meta = {**poisoned.meta, "craft_seconds": poisoned.meta.get("craft_seconds", time.perf_counter() - t)}
         store.write_dataset(path, poisoned.splits, {**meta, "poison_key": key})
         return Dataset(poisoned.name, poisoned.splits, {**meta, "poison_cached": False})
+
+
+def cached_model(tag: bytes, tcfg, src: ImageSet, train_fn, progress: bool = True) -> Path:
+    """A generative model trained once per (clean reference set, training config), then read from the cache.
+
+    The reference set is drawn from ``src`` on true labels (the same set whatever
+    the attack); ``train_fn(tcfg, ref, out, progress=…)`` writes the model to
+    ``out``. Concurrent trials wait on a lock and train it only once.
+    """
+    import numpy as np
+
+    from eclipse_ray.diffusion.train import clean_reference_rows
+
+    rows = clean_reference_rows(src, tcfg.clean_fraction, tcfg.seed)
+    ref = ImageSet(src.images[rows], src.labels[rows], src.index[rows], np.zeros(len(rows), bool), src.classes)
+    h = hashlib.sha256(tag + ref.images.tobytes() + ref.index.tobytes() + config_hash(flatten(tcfg)).encode())
+    out = cache_root() / "models" / h.hexdigest()[:16]
+    with file_lock(out.with_suffix(".lock")):
+        if not (out / "config.json").is_file():
+            train_fn(tcfg, ref, out, progress=progress)
+    return out
