@@ -7,7 +7,7 @@ a ``tiny`` DDPM (cosine T = 4,000) is trained on it once on the CPU
 and ``denoise``; the fast victim trains 10 epochs. Each row: attack × defense ×
 noise level, against the undefended rows of ``foundation_quality.py``.
 
-Usage:  ECLIPSE_RAY_CACHE=cache python benchmarks/diffusion_quality.py [--iterations 600] [--seed 0] [--puregen]
+Usage:  ECLIPSE_RAY_CACHE=cache python benchmarks/diffusion_quality.py [--iterations 600] [--seed 0] [--puregen | --sigma]
 Cost:   model training ≈ 1.7 s/iteration (batch 64) plus ≈ 2.5 min per trial on 2 CPU cores.
 """
 
@@ -31,7 +31,9 @@ TRIALS = [
     ("ops", "eclipse", {**ONESHOT, "defense.sigma": "0.05"}),
     ("badnets", "eclipse", {**ONESHOT, "defense.sigma": "0.05"}),
     ("ops", "none", {}),
-    # σ around the working point, for "the σ each works best"
+]
+# σ around the working point, for "the σ each works best" (--sigma)
+TRIALS_SIGMA = [
     ("lsp", "eclipse", {**ONESHOT, "defense.sigma": "0.025"}),
     ("none", "eclipse", {**ONESHOT, "defense.sigma": "0.025"}),
     ("lsp", "eclipse", {**ONESHOT, "defense.sigma": "0.1"}),
@@ -49,8 +51,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default="results/diffusion_cpu")
     p.add_argument("--puregen", action="store_true", help="the puregen-ddpm rows (trains its own model first)")
+    p.add_argument("--sigma", action="store_true", help="the σ rows around each defense's working point")
     args = p.parse_args()
-    for attack, defense, extra in (TRIALS_PUREGEN if args.puregen else TRIALS):
+    for attack, defense, extra in (TRIALS_PUREGEN if args.puregen else TRIALS_SIGMA if args.sigma else TRIALS):
         settings = {"victim.epochs": "10", "seed": str(args.seed), **extra}
         if defense != "none":
             settings.update({"defense.train_iterations": str(args.iterations), "defense.train_preset": "tiny"})
