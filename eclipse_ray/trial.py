@@ -39,11 +39,18 @@ class TrialConfig:
     defense: DefenseConfig
     victim: VictimConfig = field(default_factory=VictimConfig)
     seed: int = 0
+    purify_seed: int | None = None  # fixes the purification's randomness apart from ``seed`` (None: ``seed``)
 
     def flat(self) -> dict[str, Any]:
         """The dotted result columns of this config (victim recipe resolved)."""
+        extra = {} if self.purify_seed is None else {"purify_seed": self.purify_seed}  # old hashes stay valid
         return {"dataset": self.dataset, **flatten(self.attack, "attack."), **flatten(self.defense, "defense."),
-                **flatten(self.victim.resolved(), "victim."), "seed": self.seed}
+                **flatten(self.victim.resolved(), "victim."), "seed": self.seed, **extra}
+
+    @property
+    def defense_seed(self) -> int:
+        """The seed of the purification (and of the poison-free reference set it draws)."""
+        return self.seed if self.purify_seed is None else self.purify_seed
 
     def hash(self) -> str:
         return config_hash(self.flat())
@@ -51,26 +58,32 @@ class TrialConfig:
 
 def build_config(dataset: str, attack: str = "none", defense: str = "none",
                  overrides: Mapping[str, str] | None = None) -> TrialConfig:
-    """A validated TrialConfig from names and dotted ``--set`` overrides (``attack.eps``, ``seed`` …)."""
+    """A validated TrialConfig from names and dotted ``--set`` overrides (``attack.eps``, ``seed`` …).
+
+    ``purify_seed`` draws the purification's noise independently of ``seed`` (which
+    then varies only the victim), so several victim seeds can share one purified set.
+    """
     per: dict[str, dict[str, str]] = {s: {} for s in SECTIONS}
-    seed = 0
+    seeds: dict[str, int | None] = {"seed": 0, "purify_seed": None}
     for key, raw in (overrides or {}).items():
         section, dot, rest = key.partition(".")
-        if key == "seed":
-            seed = parse_value(raw, int, "seed")
-            if seed < 0:
-                raise ConfigError(f"seed={seed}: must be ≥ 0")
+        if key in seeds:
+            seeds[key] = parse_value(raw, int, key)
+            if seeds[key] < 0:
+                raise ConfigError(f"{key}={seeds[key]}: must be ≥ 0")
         elif dot and section in per and rest:
             if rest == "name":
                 raise ConfigError(f"{key}: choose the {section} with --{section}, not --set")
             per[section][rest] = raw
         else:
-            raise ConfigError(f"unknown setting {key!r} (settings start with attack., defense., victim. or are 'seed')")
+            raise ConfigError(f"unknown setting {key!r} (settings start with attack., defense., victim. "
+                              "or are 'seed' / 'purify_seed')")
     victim = VictimConfig()
 
     return TrialConfig(dataset=dataset, attack=ATTACKS.build(attack, per["attack"]),
                        defense=DEFENSES.build(defense, per["defense"]),
-                       victim=with_overrides(victim, per["victim"], prefix="victim."), seed=seed)
+                       victim=with_overrides(victim, per["victim"], prefix="victim."), seed=seeds["seed"],
+                       purify_seed=seeds["purify_seed"])
 
 
 def prepare(cfg: TrialConfig, data_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> Dataset:
@@ -138,7 +151,7 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
     t1 = time.perf_counter()
     clean = metrics.clean_view(train, data.splits.get("originals"))
     purified = purified_train if purified_train is not None else \
-        cfg.defense.purify(train, cfg.seed, progress=progress, clean=clean)
+        cfg.defense.purify(train, cfg.defense_seed, progress=progress, clean=clean)
     check_same_samples(train, purified, f"defense {cfg.defense.name}")
     t_purify = time.perf_counter() - t1 if purified_train is None else float(purified.meta.get("purify_seconds", 0))
 

@@ -10,24 +10,8 @@ from typing import Any, Callable
 
 from eclipse_ray.config import split_overrides
 from eclipse_ray.distributed.tune import cache_counts, run_sweep
+from eclipse_ray.presets import PRESETS, trial_settings  # noqa: F401  (trial_settings: for the sweep scripts)
 from eclipse_ray.results.report import write_report
-
-# smoke: digits, tiny auto-trained DDPM, small fast victim; CPU, offline, minutes.
-SMOKE = {"dataset": "digits", "victim": {"victim.epochs": "4", "victim.width": "16"},
-         "defense": {"defense.train_iterations": "40", "defense.train_batch_size": "32",
-                     "defense.train_preset": "tiny"}}
-# cifar10: full CIFAR-10, paper UNet, ResNet-18 (ECLIPSE's recipe); GPUs.
-CIFAR10 = {"dataset": "cifar10",
-           "victim": {"victim.arch": "resnet18", "victim.epochs": "80", "victim.batch_size": "128"},
-           "defense": {"defense.train_iterations": "250000", "defense.train_preset": "paper",
-                       "defense.batch_size": "512"}}
-# subset: the 4,660-image CIFAR-10 subset shipped beside the checkout (../shared/data), CPU scale: the
-# tiny DDPM of benchmarks/diffusion_quality.py (600 iterations; cached under $ECLIPSE_RAY_CACHE), fast victim.
-SUBSET_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_subset.npz"
-SUBSET = {"dataset": f"npz:{SUBSET_NPZ}", "victim": {"victim.epochs": "10"},
-          "defense": {"defense.train_iterations": "600", "defense.train_preset": "tiny"}}
-PRESETS = {"smoke": SMOKE, "subset": SUBSET, "cifar10": CIFAR10}
-
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
@@ -41,19 +25,6 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--data-dir", default=None)
     return p
-
-
-def trial_settings(preset: dict[str, Any], defense: str, extra: dict[str, str], seed: int,
-                   user: dict[str, str]) -> dict[str, str]:
-    """One trial's --set: preset victim, preset diffusion settings, grid values, then the user's --set
-    (``defense.*`` keys only where this defense has that setting)."""
-    from eclipse_ray.defenses import DEFENSES
-
-    fields = {f"defense.{name}" for name, *_ in DEFENSES[defense].describe()}
-    s = {**preset["victim"], "seed": str(seed), **extra}
-    s.update({k: v for k, v in preset["defense"].items() if k in fields})
-    s.update({k: v for k, v in user.items() if not k.startswith("defense.") or k in fields})
-    return s
 
 
 def main(study: str, description: str, build: Callable[[dict[str, Any], argparse.Namespace], list[dict]]) -> None:

@@ -55,7 +55,7 @@ def run_spec(trial: dict[str, Any], results_dir: str, cache_dir: str, data_dir: 
     data = prepare(cfg, data_dir, cache_dir)
     purified, reused = None, None
     if cfg.defense.purifies:
-        purified, reused = cached_purify(data, flatten(cfg.attack, "attack."), cfg.defense, cfg.seed, cache_dir,
+        purified, reused = cached_purify(data, flatten(cfg.attack, "attack."), cfg.defense, cfg.defense_seed, cache_dir,
                                          cfg.dataset)
     row = run_trial(cfg, data=data, purified_train=purified, cache_dir=cache_dir, progress=False)
     row["purify_reused"] = reused

@@ -1,0 +1,172 @@
+"""Reference study: every defense against every attack on real CIFAR-10 images, as one Ray Tune study.
+
+ECLIPSE's Table 1 protocol at CPU scale (issue 7). Availability poisons on 100 %
+of the training set (URP, LSP, AR, OPS, EM, REM, TAP), backdoors on 10 %
+(BadNets, Blend, WaNet; SIG on the whole target class = 10 %), and clean data,
+each against ``none``, ``jpeg``, ``gray``, ``eclipse``, ``puregen-ddpm``,
+``denoise``, ``puregen-ebm`` (and ``vab`` for the backdoors). The defender's clean
+reference set (4 % of the training split, which models are trained on) is
+disjoint from the test split; every purifier is computed once per (attack,
+purifier) through the purification cache; crafted poisons and models are
+computed once and cached under $ECLIPSE_RAY_CACHE.
+
+``--preset subset`` (default; 2 CPU cores): ``../shared/data/cifar10_subset.npz``
+(4,660 train / 932 test); victim = width-16 fast net, 6 epochs; seeds 0 and 1
+vary the victim while the poison and the purified set are drawn once
+(``purify_seed=0``), so the spread is the victim's; eclipse one-shot σ = 0.05
++ compensation; denoise one-shot σ = 0.1; puregen-ddpm DDIM 4 calls from σ = 0.1
+on its t<250 model; puregen-ebm 50 Langevin steps (PureGen: 150) of a tiny EBM
+trained 300 CD iterations; V&B Beneficiary 10 epochs (``epoch_scale`` 0.05);
+EM/REM/TAP crafted with ``benchmarks/model_poisons.py``'s CPU settings. The tiny
+DDPMs (600 iterations each) are those of ``benchmarks/diffusion_quality.py``.
+2 trials run at once, one CPU each.
+
+``--preset cifar10`` (GPUs, full CIFAR-10): the paper UNet and ResNet-18 for 80
+epochs, published purifier settings (full reverse chains), crafted poisons at
+their published settings, V&B at full length, seeds 0 1 2 each purified anew.
+
+Usage:  ECLIPSE_RAY_CACHE=cache python benchmarks/defense_quality.py [--preset subset] [--seeds 0 1]
+        (rerun to resume; ``--report-only`` rewrites results/reference/<preset>/ from the store)
+Wall time (subset, 2 cores): see the README ("Reference study") — measured, not estimated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from eclipse_ray.distributed.tune import cache_counts, run_sweep, spec
+from eclipse_ray.presets import PRESETS, trial_settings
+from eclipse_ray.results.report import plot_pareto
+from eclipse_ray.results.store import read_results
+from eclipse_ray.results.table import (
+    best_backdoor,
+    clean_cost,
+    defense_table,
+    markdown,
+    won_back,
+)
+from eclipse_ray.trial import build_config
+
+sys.path.insert(0, str(Path(__file__).parent))
+from model_poisons import ATTACK_SETTINGS as CPU_CRAFTING  # noqa: E402
+
+AVAILABILITY = ("urp", "lsp", "ar", "ops", "em", "rem", "tap")
+BACKDOORS = ("badnets", "blend", "sig", "wanet")
+PURIFIERS = ("none", "jpeg", "gray", "eclipse", "puregen-ddpm", "denoise", "puregen-ebm")
+ROW_COLUMNS = ["attack.name", "attack.kind", "defense.name", "seed", "test_acc", "asr", "poison_success", "acc_ref",
+               "clean_cost", "purify_psnr_poisoned", "purify_psnr_clean", "vab_precision", "vab_recall",
+               "craft_seconds", "purify_seconds", "train_seconds", "seconds", "purify_reused", "config_hash"]
+
+# Per-preset settings of each defense and crafted attack (on top of the preset's).
+DEFENSE_SETTINGS = {
+    "subset": {
+        "eclipse": {"defense.sampler": "oneshot", "defense.sigma": "0.05"},
+        "denoise": {"defense.sampler": "oneshot", "defense.sigma": "0.1"},
+        "puregen-ddpm": {"defense.sampler": "ddim", "defense.steps": "4", "defense.sigma": "0.1"},
+        "puregen-ebm": {"defense.steps": "50", "defense.train_iterations": "300", "defense.train_batch_size": "32",
+                        "defense.train_mcmc_steps": "20"},
+        "vab": {"defense.epoch_scale": "0.05"},
+    },
+    "cifar10": {"puregen-ebm": {"defense.train_preset": "paper", "defense.train_iterations": "30000"}},
+}
+ATTACK_SETTINGS = {"subset": CPU_CRAFTING, "cifar10": {}}
+SHARED = {"subset": {"purify_seed": "0"}, "cifar10": {}}
+FIRST = [("none", "none"), ("lsp", "eclipse"), ("lsp", "puregen-ddpm"), ("lsp", "puregen-ebm"), ("em", "none"),
+         ("tap", "none"), ("rem", "none")]  # the trials that build the shared models/poisons go first
+
+
+def cells() -> list[tuple[str, str]]:
+    """Every (attack, defense) of the study, those that build cached artifacts first."""
+    grid = [(a, d) for a in ("none", *AVAILABILITY, *BACKDOORS) for d in PURIFIERS]
+    grid += [(a, "vab") for a in BACKDOORS]
+    return FIRST + [c for c in grid if c not in FIRST]
+
+
+def build_specs(preset_name: str, seeds: list[int], dataset: str | None = None) -> list[dict]:
+    preset = PRESETS[preset_name]
+    ds = dataset or preset["dataset"]
+    specs = []
+    for seed in seeds:  # seed-major: the second seed finds every purification cached
+        for attack, defense in cells():
+            extra = {**SHARED[preset_name], **ATTACK_SETTINGS[preset_name].get(attack, {}),
+                     **DEFENSE_SETTINGS[preset_name].get(defense, {})}
+            specs.append(spec(ds, attack, defense, trial_settings(preset, defense, extra, seed)))
+    return specs
+
+
+def write_reference(df: pd.DataFrame, out: Path, wall_seconds: float | None) -> Path:
+    """rows.parquet, report.md (Table 1, clean cost, won-back) and pareto PNGs into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    df[[c for c in ROW_COLUMNS if c in df]].to_parquet(out / "rows.parquet", index=False)
+    avail_png = plot_pareto(df[df["attack.name"].isin(AVAILABILITY)], out / "pareto_availability.png")
+    back_png = plot_pareto(df[df["attack.name"].isin(BACKDOORS)], out / "pareto_backdoor.png")
+    defenses = [d for d in (*PURIFIERS, "vab") if d in set(df["defense.name"])]
+    table = defense_table(df, ("none", *AVAILABILITY, *BACKDOORS), defenses)
+    cost = clean_cost(df, defenses).map(lambda v: "–" if pd.isna(v) else f"{v:+.1f}").to_frame("clean cost (pts)").T
+    wb, bd = won_back(df, AVAILABILITY), best_backdoor(df, BACKDOORS)
+    counted = wb[wb["counted"]] if not wb.empty else wb
+    seeds = sorted(df["seed"].unique().tolist())
+    text = [f"# Reference study ({len(df)} trials, seeds {seeds})", "",
+            "Test accuracy % (availability, clean) or accuracy % / ASR % (backdoors), mean ± std over seeds.", "",
+            markdown(table), "", "Clean-data cost of each defense (undefended clean accuracy minus defended):", "",
+            markdown(cost, ""), "", "## Accuracy won back by the best defense (availability)", "",
+            markdown(wb.set_index("attack")) if not wb.empty else "(none)", "",
+            f"Average won back over attacks removing ≥ 10 points: "
+            f"{100 * counted['won_back'].mean():.1f} % ({', '.join(counted['attack'])}); left out (remove < 10 "
+            f"points): {', '.join(wb[~wb['counted']]['attack']) or 'none'}." if not counted.empty else "", "",
+            "## Lowest backdoor ASR", "", markdown(bd.set_index("attack")) if not bd.empty else "(none)", ""]
+    if wall_seconds is not None:
+        text += [f"Study wall time: {wall_seconds / 60:.1f} min.", ""]
+    text += ["![availability](pareto_availability.png)" if avail_png else "",
+             "![backdoors](pareto_backdoor.png)" if back_png else "", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(text))
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", choices=("subset", "cifar10"), default="subset")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 (subset), 0 1 2 (cifar10)")
+    p.add_argument("--dataset", default=None, help="override the preset's dataset")
+    p.add_argument("--results", default=None, help="study store (default results/defense_quality-<preset>)")
+    p.add_argument("--reference", default=None, help="published summary (default results/reference/<preset>)")
+    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else an embedded Ray)")
+    p.add_argument("--concurrent", type=int, default=2, help="trials at once")
+    p.add_argument("--gpus-per-trial", type=float, default=None)
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args()
+    seeds = args.seeds or ([0, 1] if args.preset == "subset" else [0, 1, 2])
+    study = Path(args.results or f"results/defense_quality-{args.preset}")
+    reference = Path(args.reference or f"results/reference/{args.preset}")
+    wall = None
+    if not args.report_only:
+        specs = build_specs(args.preset, seeds, args.dataset)
+        for s in specs:  # every setting checked before any work starts
+            build_config(s["dataset"], s["attack"], s["defense"], s["set"])
+        gpus = args.gpus_per_trial
+        if gpus is None:
+            import torch
+
+            gpus = 0.25 if torch.cuda.is_available() else 0.0
+        print(f"defense_quality: {len(specs)} trials -> {study}", flush=True)
+        t = time.perf_counter()
+        df = run_sweep(study, specs, address=args.address, cpus_per_trial=1.0, gpus_per_trial=gpus,
+                       max_concurrent=args.concurrent)
+        wall = time.perf_counter() - t
+    df = read_results(study)
+    df = df[df["seed"].isin(seeds)]
+    report = write_reference(df, reference, wall)
+    computed, reused = cache_counts(df)
+    print(json.dumps({"rows": len(df), "purifications_computed": computed, "purifications_reused": reused,
+                      "report": str(report), "wall_seconds": None if wall is None else round(wall, 1)}))
+
+
+if __name__ == "__main__":
+    main()
