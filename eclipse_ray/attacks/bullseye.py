@@ -29,7 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from eclipse_ray.attacks.base import setting_seed
-from eclipse_ray.attacks.targeted_base import (TargetedAttack, features, project, setting_eps,
+from eclipse_ray.attacks.surrogate import linf_project
+from eclipse_ray.attacks.targeted_base import (TargetedAttack, features, setting_eps,
                                                setting_surrogate_epochs, setting_surrogate_width)
 from eclipse_ray.config import setting
 from eclipse_ray.victim.train import Victim
@@ -53,7 +54,7 @@ def polytope(surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, eps: 
         (delta.grad,) = torch.autograd.grad(loss, [delta])
         opt.step()
         with torch.no_grad():
-            delta.copy_(project(delta, bases, eps))
+            delta.copy_(linf_project(bases, eps)(delta))
         losses.append(float(loss.detach()))
     return delta.detach(), losses
 

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eclipse_ray.attacks.base import setting_seed
-from eclipse_ray.attacks.targeted_base import (TargetedAttack, logits, project, random_flip, setting_eps,
+from eclipse_ray.attacks.surrogate import linf_project
+from eclipse_ray.attacks.targeted_base import (TargetedAttack, logits, random_flip, setting_eps,
                                                setting_surrogate_epochs, setting_surrogate_width)
 from eclipse_ray.config import setting
 from eclipse_ray.victim.train import Victim
@@ -66,7 +67,7 @@ def brew(surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, adv_class
     best, best_loss, history = None, float("inf"), []
     for _ in tqdm(range(restarts), desc="gradient matching", disable=not progress, leave=False):
         delta = (torch.randn(bases.shape, generator=gen).to(bases.device) * eps)
-        delta = project(delta, bases, eps).requires_grad_(True)
+        delta = linf_project(bases, eps)(delta).requires_grad_(True)
         opt = torch.optim.Adam([delta], lr=lr)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
         losses = []
@@ -81,7 +82,7 @@ def brew(surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, adv_class
             opt.step()
             sched.step()
             with torch.no_grad():
-                delta.copy_(project(delta, bases, eps))
+                delta.copy_(linf_project(bases, eps)(delta))
             losses.append(float(loss.detach()))
         final = float(matching_loss(_grad(F.cross_entropy(logits(surrogate, bases + delta.detach()), labels),
                                           params, False), target_grad, target_norm))

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eclipse_ray.attacks.base import _stable_id, choose_rows, mask_of, setting_seed, triggered_split
-from eclipse_ray.attacks.targeted_base import (TargetedAttack, logits, quantise, setting_surrogate_epochs,
+from eclipse_ray.attacks.surrogate import quantise
+from eclipse_ray.attacks.targeted_base import (TargetedAttack, logits, setting_surrogate_epochs,
                                                setting_surrogate_width, train_surrogate)
 from eclipse_ray.config import ConfigError, flatten, setting
 from eclipse_ray.data.imageset import ImageSet, to_float, to_uint8
@@ -101,8 +102,7 @@ class Narcissus(TargetedAttack):
         count = self.poisons if self.poisons is not None else max(1, int(round(self.rate * len(train))))
         rows = choose_rows(np.flatnonzero(train.labels == self.target), count, rng)
         delta = self.trigger(train, progress)
-        images = train.images.copy()
-        images[rows] = quantise(train.images[rows], torch.from_numpy(delta).permute(2, 0, 1)[None], self.eps)
+        images = quantise(train.images, rows, torch.from_numpy(delta).permute(2, 0, 1)[None], self.eps)
         mask = mask_of(rows, len(train))
         meta = {"attack": flatten(self, "attack."), "attack_kind": self.kind, "target": int(self.target),
                 "craft_seconds": time.perf_counter() - t0}

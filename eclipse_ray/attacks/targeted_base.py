@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from eclipse_ray.attacks.base import TARGETED, AttackConfig, _stable_id
+from eclipse_ray.attacks.surrogate import linf_project, quantise
 from eclipse_ray.config import ConfigError, flatten, setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
@@ -99,19 +100,6 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Differentiable augmentation: each image flipped horizontally with probability 1/2."""
     flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
-
-
-def project(delta: torch.Tensor, base: torch.Tensor, eps: float) -> torch.Tensor:
-    """``delta`` clipped to the ℓ∞ ball of radius ``eps`` and so that ``base + delta`` stays in [0, 1]."""
-    return torch.maximum(torch.minimum(delta.clamp(-eps, eps), 1 - base), -base)
-
-
-def quantise(base: np.ndarray, delta: torch.Tensor, eps: float) -> np.ndarray:
-    """uint8 ``base + delta``, rounded, with the change kept within ``floor(eps·255)`` grey levels."""
-    levels = int(np.floor(eps * 255 + 1e-6))
-    new = np.rint(base.astype(np.float32) + delta.detach().cpu().permute(0, 2, 3, 1).numpy() * 255)
-    diff = np.clip(new - base, -levels, levels)
-    return np.clip(base + diff, 0, 255).astype(np.uint8)
 
 
 def pick_targets(train_labels: np.ndarray, test: ImageSet, k: int, per_target: int,
@@ -181,7 +169,7 @@ class TargetedAttack(AttackConfig):
             x_base = to_tensor(train.images[b], device)
             x_target = to_tensor(test.images[[r]], device)
             delta = self.craft(surrogate, x_base, x_target, int(a), gen, progress)
-            images[b] = quantise(train.images[b], project(delta, x_base, self.eps), self.eps)
+            images = quantise(images, b, linf_project(x_base, self.eps)(delta), self.eps)
             owner[b] = i
         mask = owner >= 0
         meta = {"attack": flatten(self, "attack."), "attack_kind": self.kind, "adv_labels": adv.tolist(),

@@ -24,6 +24,21 @@ from eclipse_ray.victim.train import BatchTransform, Victim, VictimConfig
 ImagePurifier = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (uint8 NHWC images, index) -> images
 
 
+def purify_in_batches(run: ImagePurifier, train: ImageSet, batch_size: int, desc: str,
+                      progress: bool = True) -> np.ndarray:
+    """``run`` over ``train`` in batches of ``batch_size`` (the in-process purification loop), with progress."""
+    from tqdm.auto import tqdm
+
+    out = np.empty_like(train.images)
+    bar = tqdm(total=len(train), desc=desc, unit="img", disable=not progress, leave=False)
+    for i in range(0, len(train), batch_size):
+        sl = slice(i, i + batch_size)
+        out[sl] = run(train.images[sl], train.index[sl])
+        bar.update(len(out[sl]))
+    bar.close()
+    return out
+
+
 @dataclass(frozen=True)
 class DefenseConfig(Config):
     section: ClassVar[str] = "defense"

@@ -26,11 +26,10 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from eclipse_ray.config import ConfigError, setting
 from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.defenses.base import DefenseConfig
+from eclipse_ray.defenses.base import DefenseConfig, purify_in_batches
 from eclipse_ray.defenses.compensation import (apply_compensation, compensation_settings,
                                                compensation_transform)
 from eclipse_ray.diffusion.samplers import SAMPLERS, SamplerPlan, purify_batch
@@ -139,13 +138,7 @@ class DiffusionDefense(DefenseConfig):
     def purify(self, train: ImageSet, seed: int, progress: bool = True,
                clean: ImageSet | None = None) -> ImageSet:
         run, model = self.make_purifier(self.model_path(train, clean, progress), seed)
-        out = np.empty_like(train.images)
-        bar = tqdm(total=len(train), desc=f"purify {self.name}", unit="img", disable=not progress, leave=False)
-        for i in range(0, len(train), self.batch_size):
-            sl = slice(i, i + self.batch_size)
-            out[sl] = run(train.images[sl], train.index[sl])
-            bar.update(len(out[sl]))
-        bar.close()
+        out = purify_in_batches(run, train, self.batch_size, f"purify {self.name}", progress)
         return train.with_images(out, resolved=self.resolved(model))
 
 

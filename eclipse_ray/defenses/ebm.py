@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from eclipse_ray.config import setting
 from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.defenses.base import DefenseConfig, ImagePurifier
+from eclipse_ray.defenses.base import DefenseConfig, ImagePurifier, purify_in_batches
 from eclipse_ray.ebm.net import PRESETS
 
 
@@ -96,13 +95,7 @@ class PureGenEBM(DefenseConfig):
                clean: ImageSet | None = None) -> ImageSet:
         model_dir = self.model_path(train, clean, progress)
         run = self.image_purifier(model_dir, seed)
-        out = np.empty_like(train.images)
-        bar = tqdm(total=len(train), desc=f"purify {self.name}", unit="img", disable=not progress, leave=False)
-        for i in range(0, len(train), self.batch_size):
-            sl = slice(i, i + self.batch_size)
-            out[sl] = run(train.images[sl], train.index[sl])
-            bar.update(len(out[sl]))
-        bar.close()
+        out = purify_in_batches(run, train, self.batch_size, f"purify {self.name}", progress)
         return train.with_images(out, resolved=self.model_resolved(model_dir))
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from eclipse_ray.checkpoint import load_checkpoint, save_checkpoint
 from eclipse_ray.config import Config, ConfigError, flatten, setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import stratified_split
@@ -88,7 +89,6 @@ def train_diffusion(cfg: DiffusionTrainConfig, clean: ImageSet, out: str | Path,
                     extra_info: dict[str, Any] | None = None) -> Path:
     """Train on ``clean`` (the clean reference images) and save to ``out``; resumes from ``out/checkpoint``."""
     from diffusers import DDPMScheduler
-    from safetensors.torch import load_file
 
     from eclipse_ray.diffusion.schedule import SCHEDULES
     from eclipse_ray.victim.train import pick_device
@@ -111,14 +111,11 @@ def train_diffusion(cfg: DiffusionTrainConfig, clean: ImageSet, out: str | Path,
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     ckpt = out / "checkpoint"
     start, losses = 0, []
-    if (ckpt / "state.json").is_file():
-        state = json.loads((ckpt / "state.json").read_text())
-        if state["config"] != flatten(cfg):
-            raise ConfigError(f"{out}: checkpoint was made with other settings; use a new output directory")
-        model.load_state_dict(load_file(ckpt / "model.safetensors", device=str(device)))
-        ema.load_state_dict(load_file(ckpt / "ema.safetensors", device=str(device)))
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True))
-        start, losses = state["iteration"], state["losses"]
+    resumed = load_checkpoint(ckpt, cfg, ("model", "ema"), opt, device)
+    if resumed is not None:
+        tensors, start, losses = resumed
+        model.load_state_dict(tensors["model"])
+        ema.load_state_dict(tensors["ema"])
 
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.iterations), desc=f"ddpm {cfg.preset}", disable=not progress,
@@ -146,7 +143,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, clean: ImageSet, out: str | Path,
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
-            _checkpoint(ckpt, model, ema, opt, cfg, it + 1, losses)
+            save_checkpoint(ckpt, {"model": model.state_dict(), "ema": ema.state_dict()}, opt, cfg, it + 1, losses)
 
     info = {"trained_by": "eclipse_ray", "train": flatten(cfg), "t_max": t_hi, "clean_images": len(clean),
             "clean_index": clean.index.tolist(), "train_seconds": time.perf_counter() - t0,
@@ -161,20 +158,6 @@ def train_diffusion(cfg: DiffusionTrainConfig, clean: ImageSet, out: str | Path,
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
-
-
-def _checkpoint(ckpt: Path, model, ema, opt, cfg: DiffusionTrainConfig, iteration: int, losses: list[float]) -> None:
-    from safetensors.torch import save_file
-
-    tmp = ckpt.parent / ".checkpoint.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"iteration": iteration, "losses": losses, "config": flatten(cfg)}))
-    shutil.rmtree(ckpt, ignore_errors=True)
-    os.replace(tmp, ckpt)
 
 
 def train_config_with(overrides: dict[str, str]) -> DiffusionTrainConfig:

@@ -55,8 +55,8 @@ def run_spec(trial: dict[str, Any], results_dir: str, cache_dir: str, data_dir: 
     data = prepare(cfg, data_dir, cache_dir)
     purified, reused = None, None
     if cfg.defense.purifies:
-        purified, reused = cached_purify(data, flatten(cfg.attack, "attack."), cfg.defense, cfg.defense_seed, cache_dir,
-                                         cfg.dataset)
+        purified, reused = cached_purify(data, flatten(cfg.attack, "attack."), cfg.defense, cfg.defense_seed,
+                                         cache_dir, cfg.dataset)
     row = run_trial(cfg, data=data, purified_train=purified, cache_dir=cache_dir, progress=False)
     row["purify_reused"] = reused
     append_rows(results_dir, [row])
@@ -92,7 +92,9 @@ def run_sweep(study_dir: str | Path, specs: list[dict[str, Any]], *, address: st
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # keep relative dataset paths meaningful
     study_dir = Path(study_dir).resolve()
-    cache_dir = Path(cache_dir).resolve() if cache_dir else study_dir / ".cache"
+    if cache_dir is None:  # models, poisons and purified sets: shared when $ECLIPSE_RAY_CACHE is set
+        cache_dir = os.environ.get("ECLIPSE_RAY_CACHE") or study_dir / ".cache"
+    cache_dir = Path(cache_dir).resolve()
     init_ray(address)
     storage = study_dir / "_tune"
     fn = tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})

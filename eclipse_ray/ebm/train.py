@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from eclipse_ray.checkpoint import load_checkpoint, save_checkpoint
 from eclipse_ray.config import Config, ConfigError, flatten, setting, with_overrides
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.ebm.langevin import langevin
@@ -91,7 +92,6 @@ def _generator(cfg: EBMTrainConfig, it: int) -> torch.Generator:
 def train_ebm(cfg: EBMTrainConfig, clean: ImageSet, out: str | Path, progress: bool = True,
               extra_info: dict[str, Any] | None = None) -> Path:
     """Train on ``clean`` (the clean reference images) and save to ``out``; resumes from ``out/checkpoint``."""
-    from safetensors.torch import load_file
 
     from eclipse_ray.victim.train import pick_device
 
@@ -113,14 +113,11 @@ def train_ebm(cfg: EBMTrainConfig, clean: ImageSet, out: str | Path, progress: b
     buffer = data[rows] + cfg.data_noise * torch.randn((n_buf, *data.shape[1:]), generator=init).to(device)
     ckpt = out / "checkpoint"
     start, losses = 0, []
-    if (ckpt / "state.json").is_file():
-        state = json.loads((ckpt / "state.json").read_text())
-        if state["config"] != flatten(cfg):
-            raise ConfigError(f"{out}: checkpoint was made with other settings; use a new output directory")
-        net.load_state_dict(load_file(ckpt / "model.safetensors", device=str(device)))
-        buffer = load_file(ckpt / "buffer.safetensors", device=str(device))["buffer"].clone()
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True))
-        start, losses = state["iteration"], state["losses"]
+    resumed = load_checkpoint(ckpt, cfg, ("model", "buffer"), opt, device)
+    if resumed is not None:
+        tensors, start, losses = resumed
+        net.load_state_dict(tensors["model"])
+        buffer = tensors["buffer"]["buffer"].clone()
 
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.iterations), desc=f"ebm {cfg.preset}", disable=not progress,
@@ -147,7 +144,7 @@ def train_ebm(cfg: EBMTrainConfig, clean: ImageSet, out: str | Path, progress: b
                                f"(lower ebm.lr or ebm.eta)")
         bar.set_postfix(cd=f"{np.mean(losses[-50:]):.3e}")
         if (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
-            _checkpoint(ckpt, net, buffer, opt, cfg, it + 1, losses)
+            save_checkpoint(ckpt, {"model": net.state_dict(), "buffer": {"buffer": buffer}}, opt, cfg, it + 1, losses)
 
     arch = PRESETS[cfg.preset]
     info = {"arch": arch["arch"], "width": arch["width"], "image_shape": list(clean.image_shape),
@@ -164,18 +161,3 @@ def train_ebm(cfg: EBMTrainConfig, clean: ImageSet, out: str | Path, progress: b
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
-
-
-def _checkpoint(ckpt: Path, net: torch.nn.Module, buffer: torch.Tensor, opt: torch.optim.Optimizer,
-                cfg: EBMTrainConfig, iteration: int, losses: list[float]) -> None:
-    from safetensors.torch import save_file
-
-    tmp = ckpt.parent / ".checkpoint.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp / "model.safetensors")
-    save_file({"buffer": buffer.contiguous()}, tmp / "buffer.safetensors")
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"iteration": iteration, "losses": losses, "config": flatten(cfg)}))
-    shutil.rmtree(ckpt, ignore_errors=True)
-    os.replace(tmp, ckpt)

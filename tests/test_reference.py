@@ -1,0 +1,90 @@
+"""The reference study's pieces: Table 1 arithmetic, shared purification across victim seeds, its grid."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from eclipse_ray.config import ConfigError, flatten
+from eclipse_ray.distributed.cache import purification_key
+from eclipse_ray.distributed.tune import run_spec, spec
+from eclipse_ray.presets import PRESETS, trial_settings
+from eclipse_ray.results.table import best_backdoor, clean_cost, defense_table, won_back
+from eclipse_ray.trial import build_config
+
+
+def _rows() -> pd.DataFrame:
+    rows = []
+    acc = {("none", "none"): (0.70, 0.72), ("none", "eclipse"): (0.66, 0.66), ("lsp", "none"): (0.20, 0.22),
+           ("lsp", "eclipse"): (0.60, 0.62), ("lsp", "jpeg"): (0.50, 0.50), ("urp", "none"): (0.68, 0.68),
+           ("urp", "eclipse"): (0.66, 0.66), ("badnets", "none"): (0.70, 0.70), ("badnets", "eclipse"): (0.64, 0.66)}
+    asr = {("badnets", "none"): (1.0, 1.0), ("badnets", "eclipse"): (0.05, 0.15)}
+    for (a, d), accs in acc.items():
+        for seed, v in enumerate(accs):
+            rows.append({"attack.name": a, "defense.name": d, "seed": seed, "test_acc": v,
+                         "asr": asr[(a, d)][seed] if (a, d) in asr else np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_table_cells_clean_cost_and_won_back():
+    df = _rows()
+    t = defense_table(df, ["none", "lsp", "badnets"], ["none", "eclipse"])
+    assert t.loc["lsp", "eclipse"] == "61.0 ± 1.4"
+    assert t.loc["badnets", "eclipse"] == "65.0 ± 1.4 / 10.0 ± 7.1"
+    assert clean_cost(df, ["eclipse"])["eclipse"] == pytest.approx(5.0)
+    wb = won_back(df, ["lsp", "urp"]).set_index("attack")
+    # LSP removes 71 − 21 = 50 points; eclipse (best, 61) wins back 40 of them.
+    assert wb.loc["lsp", "best_defense"] == "eclipse"
+    assert wb.loc["lsp", "won_back"] == pytest.approx(0.8)
+    assert bool(wb.loc["lsp", "counted"]) and not bool(wb.loc["urp", "counted"])  # URP removes only 3 points
+    bd = best_backdoor(df, ["badnets"]).iloc[0]
+    assert bd["best_defense"] == "eclipse" and bd["best_asr"] == pytest.approx(0.10)
+
+
+def test_purify_seed_shares_one_purification_across_victim_seeds():
+    a = build_config("digits", "lsp", "jpeg", {"seed": "0"})
+    assert "purify_seed" not in a.flat()  # configs without it keep their old hash
+    b = build_config("digits", "lsp", "jpeg", {"seed": "1", "purify_seed": "0"})
+    c = build_config("digits", "lsp", "jpeg", {"seed": "2", "purify_seed": "0"})
+    assert b.hash() != c.hash() and b.defense_seed == c.defense_seed == a.defense_seed == 0
+    keys = {purification_key(x.dataset, flatten(x.attack, "attack."), x.defense, x.defense_seed) for x in (a, b, c)}
+    assert len(keys) == 1
+    with pytest.raises(ConfigError, match="purify_seed"):
+        build_config("digits", "lsp", "jpeg", {"purify_seed": "-1"})
+
+
+def test_second_victim_seed_reuses_the_purified_set(tmp_path):
+    common = {"victim.epochs": "1", "victim.width": "8", "purify_seed": "0"}
+    rows = [run_spec(spec("digits", "urp", "jpeg", {**common, "seed": str(s)}), str(tmp_path / "study"),
+                     str(tmp_path / "cache")) for s in (0, 1)]
+    assert [r["purify_reused"] for r in rows] == [False, True]
+    assert rows[0]["config_hash"] != rows[1]["config_hash"]
+
+
+def test_trial_settings_precedence():
+    preset = {"victim": {"victim.epochs": "6"}, "defense": {"defense.train_iterations": "600"}}
+    s = trial_settings(preset, "eclipse", {"defense.train_iterations": "10", "defense.sigma": "0.1"}, 3,
+                       {"victim.epochs": "2", "defense.quality": "5"})
+    assert s["defense.train_iterations"] == "10"  # the grid point's own setting beats the preset's
+    assert s["victim.epochs"] == "2" and s["seed"] == "3"  # the user's --set beats both
+    assert "defense.quality" not in s  # a defense.* key this defense does not have is dropped
+    assert "defense.train_iterations" not in trial_settings(preset, "jpeg", {}, 0)
+
+
+def test_reference_grid_is_complete_and_valid():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import defense_quality as dq
+
+    specs = dq.build_specs("subset", [0, 1], dataset="digits")
+    cfgs = [build_config(s["dataset"], s["attack"], s["defense"], s["set"]) for s in specs]
+    assert len({c.hash() for c in cfgs}) == len(specs) == 2 * (12 * 7 + 4)
+    cells = {(c.attack.name, c.defense.name) for c in cfgs}
+    assert {("em", d) for d in dq.PURIFIERS} <= cells and ("lsp", "vab") not in cells and ("wanet", "vab") in cells
+    seeds = [c.seed for c in cfgs]
+    assert seeds == sorted(seeds)  # seed-major: seed 1 finds every purification cached
+    assert {c.purify_seed for c in cfgs} == {0}
+    assert PRESETS["subset"]["victim"]["victim.width"] == "16"
