@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
+from eclipse_ray.presets import SUBSET_NPZ as DEFAULT_NPZ
 from eclipse_ray.results.store import read_results
 from eclipse_ray.trial import build_config, run_trial
 
-DEFAULT_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_subset.npz"
 ONESHOT = {"defense.sampler": "oneshot"}
 TRIALS = [
     ("lsp", "eclipse", {**ONESHOT, "defense.sigma": "0.05"}),

@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
+from eclipse_ray.presets import SUBSET_NPZ as DEFAULT_NPZ
 from eclipse_ray.results.store import read_results
 from eclipse_ray.trial import build_config, prepare, run_trial
-
-DEFAULT_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_subset.npz"
 
 
 def main() -> None:

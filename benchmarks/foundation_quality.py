@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import pandas as pd
 
+from eclipse_ray.presets import SUBSET_NPZ as DEFAULT_NPZ
 from eclipse_ray.trial import build_config, run_trial
 
-DEFAULT_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_subset.npz"
 TRIALS = [("none", "none"), ("lsp", "none"), ("lsp", "gray"), ("lsp", "jpeg"), ("badnets", "none"),
           ("badnets", "jpeg")]
 

@@ -34,14 +34,13 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from pathlib import Path
 
 import torch
 
+from eclipse_ray.presets import SUBSET_NPZ as DEFAULT_NPZ
 from eclipse_ray.results.store import read_results
 from eclipse_ray.trial import build_config, prepare, run_trial
 
-DEFAULT_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_subset.npz"
 EM_CPU = {"attack.width": "16", "attack.pgd_steps": "5", "attack.step": str(2 / 255), "attack.max_rounds": "6"}
 ATTACK_SETTINGS = {
     "em": EM_CPU,

@@ -11,7 +11,7 @@ Crafting is kept CPU-sized (fewer restarts / iterations / trigger rounds than
 the papers; see ``ATTACKS`` below): these figures show the pipeline and the
 direction of the effects, not the papers' numbers. One seed per cell.
 
-Usage:  ECLIPSE_RAY_CACHE=/work/main/cache python benchmarks/targeted_poisons.py [--attacks ...] [--defenses ...]
+Usage:  ECLIPSE_RAY_CACHE=cache python benchmarks/targeted_poisons.py [--attacks ...] [--defenses ...]
 Cost:   CPU (2 shared cores), defaults: roughly 25–40 min (see README); results in results/targeted/.
 """
 
@@ -22,9 +22,11 @@ import json
 import time
 from pathlib import Path
 
+from eclipse_ray.presets import SUBSET_NPZ
+from eclipse_ray.results.store import read_results
 from eclipse_ray.trial import build_config, run_trial, summary
 
-DATASET = "npz:/work/shared/data/cifar10_subset.npz"
+DATASET = f"npz:{SUBSET_NPZ}"
 ATTACKS = {
     # PureGen's ε = 16/255; K = 4 targets, 1 % budget each; 1 restart of 60 signed-Adam steps (paper: 8 × 250).
     "gradient_matching": {"eps": "0.0627451", "targets": "4", "restarts": "1", "iterations": "60"},
@@ -59,6 +61,9 @@ def main() -> None:
                          **{f"defense.{k}": v for k, v in DEFENSES[defense].items()},
                          "victim.epochs": str(args.epochs), "seed": str(args.seed)}
             cfg = build_config(DATASET, attack, defense, overrides)
+            done = read_results(out / "store")
+            if not done.empty and cfg.hash() in set(done["config_hash"]):
+                continue  # measured already (rerun to finish an interrupted benchmark)
             t = time.perf_counter()
             row = run_trial(cfg, results_dir=out / "store", progress=False, reference=False)
             line = {k: row.get(k) for k in KEYS}

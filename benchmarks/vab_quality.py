@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
 
 from eclipse_ray.defenses.vab import split_quality, train_vab
+from eclipse_ray.presets import SUBSET_NPZ as DEFAULT_NPZ
 from eclipse_ray.trial import build_config, prepare, run_trial
 
-DEFAULT_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_subset.npz"
 COLUMNS = ["attack.name", "defense.name", "seed", "test_acc", "asr", "vab_epochs", "vab_precision", "vab_recall",
            "vab_suspicious", "vab_warmup_precision", "vab_warmup_recall", "train_seconds"]
 
