@@ -138,7 +138,9 @@ def main() -> None:
     p.add_argument("--results", default=None, help="study store (default results/defense_quality-<preset>)")
     p.add_argument("--reference", default=None, help="published summary (default results/reference/<preset>)")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else an embedded Ray)")
-    p.add_argument("--concurrent", type=int, default=2, help="trials at once")
+    p.add_argument("--concurrent", type=int, default=None,
+                   help="trials at once (default: 2 for subset, as many as the cluster's resources allow for cifar10)")
+    p.add_argument("--data-dir", default=None, help="where torchvision datasets live / are downloaded (cifar10)")
     p.add_argument("--gpus-per-trial", type=float, default=None)
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
@@ -157,8 +159,9 @@ def main() -> None:
             gpus = 0.25 if torch.cuda.is_available() else 0.0
         print(f"defense_quality: {len(specs)} trials -> {study}", flush=True)
         t = time.perf_counter()
+        concurrent = args.concurrent or (2 if args.preset == "subset" else None)
         df = run_sweep(study, specs, address=args.address, cpus_per_trial=1.0, gpus_per_trial=gpus,
-                       max_concurrent=args.concurrent)
+                       max_concurrent=concurrent, data_dir=args.data_dir)
         wall = time.perf_counter() - t
     df = read_results(study)
     df = df[df["seed"].isin(seeds)]
