@@ -41,3 +41,32 @@ def test_badnets_reaches_high_asr_with_clean_accuracy_kept(clean):
 def test_training_is_deterministic_under_a_seed():
     a, b = trial("urp", seed="3"), trial("urp", seed="3")
     assert a["test_acc"] == b["test_acc"]
+
+
+def test_victim_trained_on_grayscale_reads_colour_test_images(digits):
+    """ISS-G trains on grey images and tests on colour ones: the whitened stem must ignore the colour
+    directions it never saw (it used to amplify them and the victim fell to chance)."""
+    import numpy as np
+    import torch
+
+    from eclipse_ray.defenses import DEFENSES
+    from eclipse_ray.victim.nets import FastNet
+    from eclipse_ray.victim.train import VictimConfig, train_victim
+
+    rng = np.random.default_rng(0)
+
+    def tint(images: np.ndarray) -> np.ndarray:  # each digit drawn in a random colour
+        colour = rng.uniform(0.3, 1.0, size=(len(images), 1, 1, 3))
+        return np.round(images * colour).astype(np.uint8)
+
+    train, test = digits.train.with_images(tint(digits.train.images)), tint(digits.test.images)
+    grey = DEFENSES.build("gray").purify(train, 0, progress=False)
+    victim = train_victim(VictimConfig(epochs=5, width=16), grey.images, grey.labels, grey.num_classes, 0,
+                          progress=False)
+    assert (victim.predict(test) == digits.test.labels).mean() > 0.8
+    net = FastNet(10, width=16)
+    x = torch.from_numpy(grey.images[:64]).permute(0, 3, 1, 2).float() / 255
+    net.init_whitening(x)
+    colour_only = torch.zeros(1, 3, 2, 2)
+    colour_only[:, 0], colour_only[:, 1] = 1.0, -1.0  # red minus green: no grey component
+    assert net.whiten(colour_only).abs().max() < 1e-3
