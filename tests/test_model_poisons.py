@@ -85,7 +85,7 @@ def test_tap_pgd_moves_the_surrogate_to_the_next_class(small):
     sur = Surrogate(victim.model.eval(), victim.mean, victim.std)
     x = images_tensor(tr.images, torch.device("cpu"))
     target = torch.from_numpy((tr.labels + 1) % 10)
-    cfg = build("tap", steps="8", tau="0.4", augment="false")
+    cfg = build("tap", steps="20", tau="0.4", augment="false")
     delta = targeted_pgd(sur, x, target, 8 / 255, cfg, torch.Generator())
     with torch.no_grad():
         before = (sur(x).argmax(1) == target).float().mean().item()

@@ -100,8 +100,8 @@ def build_surrogate(cfg: CraftedAttack, num_classes: int, x_clean: torch.Tensor,
     model = model.to(x_clean.device)
     mean = x_clean.mean((0, 2, 3), keepdim=True)
     std = x_clean.std((0, 2, 3), keepdim=True).clamp_min(1e-3)
-    if isinstance(model, FastNet):
-        model.init_whitening(((x_clean - mean) / std)[:5000])
+    if isinstance(model, FastNet):  # every direction kept: the noise may live where clean data never vary
+        model.init_whitening(((x_clean - mean) / std)[:5000], rel_tol=None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD([{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
                            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],

@@ -41,19 +41,23 @@ class FastNet(nn.Module):
         self.head = nn.Linear(widths[2], num_classes, bias=False)
 
     @torch.no_grad()
-    def init_whitening(self, x: torch.Tensor, eps: float = 5e-4, rel_tol: float = 1e-6) -> None:
+    def init_whitening(self, x: torch.Tensor, eps: float = 5e-4, rel_tol: float | None = 1e-6) -> None:
         """Set the stem to whiten 2x2 patches of ``x`` (N, C, H, W), ± each eigenvector.
 
         Directions the training patches do not vary in (eigenvalue ≤ ``rel_tol`` × the
         largest) get zero weight instead of the largest gain: trained on grayscale
         images (ISS-G), the net must ignore colour, not amplify it 45× at test time.
+        ``rel_tol=None`` keeps every direction (an attacker's surrogate, see
+        :func:`eclipse_ray.attacks.surrogate.build_surrogate`).
         """
         c = x.shape[1]
         patches = x.unfold(2, 2, 1).unfold(3, 2, 1).transpose(1, 3).reshape(-1, c * 4).double()
         patches = patches - patches.mean(0)
         cov = patches.T @ patches / len(patches)
         evals, evecs = torch.linalg.eigh(cov)
-        gain = torch.where(evals > rel_tol * evals.max(), 1 / torch.sqrt(evals.clamp_min(0) + eps), 0.0)
+        gain = 1 / torch.sqrt(evals.clamp_min(0) + eps)
+        if rel_tol is not None:
+            gain = torch.where(evals > rel_tol * evals.max(), gain, 0.0)
         w = (evecs.T * gain[:, None]).reshape(-1, c, 2, 2).float()
         self.whiten.weight.copy_(torch.cat([w, -w]))
         self.whiten.bias.zero_()
