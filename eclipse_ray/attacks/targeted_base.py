@@ -71,7 +71,8 @@ def train_surrogate(train: ImageSet, epochs: int, width: int, seed: int, progres
     key = (hashlib.sha1(train.images.tobytes() + train.labels.tobytes()).hexdigest(), epochs, width, seed, str(device))
     if key not in _SURROGATES:
         cfg = VictimConfig(arch="fast", epochs=epochs, width=width, device=str(device))
-        victim = train_victim(cfg, train.images, train.labels, train.num_classes, seed, progress=progress)
+        victim = train_victim(cfg, train.images, train.labels, train.num_classes, seed, progress=progress,
+                              whiten_tol=None)  # like the availability surrogates: every direction kept
         victim.model.eval()
         while len(_SURROGATES) >= 2:
             _SURROGATES.pop(next(iter(_SURROGATES)))

@@ -129,8 +129,12 @@ class Victim:
 
 
 def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int,
-                 transform: BatchTransform | None = None, progress: bool = True) -> Victim:
-    """Train a victim on uint8 NHWC ``images``; ``transform`` runs on every batch (e.g. compensation)."""
+                 transform: BatchTransform | None = None, progress: bool = True,
+                 whiten_tol: float | None = 1e-6) -> Victim:
+    """Train a victim on uint8 NHWC ``images``; ``transform`` runs on every batch (e.g. compensation).
+
+    ``whiten_tol``: see :meth:`FastNet.init_whitening` (``None`` for an attacker's surrogate).
+    """
     cfg = cfg.resolved()
     device = pick_device(cfg.device)
     torch.manual_seed(seed)
@@ -143,7 +147,7 @@ def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_
     if isinstance(model, FastNet) and not cfg.whiten:
         model.whiten.weight.requires_grad_(True)
     elif isinstance(model, FastNet):
-        model.init_whitening(((x_all - mean) / std)[: min(len(x_all), 5000)])
+        model.init_whitening(((x_all - mean) / std)[: min(len(x_all), 5000)], rel_tol=whiten_tol)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
