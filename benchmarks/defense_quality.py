@@ -75,7 +75,7 @@ DEFENSE_SETTINGS = {
     },
     "cifar10": {"puregen-ebm": {"defense.train_preset": "paper", "defense.train_iterations": "30000"}},
 }
-ATTACK_SETTINGS = {"subset": CPU_CRAFTING, "cifar10": {}}
+ATTACK_SETTINGS = {"subset": CPU_CRAFTING, "cifar10": {a: {"attack.arch": "resnet18"} for a in ("em", "rem", "tap")}}
 SHARED = {"subset": {"purify_seed": "0"}, "cifar10": {}}
 FIRST = [("none", "none"), ("lsp", "eclipse"), ("lsp", "puregen-ddpm"), ("lsp", "puregen-ebm"), ("em", "none"),
          ("tap", "none"), ("rem", "none")]  # the trials that build the shared models/poisons go first
