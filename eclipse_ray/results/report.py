@@ -2,8 +2,9 @@
 
 ``plot_pareto`` draws one panel per (dataset, attack): every defense config as
 a point (mean over seeds, error bars = std), the frontier joined and
-highlighted, points labelled by defense and noise level. ``write_report`` puts
-the summary table, the frontier and the plots in ``report.md``.
+highlighted, points labelled by defense and noise level. ``plot_sigma`` draws
+accuracy against the noise level (sweeps over σ). ``write_report`` puts the
+summary table, the frontier and the plots in ``report.md``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,37 @@ def plot_pareto(df: pd.DataFrame, path: str | Path, x: str = "test_acc", y: str 
     return save_png(fig, path, dpi=110)
 
 
+def plot_sigma(df: pd.DataFrame, path: str | Path) -> Path | None:
+    """Test accuracy against the noise level σ, one panel per (dataset, attack), one line per purifier;
+    the undefended and model-free defenses as horizontal lines. None when fewer than 3 σ values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summarize(df)
+    if s.empty or "defense.sigma" not in s or s["defense.sigma"].dropna().nunique() < 3:
+        return None
+    panels = list(s.groupby(["dataset", "attack.name"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
+    for ax, ((dataset, attack), g) in zip(axes.flat, panels):
+        for name, d in g.groupby("defense.name"):
+            if d["defense.sigma"].notna().any():
+                d = d.sort_values("defense.sigma")
+                ax.errorbar(d["defense.sigma"] * 255, d["test_acc_mean"], yerr=d["test_acc_std"].fillna(0),
+                            marker="o", capsize=2, label=name)
+            else:
+                ax.axhline(d["test_acc_mean"].iloc[0], ls="--" if name == "none" else ":", lw=1.2,
+                           color="grey" if name == "none" else "black", label=f"{name} (no σ)")
+        ax.set_title(f"{Path(str(dataset)).name} · {'clean data' if attack == 'none' else attack}", fontsize=9)
+        ax.set_xlabel("σ × 255 (noise added before denoising)")
+        ax.set_ylabel("test_acc")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_png(fig, path, dpi=110)
+
+
 def _table(df: pd.DataFrame, cols: list[str]) -> str:
     cols = [c for c in cols if c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -90,6 +122,9 @@ def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> Pa
             "availability poisons).", "", _table(front, SUMMARY_COLS), ""]
     if png is not None:
         text += ["## Plot", "", f"![Pareto]({png.name})", ""]
+    sigma_png = plot_sigma(df, out / "sigma.png")
+    if sigma_png is not None:
+        text += ["## Accuracy against σ", "", f"![sigma]({sigma_png.name})", ""]
     path = out / "report.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(text))
