@@ -27,7 +27,12 @@ their published settings, V&B at full length, seeds 0 1 2 each purified anew.
 
 Usage:  ECLIPSE_RAY_CACHE=cache python benchmarks/defense_quality.py [--preset subset] [--seeds 0 1]
         (rerun to resume; ``--report-only`` rewrites results/reference/<preset>/ from the store)
-Wall time (subset, 2 cores): see the README ("Reference study") — measured, not estimated.
+Wall time (subset, 2 cores), measured: seed 0 took 1 h 53 min with the tiny DDPMs and crafted poisons
+        already cached (the noise sweep and the test suite shared the cores for ~45 min of it), seed 1
+        (victims only: every purification cached) about 45 min — ≈ 4 CPU-hours in all, i.e. ≈ 2 h on 2 idle
+        cores, plus ≈ 40 min from an empty cache (two 600-iteration DDPMs, the EBM, EM/TAP/REM crafting).
+        Over the 2-hour target: the costs are puregen-ddpm's 4-call DDIM purifications (≈ 4 min per
+        4,660 images on one core), the victims (≈ 45 s each) and V&B (≈ 3.5 min each).
 """
 
 from __future__ import annotations
