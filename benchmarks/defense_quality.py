@@ -73,10 +73,10 @@ DEFENSE_SETTINGS = {
     "subset": {
         "eclipse": {"defense.sampler": "oneshot", "defense.sigma": "0.05"},
         "denoise": {"defense.sampler": "oneshot", "defense.sigma": "0.1"},
-        "puregen-ddpm": {"defense.sampler": "ddim", "defense.steps": "4", "defense.sigma": "0.1"},
-        "puregen-ebm": {"defense.steps": "50", "defense.train_iterations": "300", "defense.train_batch_size": "32",
+        "puregen-ddpm": {"defense.sampler": "ddim", "defense.steps": "2", "defense.sigma": "0.1"},
+        "puregen-ebm": {"defense.steps": "25", "defense.train_iterations": "300", "defense.train_batch_size": "32",
                         "defense.train_mcmc_steps": "20"},
-        "vab": {"defense.epoch_scale": "0.05"},
+        "vab": {"defense.epoch_scale": "0.05", "defense.lr_schedule": "linear"},
     },
     "cifar10": {"puregen-ebm": {"defense.train_preset": "paper", "defense.train_iterations": "30000"}},
 }
