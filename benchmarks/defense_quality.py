@@ -14,25 +14,23 @@ computed once and cached under $ECLIPSE_RAY_CACHE.
 (4,660 train / 932 test); victim = width-16 fast net, 6 epochs; seeds 0 and 1
 vary the victim while the poison and the purified set are drawn once
 (``purify_seed=0``), so the spread is the victim's; eclipse one-shot σ = 0.05
-+ compensation; denoise one-shot σ = 0.1; puregen-ddpm DDIM 4 calls from σ = 0.1
-on its t<250 model; puregen-ebm 50 Langevin steps (PureGen: 150) of a tiny EBM
-trained 300 CD iterations; V&B Beneficiary 10 epochs (``epoch_scale`` 0.05);
-EM/REM/TAP crafted with ``benchmarks/model_poisons.py``'s CPU settings. The tiny
-DDPMs (600 iterations each) are those of ``benchmarks/diffusion_quality.py``.
-2 trials run at once, one CPU each.
++ compensation; denoise one-shot σ = 0.1; puregen-ddpm DDIM 2 calls from σ = 0.1
+on its t<250 model; puregen-ebm 25 Langevin steps (PureGen: 150) of a tiny EBM
+trained 300 CD iterations; V&B Beneficiary 10 epochs (``epoch_scale`` 0.05,
+linear lr schedule); EM/REM/TAP crafted with ``benchmarks/model_poisons.py``'s
+CPU settings. The tiny DDPMs (600 iterations each) are trained by the first
+trials that need them. 2 trials run at once, one CPU each.
 
 ``--preset cifar10`` (GPUs, full CIFAR-10): the paper UNet and ResNet-18 for 80
 epochs, published purifier settings (full reverse chains), crafted poisons at
 their published settings, V&B at full length, seeds 0 1 2 each purified anew.
 
-Usage:  ECLIPSE_RAY_CACHE=cache python benchmarks/defense_quality.py [--preset subset] [--seeds 0 1]
-        (rerun to resume; ``--report-only`` rewrites results/reference/<preset>/ from the store)
-Wall time (subset, 2 cores), measured: seed 0 took 1 h 53 min with the tiny DDPMs and crafted poisons
-        already cached (the noise sweep and the test suite shared the cores for ~45 min of it), seed 1
-        (victims only: every purification cached) about 45 min — ≈ 4 CPU-hours in all, i.e. ≈ 2 h on 2 idle
-        cores, plus ≈ 40 min from an empty cache (two 600-iteration DDPMs, the EBM, EM/TAP/REM crafting).
-        Over the 2-hour target: the costs are puregen-ddpm's 4-call DDIM purifications (≈ 4 min per
-        4,660 images on one core), the victims (≈ 45 s each) and V&B (≈ 3.5 min each).
+Usage:  python benchmarks/defense_quality.py [--preset subset] [--seeds 0 1]
+        (rerun to resume; ``--report-only`` rewrites results/reference/<preset>/ from the store; models,
+        poisons and purified sets are cached in the study folder, or in $ECLIPSE_RAY_CACHE when set)
+Wall time (subset, 2 cores), measured: 1 h 44 min (6,265 s) from an empty cache with nothing else running —
+        the first ≈ 20 min build the two tiny DDPMs, the EBM and the EM/REM/TAP poisons; then a victim
+        takes 21–32 s, a purification 30–100 s per 4,660 images, a V&B run ≈ 2.5 min.
 """
 
 from __future__ import annotations
