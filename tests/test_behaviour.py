@@ -70,3 +70,22 @@ def test_victim_trained_on_grayscale_reads_colour_test_images(digits):
     colour_only = torch.zeros(1, 3, 2, 2)
     colour_only[:, 0], colour_only[:, 1] = 1.0, -1.0  # red minus green: no grey component
     assert net.whiten(colour_only).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("arch", ["fast", "resnet18"])
+def test_channels_last_nets_compute_what_contiguous_ones_do(arch):
+    """build_net hands out channels-last weights (faster on CPU); the layout must not change the function."""
+    import copy
+
+    import torch
+
+    from eclipse_ray.victim.nets import build_net
+
+    torch.manual_seed(0)
+    net = build_net(arch, 10, 8).eval()
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = copy.deepcopy(net).to(memory_format=torch.contiguous_format)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), plain(x), rtol=1e-4, atol=1e-4)
