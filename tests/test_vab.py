@@ -11,7 +11,8 @@ from eclipse_ray.attacks import ATTACKS
 from eclipse_ray.config import ConfigError
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.defenses import DEFENSES
-from eclipse_ray.defenses.vab import VaB, smooth_and_normalise, split_quality, train_vab
+from eclipse_ray.defenses.vab import (VaB, bn_stats_frozen, flag, recalibrate_bn, smooth_and_normalise,
+                                     split_quality, train_vab)
 from eclipse_ray.trial import build_config, run_trial
 from eclipse_ray.victim.attention_mix import attention_mix, feature_attention, mix_weights
 from eclipse_ray.victim.nets import build_net
@@ -86,8 +87,44 @@ def test_nets_expose_last_stage_features():
 def test_entropy_smoothing_and_split_quality():
     score, carried = smooth_and_normalise(np.array([1.0, 3.0, 2.0]), np.array([3.0, 3.0, 3.0]), 0.75)
     assert np.allclose(carried, [1.5, 3.0, 2.25]) and np.allclose(score, [0.0, 1.0, 0.5])
+    score = np.array([0.15, 0.05, 0.5, 0.1, 0.19])
+    assert flag(score, 0.2).tolist() == [True, True, False, True, True]
+    assert flag(score, 0.2, cap=2).tolist() == [False, True, False, True, False]  # the two lowest scores
+    assert flag(score, 0.2, cap=9).tolist() == flag(score, 0.2).tolist()
     q = split_quality(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool), "x_")
     assert q == {"x_suspicious": 0.5, "x_precision": 0.5, "x_recall": 0.5}
+
+
+def _bn_net() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.4))
+
+
+def test_attention_pass_leaves_running_statistics_alone():
+    net = _bn_net().train()
+    bn = net[1]
+    before = (bn.running_mean.clone(), bn.running_var.clone())
+    with bn_stats_frozen(net):
+        net(torch.rand(8, 3, 6, 6) * 5 + 3)
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    assert bn.momentum == 0.4
+    net(torch.rand(8, 3, 6, 6) * 5 + 3)  # outside the context the statistics move again
+    assert not torch.equal(bn.running_mean, before[0])
+
+
+def test_recalibrated_statistics_are_the_plain_average_over_the_data():
+    torch.manual_seed(0)
+    net = _bn_net().train()
+    for _ in range(3):  # skew the running statistics with "mixed" batches of another scale
+        net(torch.rand(16, 3, 6, 6) * 0.1)
+    x = torch.randn(64, 3, 6, 6) * 2 + 1
+    recalibrate_bn(net, x, batch=16)
+    bn = net[1]
+    feats = net[0](x).detach()
+    batch_means = torch.stack([feats[i:i + 16].mean((0, 2, 3)) for i in range(0, 64, 16)])
+    batch_vars = torch.stack([feats[i:i + 16].var((0, 2, 3), unbiased=True) for i in range(0, 64, 16)])
+    assert torch.allclose(bn.running_mean, batch_means.mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, batch_vars.mean(0), atol=1e-4)
+    assert bn.momentum == 0.4 and not net.training
 
 
 def test_config_schedule_and_bad_input():
@@ -98,6 +135,8 @@ def test_config_schedule_and_bad_input():
         DEFENSES.build("vab", {"milestones": "100,50"})
     with pytest.raises(ConfigError, match="epoch_scale"):
         DEFENSES.build("vab", {"epoch_scale": "0"})
+    with pytest.raises(ConfigError, match="max_growth"):
+        DEFENSES.build("vab", {"max_growth": "0.5"})
     with pytest.raises(ConfigError, match="lr_schedule"):
         DEFENSES.build("vab", {"lr_schedule": "cosine"})
 
