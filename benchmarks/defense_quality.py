@@ -17,7 +17,8 @@ vary the victim while the poison and the purified set are drawn once
 + compensation; denoise one-shot σ = 0.1; puregen-ddpm DDIM 2 calls from σ = 0.1
 on its t<250 model; puregen-ebm 25 Langevin steps (PureGen: 150) of a tiny EBM
 trained 300 CD iterations; V&B Beneficiary 10 epochs (``epoch_scale`` 0.05,
-linear lr schedule); EM/REM/TAP crafted with ``benchmarks/model_poisons.py``'s
+and ``benchmarks/vab_quality.py``'s short-run settings: linear lr schedule,
+λ2 = 0.1, T = 1); EM/REM/TAP crafted with ``benchmarks/model_poisons.py``'s
 CPU settings. The tiny DDPMs (600 iterations each) are trained by the first
 trials that need them. 2 trials run at once, one CPU each.
 
@@ -25,8 +26,9 @@ trials that need them. 2 trials run at once, one CPU each.
 epochs, published purifier settings (full reverse chains), crafted poisons at
 their published settings, V&B at full length, seeds 0 1 2 each purified anew.
 
-Usage:  python benchmarks/defense_quality.py [--preset subset] [--seeds 0 1]
-        (rerun to resume; ``--report-only`` rewrites results/reference/<preset>/ from the store; models,
+Usage:  python benchmarks/defense_quality.py [--preset subset] [--seeds 0 1] [--only vab]
+        (rerun to resume; ``--only`` reruns the cells of some defenses after their settings changed;
+        ``--report-only`` rewrites results/reference/<preset>/ from the store; models,
         poisons and purified sets are cached in the study folder, or in $ECLIPSE_RAY_CACHE when set)
 Wall time (subset, 2 cores), measured: 1 h 44 min (6,265 s) from an empty cache with nothing else running —
         the first ≈ 20 min build the two tiny DDPMs, the EBM and the EM/REM/TAP poisons; then a victim
@@ -58,12 +60,13 @@ from eclipse_ray.trial import build_config
 
 sys.path.insert(0, str(Path(__file__).parent))
 from model_poisons import ATTACK_SETTINGS as CPU_CRAFTING  # noqa: E402
+from vab_quality import CPU_SETTINGS as VAB_CPU  # noqa: E402
 
 AVAILABILITY = ("urp", "lsp", "ar", "ops", "em", "rem", "tap")
 BACKDOORS = ("badnets", "blend", "sig", "wanet")
 PURIFIERS = ("none", "jpeg", "gray", "eclipse", "puregen-ddpm", "denoise", "puregen-ebm")
-ROW_COLUMNS = ["attack.name", "attack.kind", "defense.name", "seed", "test_acc", "asr", "poison_success", "acc_ref",
-               "clean_cost", "purify_psnr_poisoned", "purify_psnr_clean", "vab_precision", "vab_recall",
+ROW_COLUMNS = ["attack.name", "attack.kind", "defense.name", "seed", "test_acc", "asr", "asr_any", "poison_success",
+               "acc_ref", "clean_cost", "purify_psnr_poisoned", "purify_psnr_clean", "vab_precision", "vab_recall",
                "craft_seconds", "purify_seconds", "train_seconds", "seconds", "purify_reused", "config_hash"]
 
 # Per-preset settings of each defense and crafted attack (on top of the preset's).
@@ -74,7 +77,7 @@ DEFENSE_SETTINGS = {
         "puregen-ddpm": {"defense.sampler": "ddim", "defense.steps": "2", "defense.sigma": "0.1"},
         "puregen-ebm": {"defense.steps": "25", "defense.train_iterations": "300", "defense.train_batch_size": "32",
                         "defense.train_mcmc_steps": "20"},
-        "vab": {"defense.epoch_scale": "0.05", "defense.lr_schedule": "linear"},
+        "vab": {"defense.epoch_scale": "0.05", **dict(kv.split("=", 1) for kv in VAB_CPU)},
     },
     "cifar10": {"puregen-ebm": {"defense.train_preset": "paper", "defense.train_iterations": "30000"}},
 }
@@ -146,28 +149,39 @@ def main() -> None:
     p.add_argument("--data-dir", default=None, help="where torchvision datasets live / are downloaded (cifar10)")
     p.add_argument("--gpus-per-trial", type=float, default=None)
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--only", nargs="+", default=None, metavar="DEFENSE",
+                   help="run only these defenses' cells (e.g. after changing their settings); the report "
+                        "still covers every cell")
     args = p.parse_args()
     seeds = args.seeds or ([0, 1] if args.preset == "subset" else [0, 1, 2])
     study = Path(args.results or f"results/defense_quality-{args.preset}")
     reference = Path(args.reference or f"results/reference/{args.preset}")
     wall = None
+    specs = build_specs(args.preset, seeds, args.dataset)
+    # every setting checked before any work starts; the report shows only these trials' rows
+    wanted = {build_config(s["dataset"], s["attack"], s["defense"], s["set"]).hash() for s in specs}
+    unknown = set(args.only or ()) - {s["defense"] for s in specs}
+    if unknown:
+        p.error(f"--only {' '.join(sorted(unknown))}: not a defense of this study")
     if not args.report_only:
-        specs = build_specs(args.preset, seeds, args.dataset)
-        for s in specs:  # every setting checked before any work starts
-            build_config(s["dataset"], s["attack"], s["defense"], s["set"])
         gpus = args.gpus_per_trial
         if gpus is None:
             import torch
 
             gpus = 0.25 if torch.cuda.is_available() else 0.0
-        print(f"defense_quality: {len(specs)} trials -> {study}", flush=True)
+        todo = [s for s in specs if args.only is None or s["defense"] in args.only]
+        print(f"defense_quality: {len(todo)} trials -> {study}", flush=True)
         t = time.perf_counter()
         concurrent = args.concurrent or (2 if args.preset == "subset" else None)
-        df = run_sweep(study, specs, address=args.address, cpus_per_trial=1.0, gpus_per_trial=gpus,
-                       max_concurrent=concurrent, data_dir=args.data_dir)
-        wall = time.perf_counter() - t
+        run_sweep(study, todo, address=args.address, cpus_per_trial=1.0, gpus_per_trial=gpus,
+                  max_concurrent=concurrent, data_dir=args.data_dir)
+        wall = time.perf_counter() - t if args.only is None else None  # a partial rerun is not the study's time
     df = read_results(study)
-    df = df[df["seed"].isin(seeds)]
+    stale = ~df["config_hash"].isin(wanted)
+    if stale.any():
+        print(f"defense_quality: {int(stale.sum())} stored rows with other settings left out of the report "
+              f"({', '.join(sorted(set(df.loc[stale, 'defense.name'])))})", flush=True)
+    df = df[~stale]
     report = write_reference(df, reference, wall)
     computed, reused = cache_counts(df)
     print(json.dumps({"rows": len(df), "purifications_computed": computed, "purifications_reused": reused,

@@ -170,6 +170,9 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
         m.update(metrics.fidelity(purified, train, clean.images))
     if kind == BACKDOOR:
         m["poison_success"] = m.get("asr", float("nan"))
+        if "asr" in m:
+            trig = data.splits["test_triggered"]
+            m["asr_any"], m["asr_any_class"] = metrics.any_class_asr(victim.predict(trig.images), trig.labels)
     elif kind == TARGETED:  # targets split (gradient matching, bullseye) and/or a trigger (narcissus)
         if "targets" in data.splits:
             adv = data.meta.get("adv_labels", data.splits["targets"].meta.get("adv_labels"))
@@ -204,7 +207,7 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
     return row
 
 
-SUMMARY_KEYS = ("dataset", "attack.name", "defense.name", "seed", "test_acc", "asr", "asr_max_class",
+SUMMARY_KEYS = ("dataset", "attack.name", "defense.name", "seed", "test_acc", "asr", "asr_any", "asr_max_class",
                 "target_success", "poison_success", "acc_ref",
                 "clean_cost", "purify_psnr_poisoned", "purify_psnr_clean", "seconds", "config_hash")
 

@@ -11,10 +11,11 @@ from eclipse_ray.attacks import ATTACKS
 from eclipse_ray.config import ConfigError
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.defenses import DEFENSES
-from eclipse_ray.defenses.vab import (VaB, bn_stats_frozen, flag, recalibrate_bn, smooth_and_normalise,
-                                     split_quality, train_vab)
+from eclipse_ray.defenses.vab import (PseudoLabeller, VaB, bn_stats_frozen, flag, recalibrate_bn,
+                                     smooth_and_normalise, split_quality, train_vab)
 from eclipse_ray.trial import build_config, run_trial
 from eclipse_ray.victim.attention_mix import attention_mix, feature_attention, mix_weights
+from eclipse_ray.victim.metrics import any_class_asr, attack_success_rate
 from eclipse_ray.victim.nets import build_net
 from eclipse_ray.victim.train import VictimConfig
 
@@ -127,6 +128,25 @@ def test_recalibrated_statistics_are_the_plain_average_over_the_data():
     assert bn.momentum == 0.4 and not net.training
 
 
+def test_distribution_alignment_moves_pseudo_labels_off_an_over_predicted_class():
+    p = torch.tensor([[0.6, 0.3, 0.1], [0.6, 0.1, 0.3]])
+    views = torch.cat([p, p])  # two identical views of two samples
+    assert PseudoLabeller()(views, 2).tolist() == [0, 0]
+    # batch mean [0.6, 0.2, 0.2] against a uniform prior: class 0 is divided by 0.6, the others by 0.2
+    aligned = PseudoLabeller(prior=torch.full((3,), 1 / 3), momentum=0.0)
+    assert aligned(views, 2).tolist() == [1, 2]
+    assert torch.allclose(aligned.running, torch.tensor([0.6, 0.2, 0.2]))
+
+
+def test_any_class_asr_catches_a_rerouted_trigger():
+    labels = np.array([1, 1, 2, 2, 3, 3])  # triggered non-target (0) test images
+    rerouted = np.array([2, 2, 2, 2, 2, 3])  # the trigger now sends the others to class 2
+    assert attack_success_rate(rerouted, 0) == 0.0
+    assert any_class_asr(rerouted, labels) == (0.75, 2)  # 3 of the 4 images not of class 2
+    assert any_class_asr(np.zeros(6, int), labels) == (1.0, 0)  # the plain backdoor: equals the ASR
+    assert any_class_asr(labels, labels)[0] == 0.0  # a clean model's correct answers are no attack
+
+
 def test_config_schedule_and_bad_input():
     cfg = DEFENSES.build("vab", {"epoch_scale": "0.05"})
     assert [cfg.scaled(n) for n in (200, 50, 100, 150, 5)] == [10, 3, 5, 8, 0]
@@ -160,5 +180,5 @@ def test_tiny_vab_trial_row_has_split_columns(digits):
     assert row["defense.name"] == "vab" and row["vab_epochs"] == 2
     for k in ("vab_precision", "vab_recall", "vab_suspicious", "vab_warmup_precision", "vab_warmup_recall"):
         assert 0.0 <= row[k] <= 1.0, (k, row[k])
-    assert 0.0 <= row["test_acc"] <= 1.0 and "asr" in row
+    assert 0.0 <= row["test_acc"] <= 1.0 and "asr" in row and row["asr_any"] >= row["asr"]
     assert row["n_poisoned"] == int(data.train.poisoned.sum())

@@ -26,6 +26,22 @@ def attack_success_rate(pred_triggered: np.ndarray, target: int) -> float:
     return float(np.mean(pred_triggered == target)) if len(pred_triggered) else float("nan")
 
 
+def any_class_asr(pred_triggered: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+    """(rate, class): the class the trigger sends the largest share of the other classes' images to.
+
+    Equals the ASR when that class is the target; a defense that re-routes the
+    trigger to another class (V&B's self-training can) shows here, not in the ASR.
+    """
+    best, best_c = float("nan"), -1
+    for c in np.unique(np.concatenate([pred_triggered, labels])):
+        others = labels != c
+        if others.any():
+            rate = float(np.mean(pred_triggered[others] == c))
+            if not rate <= best:
+                best, best_c = rate, int(c)
+    return best, best_c
+
+
 def relative_accuracy_loss(test_acc: float, acc_ref: float) -> float:
     if not acc_ref > 0:
         return float("nan")
