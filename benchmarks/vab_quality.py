@@ -30,7 +30,7 @@ no rows written) — the cheap part, for a loaded CPU. Rows go to ``results/vab/
 use several cores: ``--attacks blend --defenses vab``.
 
 Usage:  python benchmarks/vab_quality.py [--attacks badnets blend] [--defenses none vab]
-            [--epoch-scale 0.15] [--epochs 6] [--width 16] [--seeds 0] [--threads 1]
+            [--epoch-scale 0.15] [--epochs 6] [--width 16] [--arch fast] [--seeds 0] [--threads 1]
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--epochs", type=int, default=6, help="victim.epochs of undefended training (reference study: 6)")
     p.add_argument("--width", type=int, default=16, help="victim.width of both (reference study: 16)")
+    p.add_argument("--arch", default="fast", choices=("fast", "resnet18"), help="victim.arch of both")
     p.add_argument("--epoch-scale", default="0.15", help="defense.epoch_scale of V&B (0.15: 30 epochs)")
     p.add_argument("--vab-set", nargs="*", default=list(CPU_SETTINGS), metavar="KEY=VALUE",
                    help="more defense.* settings for V&B (default: the CPU-length settings above)")
@@ -76,6 +77,7 @@ def main() -> None:
         for attack in args.attacks:
             for defense in args.defenses:
                 sets = {"victim.epochs": str(args.epochs), "victim.width": str(args.width), "seed": str(seed),
+                        "victim.arch": args.arch,
                         "attack.rate": "0.1", "attack.target": "0"}
                 if defense == "vab":
                     sets["defense.epoch_scale"] = args.epoch_scale
