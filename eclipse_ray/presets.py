@@ -10,6 +10,11 @@ A preset is ``{"dataset", "victim": {victim.* settings}, "defense": {defense.* s
   ``benchmarks/diffusion_quality.py`` (600 iterations, cached under ``$ECLIPSE_RAY_CACHE``)
   and a width-16 fast victim for 6 epochs (67 % clean at 8 epochs, 63 % at 5; ≈ 25 s per
   victim on 2 CPU cores).
+* ``full``    — all 60,000 CIFAR-10 images as the JPEG re-encode beside the checkout
+  (``cifar10-jpeg``: ``../shared/data/cifar10_jpeg.tar.gz``, or ``$ECLIPSE_RAY_CIFAR10_JPEG``;
+  quality 75, 4:2:0, so its figures must say so), with the ``subset`` victim and defense settings
+  (50,000 training images, ≈ 11× the subset's, so each victim takes ≈ 11× as long); decoded
+  once and cached as ``.npz`` in the data dir.
 * ``cifar10`` — full CIFAR-10 (torchvision download), the ``paper`` UNet and ResNet-18 with
   ECLIPSE's recipe; GPUs.
 """
@@ -28,11 +33,12 @@ SMOKE = {"dataset": "digits", "victim": {"victim.epochs": "4", "victim.width": "
                      "defense.train_preset": "tiny"}}
 SUBSET = {"dataset": f"npz:{SUBSET_NPZ}", "victim": {"victim.epochs": "6", "victim.width": "16"},
           "defense": {"defense.train_iterations": "600", "defense.train_preset": "tiny"}}
+FULL = {"dataset": "cifar10-jpeg", "victim": dict(SUBSET["victim"]), "defense": dict(SUBSET["defense"])}
 CIFAR10 = {"dataset": "cifar10",
            "victim": {"victim.arch": "resnet18", "victim.epochs": "80", "victim.batch_size": "128"},
            "defense": {"defense.train_iterations": "250000", "defense.train_preset": "paper",
                        "defense.batch_size": "512"}}
-PRESETS: dict[str, dict[str, Any]] = {"smoke": SMOKE, "subset": SUBSET, "cifar10": CIFAR10}
+PRESETS: dict[str, dict[str, Any]] = {"smoke": SMOKE, "subset": SUBSET, "full": FULL, "cifar10": CIFAR10}
 
 
 def trial_settings(preset: dict[str, Any], defense: str, extra: dict[str, str], seed: int,

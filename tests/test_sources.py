@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import io
+import tarfile
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from eclipse_ray.config import ConfigError
-from eclipse_ray.data.sources import load_dataset
+from eclipse_ray.data import sources
+from eclipse_ray.data.sources import CIFAR10_CLASSES, DESCRIPTIONS, load_dataset
+from eclipse_ray.presets import PRESETS
 
 
 def test_digits_is_upscaled_rgb_with_a_fixed_split(digits):
@@ -87,3 +92,148 @@ def test_unknown_and_offline_sources(tmp_path):
         load_dataset(f"parquet:{tmp_path}")
     with pytest.raises(ConfigError, match="files not found"):
         load_dataset("cifar10", data_dir=tmp_path, download=False)
+
+
+# ---- folder: archives (tar, tar.gz) and cifar10-jpeg ------------------------------------------------
+
+def write_tree(root, splits=True, classes=("cat", "dog"), n=(5, 2), size=12, seed=0):
+    """An ImageFolder tree of PNGs and JPEGs, plus files that are not images."""
+    rng = np.random.default_rng(seed)
+    for split, count in (zip(("train", "test"), n) if splits else [("", n[0] + n[1])]):
+        for cls in classes:
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(count):
+                px = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(px).save(d / (f"{i:03d}.png" if i % 2 else f"{i:03d}.jpg"))
+            (d / "notes.txt").write_text("not an image")
+    (root / "README.md").write_text("a tree")
+    return root
+
+
+def write_tar(root, archive, wrapper=None, shuffle=False):
+    """``root``'s tree as a tar archive; ``wrapper``: one top-level folder (``"."``: ``./``-names);
+    ``shuffle``: members in a random order."""
+    paths = sorted(root.rglob("*"))
+    if shuffle:
+        paths = [paths[i] for i in np.random.default_rng(1).permutation(len(paths))]
+    mode = "w:gz" if str(archive).endswith(("gz", "tgz")) else "w"
+    with tarfile.open(archive, mode) as tf:
+        for p in paths:
+            rel = p.relative_to(root).as_posix()
+            tf.add(p, arcname=f"{wrapper}/{rel}" if wrapper else rel, recursive=False)
+    return archive
+
+
+def add_member(archive, name, data=b"", **info):
+    with tarfile.open(archive, "w:gz") as tf:
+        ti = tarfile.TarInfo(name)
+        for k, v in info.items():
+            setattr(ti, k, v)
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data) if data else None)
+    return archive
+
+
+def same_dataset(a, b):
+    assert a.classes == b.classes
+    for split in ("train", "test"):
+        x, y = a.splits[split], b.splits[split]
+        assert np.array_equal(x.images, y.images) and np.array_equal(x.labels, y.labels)
+        assert np.array_equal(x.index, y.index)
+
+
+@pytest.mark.parametrize("splits", [True, False])
+@pytest.mark.parametrize("wrapper, name, shuffle", [(None, "t.tar.gz", False), ("cifar-imgs", "t.tgz", True),
+                                                    (".", "t.tar", False)])
+def test_folder_archive_matches_the_folder(tmp_path, splits, wrapper, name, shuffle):
+    root = write_tree(tmp_path / "tree", splits=splits)
+    archive = write_tar(root, tmp_path / name, wrapper, shuffle)
+    folder = load_dataset(f"folder:{root}")
+    packed = load_dataset(f"folder:{archive}", data_dir=tmp_path / "cache")
+    same_dataset(folder, packed)
+    assert packed.classes == ("cat", "dog") and len(packed.train) + len(packed.test) == 14
+    assert packed.train.labels.tolist() == sorted(packed.train.labels.tolist())
+    assert packed.name == f"folder:{archive}" and len(packed.meta["archive_sha256"]) == 64
+
+
+@pytest.mark.parametrize("name, info, message", [
+    ("train/cat/../../../x.png", {}, r"refusing archive member .*\.\."),
+    ("/etc/x.png", {}, "absolute path"),
+    ("train/cat/link.png", {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}, "refusing link member"),
+    ("train/cat/hard.png", {"type": tarfile.LNKTYPE, "linkname": "train/cat/000.jpg"}, "refusing link member"),
+])
+def test_unsafe_archive_members_are_refused(tmp_path, name, info, message):
+    archive = add_member(tmp_path / "bad.tar.gz", name, b"x" if not info else b"", **info)
+    with pytest.raises(ConfigError, match=message) as e:
+        load_dataset(f"folder:{archive}", data_dir=tmp_path / "cache")
+    assert "\n" not in str(e.value)
+
+
+def test_malformed_archives_are_refused(tmp_path):
+    root = write_tree(tmp_path / "tree")
+    Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(root / "train" / "cat" / "odd.png")
+    with pytest.raises(ConfigError, match=r"odd\.png is 5x5, others are 12x12; resize the folder to one image size"):
+        load_dataset(f"folder:{write_tar(root, tmp_path / 'mixed.tar.gz', 'w')}", data_dir=tmp_path / "cache")
+    (tmp_path / "junk.tar.gz").write_bytes(b"not a tar")
+    with pytest.raises(ConfigError, match="not a readable tar archive"):
+        load_dataset(f"folder:{tmp_path / 'junk.tar.gz'}", data_dir=tmp_path / "cache")
+    with pytest.raises(ConfigError, match="no such directory or archive"):
+        load_dataset(f"folder:{tmp_path / 'missing.tgz'}")
+    (root / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ConfigError, match=r"cannot read image .*broken\.jpg"):
+        load_dataset(f"folder:{write_tar(root, tmp_path / 'broken.tar', 'w')}", data_dir=tmp_path / "cache")
+
+
+def test_decoded_archive_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
+    root = write_tree(tmp_path / "tree")
+    archive = write_tar(root, tmp_path / "t.tar.gz")
+    cache = tmp_path / "cache"
+    scans = []
+    real_scan = sources._scan_archive
+    monkeypatch.setattr(sources, "_scan_archive", lambda *a: scans.append(a) or real_scan(*a))
+    first = load_dataset(f"folder:{archive}", data_dir=cache)
+    written = list((cache / "decoded").glob("*.npz"))
+    assert len(scans) == 1 and len(written) == 1
+    with np.load(written[0], allow_pickle=False) as f:
+        assert f["classes"].tolist() == ["cat", "dog"]
+    second = load_dataset(f"folder:{archive}", data_dir=cache)
+    assert len(scans) == 1  # not read again
+    same_dataset(first, second)
+    assert second.meta == first.meta
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(root / "train" / "dog" / "new.png")
+    write_tar(root, archive)
+    third = load_dataset(f"folder:{archive}", data_dir=cache)
+    assert len(scans) == 2 and len(third.train) == len(first.train) + 1
+    for f in (cache / "decoded").glob("*.npz"):
+        f.write_bytes(b"damaged")  # decoded again (with a warning) and rewritten
+    monkeypatch.setenv("ECLIPSE_RAY_DATA", str(cache))  # the default cache dir
+    with pytest.warns(UserWarning, match="unreadable decoded cache"):
+        fourth = load_dataset(f"folder:{archive}")
+    assert len(scans) == 3
+    same_dataset(third, fourth)
+    same_dataset(third, load_dataset(f"folder:{archive}"))
+    assert len(scans) == 3
+
+
+def test_cifar10_jpeg_loads_the_archive_named_by_the_environment(tmp_path, monkeypatch):
+    root = write_tree(tmp_path / "tree", classes=CIFAR10_CLASSES, n=(2, 1), size=8)
+    archive = write_tar(root, tmp_path / "cifar10_jpeg.tar.gz", "cifar10")
+    monkeypatch.setenv("ECLIPSE_RAY_CIFAR10_JPEG", str(archive))
+    d = load_dataset("cifar10-jpeg", data_dir=tmp_path / "cache")
+    assert d.name == "cifar10-jpeg" and d.classes == CIFAR10_CLASSES
+    assert len(d.train) == 20 and len(d.test) == 10 and d.train.images.shape[1:] == (8, 8, 3)
+    assert d.test.labels.tolist() == [k for k in range(10) for _ in range(1)]
+    assert d.meta["jpeg_quality"] == 75 and d.meta["chroma_subsampling"] == "4:2:0" and "JPEG" in d.meta["note"]
+    same_dataset(d, load_dataset(f"folder:{root}"))
+    assert "cifar10-jpeg" in DESCRIPTIONS and PRESETS["full"]["dataset"] == "cifar10-jpeg"
+    assert PRESETS["full"]["victim"] == PRESETS["subset"]["victim"]
+
+    other = write_tar(write_tree(tmp_path / "other", classes=("cat", "dog")), tmp_path / "other.tar.gz")
+    monkeypatch.setenv("ECLIPSE_RAY_CIFAR10_JPEG", str(other))
+    with pytest.raises(ConfigError, match="expected CIFAR-10's airplane"):
+        load_dataset("cifar10-jpeg", data_dir=tmp_path / "cache")
+    monkeypatch.setenv("ECLIPSE_RAY_CIFAR10_JPEG", str(tmp_path / "missing.tar.gz"))
+    with pytest.raises(ConfigError, match=r"no archive at .*missing\.tar\.gz; set \$ECLIPSE_RAY_CIFAR10_JPEG") as e:
+        load_dataset("cifar10-jpeg", data_dir=tmp_path / "cache")
+    assert "\n" not in str(e.value)

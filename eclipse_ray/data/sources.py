@@ -1,4 +1,5 @@
-"""Dataset sources: ``digits``, ``cifar10``, ``cifar100``, ``svhn``, ``npz:PATH``, ``folder:PATH``, ``parquet:PATH``.
+"""Dataset sources: ``digits``, ``cifar10``, ``cifar100``, ``svhn``, ``cifar10-jpeg``, ``npz:PATH``,
+``folder:PATH`` (a folder or a tar archive of one), ``parquet:PATH``.
 
 :func:`load_dataset` turns a spec string into a :class:`Dataset` with at least a
 ``train`` and a ``test`` split. torchvision sources download into ``data_dir``
@@ -9,10 +10,15 @@ offline.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import tarfile
+import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, Union
 
 import numpy as np
 
@@ -22,6 +28,10 @@ from eclipse_ray.data.store import read_dataset
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+CIFAR10_JPEG_ENV = "ECLIPSE_RAY_CIFAR10_JPEG"
+CIFAR10_JPEG_DEFAULT = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10_jpeg.tar.gz"
+_DECODED_VERSION = 1  # bump when decoding changes, so cached arrays are not reused
+Payload = Union[bytes, Callable[[], bytes], None]  # a file's bytes or a reader of them; None: a folder
 
 
 @dataclass(frozen=True)
@@ -165,61 +175,192 @@ def load_npz(path: str | Path) -> Dataset:
     return Dataset(src, out, {"source": src})
 
 
-def _read_folder_split(root: Path, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _scan_dir(root: Path, rel: str = "", depth: int = 3) -> Iterator[tuple[str, Payload]]:
+    """``(relative path, opener)`` for files, ``(path, None)`` for folders, ``depth`` levels deep."""
+    with os.scandir(root) as it:
+        found = list(it)
+    for e in found:
+        name = f"{rel}{e.name}"
+        if e.is_dir():
+            yield name, None
+            if depth > 1:
+                yield from _scan_dir(Path(e.path), f"{name}/", depth - 1)
+        else:
+            yield name, Path(e.path).read_bytes
+
+
+def _scan_archive(path: Path, src: str) -> tuple[list[tuple[str, Payload]], str]:
+    """One streaming pass over a tar archive: image members' bytes, other files as ``b""``, folders as
+    ``None``; links, absolute and ``..`` names are refused. A single top-level folder holding folders
+    is a wrapper: it is dropped from the names and returned (``"W/"``, else ``""``)."""
+    entries: list[tuple[str, Payload]] = []
+    try:
+        with tarfile.open(path, "r|*") as tf:
+            for m in tf:
+                if m.name.startswith("/") or ".." in m.name.split("/"):
+                    raise ConfigError(f"{src}: refusing archive member {m.name!r} (absolute path or '..')")
+                if m.issym() or m.islnk():
+                    raise ConfigError(f"{src}: refusing link member {m.name!r} -> {m.linkname!r} "
+                                      f"(links in archives are never followed)")
+                name = "/".join(p for p in m.name.split("/") if p not in ("", "."))
+                if not name:
+                    continue
+                if m.isdir():
+                    entries.append((name, None))
+                elif m.isfile():  # devices, fifos: skipped
+                    image = Path(name).suffix.lower() in IMAGE_SUFFIXES
+                    entries.append((name, tf.extractfile(m).read() if image else b""))  # type: ignore[union-attr]
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise ConfigError(f"{src}: not a readable tar archive ({type(e).__name__}: {e})") from None
+    tops = {n.split("/", 1)[0] for n, _ in entries}
+    wrapper = next(iter(tops)) if len(tops) == 1 else None
+    if wrapper and any(n.count("/") >= 2 or (b is None and n.count("/") == 1) for n, b in entries) \
+            and not any(n == wrapper and b is not None for n, b in entries):
+        return [(n[len(wrapper) + 1:], b) for n, b in entries if n != wrapper], f"{wrapper}/"
+    return entries, ""
+
+
+def _decode(data: bytes) -> np.ndarray:
     from PIL import Image
 
-    images, labels, names = [], [], []
-    shape = None
-    for k, cls in enumerate(classes):
-        if not (root / cls).is_dir():
-            continue
-        for f in sorted((root / cls).iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
+
+
+def _read_tree(src: str, entries: Iterable[tuple[str, Payload]],
+               where: Callable[[str], str]) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    """Arrays (``x_/y_/i_`` + ``train``/``test``) and classes of an ImageFolder tree given as
+    ``(posix relative path, bytes or opener)`` entries (``None``: a folder); ``where`` names a path in messages."""
+    files: dict[str, dict[str, Payload]] = {}  # folder -> {file name: payload}
+    subdirs: dict[str, set[str]] = {}  # folder -> sub-folder names
+    for name, payload in entries:
+        parent, _, base = name.rpartition("/")
+        if payload is not None:
+            files.setdefault(parent, {})[base] = payload
+        else:
+            subdirs.setdefault(parent, set()).add(base)
+        while parent:  # folders implied by deeper paths
+            parent, _, base = parent.rpartition("/")
+            subdirs.setdefault(parent, set()).add(base)
+
+    def read_split(prefix: str, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        rows = [(k, f"{prefix}{cls}/{f}", payload) for k, cls in enumerate(classes)
+                for f, payload in sorted(files.get(f"{prefix}{cls}", {}).items())
+                if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        if not rows:
+            raise ConfigError(f"folder: no images under {where(prefix.rstrip('/'))} (empty set)")
+        images: np.ndarray | None = None
+        for i, (_, rel, payload) in enumerate(rows):
             try:
-                with Image.open(f) as im:
-                    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+                arr = _decode(payload if isinstance(payload, bytes) else payload())
             except Exception as e:
-                raise ConfigError(f"folder: cannot read image {f} ({type(e).__name__})") from None
-            if shape is None:
-                shape = arr.shape
-            elif arr.shape != shape:
-                raise ConfigError(f"folder: {f} is {arr.shape[1]}x{arr.shape[0]}, others are {shape[1]}x{shape[0]}; "
+                raise ConfigError(f"folder: cannot read image {where(rel)} ({type(e).__name__})") from None
+            if images is None:
+                images = np.empty((len(rows), *arr.shape), np.uint8)
+            elif arr.shape != images.shape[1:]:
+                h, w = images.shape[1:3]
+                raise ConfigError(f"folder: {where(rel)} is {arr.shape[1]}x{arr.shape[0]}, others are {w}x{h}; "
                                   f"resize the folder to one image size first")
-            images.append(arr)
-            labels.append(k)
-            names.append(str(f.relative_to(root)))
-    if not images:
-        raise ConfigError(f"folder: no images under {root} (empty set)")
-    return np.stack(images), np.asarray(labels, np.int64), names
+            images[i] = arr
+        return images, np.asarray([k for k, _, _ in rows], np.int64)  # type: ignore[return-value]
 
-
-def load_folder(path: str | Path) -> Dataset:
-    """Class sub-folders of images; ``train/`` and ``test/`` sub-trees if present, else a fixed 80/20 split."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ConfigError(f"folder:{path}: no such directory")
-    src = f"folder:{path}"
-    has_splits = (path / "train").is_dir() and (path / "test").is_dir()
-    top = path / "train" if has_splits else path
-    classes = tuple(sorted(d.name for d in top.iterdir() if d.is_dir()))
+    top = subdirs.get("", set())
+    has_splits = "train" in top and "test" in top
+    classes = tuple(sorted(subdirs.get("train" if has_splits else "", set())))
     if not classes:
         raise ConfigError(f"{src}: no class sub-folders (empty set)")
     if has_splits:
-        x_tr, y_tr, _ = _read_folder_split(path / "train", classes)
-        test_classes = tuple(sorted(d.name for d in (path / "test").iterdir() if d.is_dir()))
-        if not set(test_classes) <= set(classes):
-            raise ConfigError(f"{src}: test has classes not in train: {sorted(set(test_classes) - set(classes))}")
-        x_te, y_te, _ = _read_folder_split(path / "test", classes)
+        x_tr, y_tr = read_split("train/", classes)
+        test_classes = subdirs.get("test", set())
+        if not test_classes <= set(classes):
+            raise ConfigError(f"{src}: test has classes not in train: {sorted(test_classes - set(classes))}")
+        x_te, y_te = read_split("test/", classes)
         idx_tr, idx_te = np.arange(len(y_tr)), np.arange(len(y_te))
     else:
-        x, y, _ = _read_folder_split(path, classes)
+        x, y = read_split("", classes)
         idx_tr, idx_te = stratified_split(y, 0.2, seed=0)
         x_tr, y_tr, x_te, y_te = x[idx_tr], y[idx_tr], x[idx_te], y[idx_te]
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise ConfigError(f"{src}: train and test images differ in size")
-    return Dataset(src, {"train": _split(x_tr, y_tr, idx_tr, classes, src, "train"),
-                         "test": _split(x_te, y_te, idx_te, classes, src, "test")}, {"source": src})
+    return {"x_train": x_tr, "y_train": y_tr, "i_train": idx_tr,
+            "x_test": x_te, "y_test": y_te, "i_test": idx_te}, classes
+
+
+def _tree_dataset(src: str, arrays: dict[str, np.ndarray], classes: tuple[str, ...], meta: dict[str, Any]) -> Dataset:
+    return Dataset(src, {s: _split(arrays[f"x_{s}"], arrays[f"y_{s}"], arrays[f"i_{s}"], classes, src, s)
+                                 for s in ("train", "test")}, {"source": src, **meta})
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_archive(path: Path, src: str, cache_dir: str | Path | None
+                  ) -> tuple[dict[str, np.ndarray], tuple[str, ...], str]:
+    """Decoded arrays of a tar'd ImageFolder tree, cached as ``.npz`` under ``cache_dir/decoded``
+    (default: :func:`default_data_dir`), keyed by the archive's sha256."""
+    digest = _sha256(path)
+    cache = Path(cache_dir or default_data_dir()) / "decoded" / f"folder-v{_DECODED_VERSION}-{digest}.npz"
+    if cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+            return arrays, tuple(str(c) for c in arrays.pop("classes")), digest
+        except Exception as e:  # a damaged cache file is decoded again and rewritten
+            warnings.warn(f"{src}: ignoring unreadable decoded cache {cache} ({type(e).__name__})", stacklevel=2)
+    entries, wrapper = _scan_archive(path, src)
+    arrays, classes = _read_tree(src, entries, lambda rel: f"{path}:{wrapper}{rel}" if rel or wrapper else str(path))
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, classes=np.asarray(classes, dtype=str), **arrays)
+        os.replace(tmp, cache)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"{src}: could not write decoded cache {cache} ({e})", stacklevel=2)
+    return arrays, classes, digest
+
+
+def load_folder(path: str | Path, cache_dir: str | Path | None = None) -> Dataset:
+    """Class sub-folders of images; ``train/`` and ``test/`` sub-trees if present, else a fixed 80/20 split.
+
+    ``path`` is a folder or a tar archive (``.tar``, ``.tar.gz``/``.tgz``, ...) of one, read without
+    unpacking (one top-level wrapper folder allowed); an archive's decoded arrays are cached under ``cache_dir``.
+    """
+    path = Path(path)
+    src = f"folder:{path}"
+    if path.is_dir():
+        arrays, classes = _read_tree(src, _scan_dir(path), lambda rel: str(path / rel))
+        return _tree_dataset(src, arrays, classes, {})
+    if not path.is_file():
+        raise ConfigError(f"folder:{path}: no such directory or archive")
+    arrays, classes, digest = _read_archive(path, src, cache_dir)
+    return _tree_dataset(src, arrays, classes, {"archive_sha256": digest})
+
+
+def cifar10_jpeg_path() -> Path:
+    """``$ECLIPSE_RAY_CIFAR10_JPEG``, else ``../shared/data/cifar10_jpeg.tar.gz`` beside the checkout."""
+    return Path(os.environ.get(CIFAR10_JPEG_ENV, CIFAR10_JPEG_DEFAULT))
+
+
+def load_cifar10_jpeg(cache_dir: str | Path | None = None) -> Dataset:
+    """All 60,000 CIFAR-10 images re-encoded as JPEG (quality 75, 4:2:0), from the archive of
+    :func:`cifar10_jpeg_path`; decoded once, then cached under ``cache_dir``."""
+    path = cifar10_jpeg_path()
+    if not path.is_file():
+        raise ConfigError(f"cifar10-jpeg: no archive at {path}; set ${CIFAR10_JPEG_ENV} to cifar10_jpeg.tar.gz")
+    arrays, classes, digest = _read_archive(path, "cifar10-jpeg", cache_dir)
+    if classes != CIFAR10_CLASSES:
+        raise ConfigError(f"cifar10-jpeg: {path} has class folders {', '.join(classes)}, "
+                          f"expected CIFAR-10's {', '.join(CIFAR10_CLASSES)}")
+    return _tree_dataset("cifar10-jpeg", arrays, classes, {
+        "archive": str(path), "archive_sha256": digest, "jpeg_quality": 75, "chroma_subsampling": "4:2:0",
+        "note": "CIFAR-10 re-encoded as JPEG (quality 75, 4:2:0), lossy: not the original pixels"})
 
 
 def load_parquet(path: str | Path) -> Dataset:
@@ -236,6 +377,7 @@ NAMED: dict[str, Callable[[Path, bool], Dataset]] = {
     "cifar10": lambda data_dir, download: _torchvision("cifar10", data_dir, download),
     "cifar100": lambda data_dir, download: _torchvision("cifar100", data_dir, download),
     "svhn": lambda data_dir, download: _torchvision("svhn", data_dir, download),
+    "cifar10-jpeg": lambda data_dir, download: load_cifar10_jpeg(data_dir),
 }
 PREFIXED: dict[str, Callable[[str], Dataset]] = {"npz": load_npz, "folder": load_folder, "parquet": load_parquet}
 DESCRIPTIONS = {
@@ -243,8 +385,11 @@ DESCRIPTIONS = {
     "cifar10": "CIFAR-10 via torchvision (downloads to --data-dir if missing)",
     "cifar100": "CIFAR-100 via torchvision (downloads to --data-dir if missing)",
     "svhn": "SVHN via torchvision (downloads to --data-dir if missing)",
+    "cifar10-jpeg": f"all 60,000 CIFAR-10 images re-encoded as JPEG (q75, 4:2:0; lossy) from "
+                    f"../shared/data/cifar10_jpeg.tar.gz or ${CIFAR10_JPEG_ENV}; decoded once, cached in --data-dir",
     "npz:PATH": "x_train, y_train, x_test, y_test uint8 NHWC arrays (optional 'classes')",
-    "folder:PATH": "class sub-folders of images; train/ and test/ sub-trees, or a fixed 80/20 split",
+    "folder:PATH": "class sub-folders of images; train/ and test/ sub-trees, or a fixed 80/20 split; "
+                   "or a .tar/.tar.gz/.tgz of such a folder (read without unpacking, decoded once, cached)",
     "parquet:PATH": "an eclipse_ray dataset directory (e.g. written by `eclipse-ray poison`)",
 }
 
@@ -257,6 +402,8 @@ def load_dataset(spec: str, data_dir: str | Path | None = None, download: bool =
     if sep and kind in PREFIXED:
         if not rest:
             raise ConfigError(f"dataset {spec!r}: give a path after '{kind}:'")
+        if kind == "folder":
+            return load_folder(rest, cache_dir=data_dir)
         return PREFIXED[kind](rest)
     if Path(spec).is_dir() and (Path(spec) / "meta.json").is_file():
         return load_parquet(spec)
