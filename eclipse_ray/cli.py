@@ -153,7 +153,7 @@ def _cmd_purify(args: argparse.Namespace) -> None:
         raise ConfigError(f"--actors={args.actors}: must be ≥ 0")
     report = purify_dataset(args.input, defense, args.out, seed=args.seed, actors=args.actors,
                             address=args.address, progress=not args.quiet)
-    print(json.dumps({k: report[k] for k in ("out", "rows", "shards_computed", "seconds", "cached", "key")
+    print(json.dumps({k: report[k] for k in ("out", "rows", "units", "units_computed", "seconds", "cached", "key")
                       if k in report}))
 
 

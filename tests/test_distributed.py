@@ -41,7 +41,7 @@ def defense(model_dir):
 def test_ray_actors_match_in_process_and_lose_no_row(poisoned_dir, model_dir, tmp_path):
     local = dp.purify_dataset(poisoned_dir, defense(model_dir), tmp_path / "local", actors=0, progress=False)
     remote = dp.purify_dataset(poisoned_dir, defense(model_dir), tmp_path / "ray", actors=2, progress=False)
-    assert local["shards_computed"] == remote["shards_computed"] == 4
+    assert local["units_computed"] == remote["units_computed"] == 4
     a, b = store.read_dataset(tmp_path / "local")[0], store.read_dataset(tmp_path / "ray")[0]
     src = store.read_dataset(poisoned_dir)[0]
     assert set(a) == set(b) == set(src)
@@ -57,22 +57,22 @@ def test_ray_actors_match_in_process_and_lose_no_row(poisoned_dir, model_dir, tm
 
 
 def test_interrupted_purify_resumes_and_then_serves_the_cache(poisoned_dir, model_dir, tmp_path, monkeypatch):
-    real = dp._write_shard
+    real = dp.purify_unit
     written = []
 
-    def crash_after_two(table, path):
+    def crash_after_two(*args):
         if len(written) == 2:
             raise KeyboardInterrupt("killed")
-        written.append(path)
-        real(table, path)
+        written.append(args[1])
+        return real(*args)
 
-    monkeypatch.setattr(dp, "_write_shard", crash_after_two)
+    monkeypatch.setattr(dp, "purify_unit", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         dp.purify_dataset(poisoned_dir, defense(model_dir), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()  # nothing that looks complete
-    monkeypatch.setattr(dp, "_write_shard", real)
+    monkeypatch.setattr(dp, "purify_unit", real)
     again = dp.purify_dataset(poisoned_dir, defense(model_dir), tmp_path / "out", progress=False)
-    assert again["shards_computed"] == 2 and not again["cached"]
+    assert again["units_computed"] == 2 and not again["cached"]
     dp.purify_dataset(poisoned_dir, defense(model_dir), tmp_path / "fresh", progress=False)
     assert np.array_equal(store.read_split(tmp_path / "out", "train").images,
                           store.read_split(tmp_path / "fresh", "train").images)

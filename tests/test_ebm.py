@@ -179,7 +179,7 @@ def test_purify_dataset_path_loads_the_ebm_once(trained_dir, digits, tmp_path, m
     monkeypatch.setattr(ebm_net, "load_energy", lambda *a, **k: loads.append(a) or real(*a, **k))
     d = DEFENSES.build("puregen-ebm", {"model": str(trained_dir), "steps": "2"})
     r = dp.purify_dataset(tmp_path / "ds", d, tmp_path / "out", actors=0, batch_size=5, progress=False)
-    assert r["shards_computed"] == 3 and len(loads) == 1
+    assert r["units_computed"] == 3 and len(loads) == 1
     assert r["resolved"]["defense.model_calls"] == 2 and r["model_fingerprint"] != "none"
     out = store.read_split(tmp_path / "out", "train")
     assert np.array_equal(out.images, d.purify(small["train"], 0, progress=False).images)

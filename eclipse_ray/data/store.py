@@ -7,9 +7,11 @@ Layout::
 
 ``image`` holds the raw uint8 HWC bytes (lossless; shape in ``meta.json``), so
 the shards are readable by ``ray.data.read_parquet``, pandas, pyarrow and
-duckdb alike. A dataset is written under a temporary name in the same folder
-and renamed into place, so an interrupted write never leaves a directory that
-looks complete.
+duckdb alike. ``DIR`` is a local path or a URI (:mod:`eclipse_ray.storage`). A
+dataset is complete when its ``meta.json`` exists: locally it is written under a
+temporary name and renamed into place; on an object store its shards are
+uploaded first and ``meta.json`` last. An interrupted write never leaves a
+dataset that looks complete.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from eclipse_ray import storage
 from eclipse_ray.config import ConfigError
 from eclipse_ray.data.imageset import ImageSet
 
@@ -82,10 +85,33 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_dataset(path: str | Path, splits: Mapping[str, ImageSet], meta: Mapping[str, Any] | None = None,
-                  *, overwrite: bool = False, shard_rows: int = 2048) -> Path:
-    """Write ``splits`` to ``path`` atomically; refuses to replace a dataset unless ``overwrite``."""
-    path = Path(path)
+def write_table(loc: str | os.PathLike, table: pa.Table) -> None:
+    """One parquet file at ``loc`` (local or URI), never visible half-written."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    storage.write_bytes(loc, sink.getvalue().to_pybytes())
+
+
+def read_table(loc: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    fs, path = storage.filesystem(loc)
+    return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+def num_rows(loc: str | os.PathLike) -> int:
+    fs, path = storage.filesystem(loc)
+    with fs.open_input_file(path) as fh:
+        return pq.ParquetFile(fh).metadata.num_rows
+
+
+def write_dataset(path: str | os.PathLike, splits: Mapping[str, ImageSet], meta: Mapping[str, Any] | None = None,
+                  *, overwrite: bool = False, shard_rows: int = 2048) -> str:
+    """Write ``splits`` to ``path`` (a local path or URI); refuses to replace a dataset unless ``overwrite``.
+
+    Locally the dataset is written under a temporary name and renamed into place;
+    on an object store its shards are written first and ``meta.json`` last, so
+    either way a dataset without ``meta.json`` is incomplete and never read.
+    """
+    loc = storage.normalize(path)
     if not splits:
         raise ConfigError("nothing to write: no splits")
     first = next(iter(splits.values()))
@@ -94,35 +120,35 @@ def write_dataset(path: str | Path, splits: Mapping[str, ImageSet], meta: Mappin
             raise ConfigError(f"bad split name {name!r}")
         if s.classes != first.classes or s.image_shape != first.image_shape:
             raise ConfigError(f"split {name!r} has other classes or image shape than {next(iter(splits))!r}")
-    if path.exists() and not overwrite:
-        if not path.is_dir() or any(path.iterdir()):
-            raise ConfigError(f"{path} already exists; choose a new output directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    if not overwrite and storage.exists(loc) and (storage.is_file(loc) or storage.listdir(loc)):
+        raise ConfigError(f"{loc} already exists; choose a new output directory")
+    remote = storage.is_uri(loc)
+    tmp = loc if remote else str(Path(loc).parent / f".{Path(loc).name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         info: dict[str, Any] = {}
         for name, s in splits.items():
-            (tmp / name).mkdir()
             table = to_table(s)
             shards = []
             for k, start in enumerate(range(0, len(s), shard_rows)):
                 shard = f"{name}/part-{k:05d}.parquet"
-                pq.write_table(table.slice(start, shard_rows), tmp / shard)
+                write_table(storage.join(tmp, shard), table.slice(start, shard_rows))
                 shards.append(shard)
             info[name] = {"rows": len(s), "shards": shards, "poisoned": int(s.poisoned.sum()),
                           "meta": _jsonable(s.meta)}
         doc = {"format": FORMAT, "classes": list(first.classes), "image_shape": list(first.image_shape),
                "image_encoding": "raw-uint8-hwc", "splits": info, "meta": _jsonable(dict(meta or {}))}
-        (tmp / "meta.json").write_text(json.dumps(doc, indent=2))
-        _replace_dir(tmp, path)
+        storage.write_json(storage.join(tmp, "meta.json"), doc)
+        if not remote:
+            _replace_dir(Path(tmp), Path(loc))
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not remote:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return path
+    return loc
 
 
 def _replace_dir(tmp: Path, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(path, trash)
@@ -132,36 +158,40 @@ def _replace_dir(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
+def is_dataset(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a complete dataset (its ``meta.json`` is written last)."""
+    return storage.is_file(storage.join(path, "meta.json"))
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The parsed ``meta.json`` of a dataset directory, with a clear error if it is not one."""
-    path = Path(path)
-    meta_file = path / "meta.json"
-    if not meta_file.is_file():
-        raise ConfigError(f"{path} is not an eclipse_ray dataset (no meta.json)")
+    meta_file = storage.join(path, "meta.json")
+    if not storage.is_file(meta_file):
+        raise ConfigError(f"{storage.display(path)} is not an eclipse_ray dataset (no meta.json)")
     try:
-        doc = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{meta_file}: not valid JSON ({e.msg})") from None
+        doc = json.loads(storage.read_bytes(meta_file).decode())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{meta_file}: not valid JSON ({e})") from None
     if doc.get("format") != FORMAT:
         raise ConfigError(f"{meta_file}: unknown format {doc.get('format')!r} (expected {FORMAT})")
     return doc
 
 
-def read_split(path: str | Path, split: str) -> ImageSet:
+def read_split(path: str | os.PathLike, split: str, doc: dict[str, Any] | None = None) -> ImageSet:
     """One split of a dataset directory as an ImageSet (row count checked against meta.json)."""
-    path = Path(path)
-    doc = read_meta(path)
+    doc = doc or read_meta(path)
     if split not in doc["splits"]:
-        raise ConfigError(f"{path} has no split {split!r} (has {', '.join(doc['splits'])})")
+        raise ConfigError(f"{storage.display(path)} has no split {split!r} (has {', '.join(doc['splits'])})")
     info = doc["splits"][split]
-    tables = [pq.read_table(path / shard, columns=list(COLUMNS)) for shard in info["shards"]]
+    tables = [read_table(storage.join(path, shard), columns=list(COLUMNS)) for shard in info["shards"]]
     table = pa.concat_tables(tables)
     if table.num_rows != info["rows"]:
-        raise ConfigError(f"{path}/{split}: {table.num_rows} rows on disk, meta.json says {info['rows']}")
+        raise ConfigError(f"{storage.display(path)}/{split}: {table.num_rows} rows on disk, "
+                          f"meta.json says {info['rows']}")
     return from_table(table, tuple(doc["image_shape"]), tuple(doc["classes"]), info.get("meta"))
 
 
-def read_dataset(path: str | Path) -> tuple[dict[str, ImageSet], dict[str, Any]]:
+def read_dataset(path: str | os.PathLike) -> tuple[dict[str, ImageSet], dict[str, Any]]:
     """All splits of a dataset directory and its dataset-level meta."""
     doc = read_meta(path)
-    return {name: read_split(path, name) for name in doc["splits"]}, doc.get("meta", {})
+    return {name: read_split(path, name, doc) for name in doc["splits"]}, doc.get("meta", {})

@@ -1,16 +1,27 @@
-"""Purify a dataset directory with Ray Data: parquet shards → actor pool → parquet shards.
+"""Streaming purification: dataset shards → Ray Data actor pool → output shards, written by the workers.
 
-    read_parquet(pending shards) → map_batches(PurifyActor, compute=ActorPoolStrategy(size=N),
-                                               num_gpus=1 per actor if CUDA else 0, batch_size=B)
+    from_items(work units) → map_batches(ShardPurifier, compute=ActorPoolStrategy(1..N),
+                                         num_gpus=1 per actor on GPUs, batch_size=1 unit)
 
-Each actor loads the model once (``__init__``). Outputs stream back to the
-driver, which writes each output shard as soon as all of its rows are in
-(under a temporary name, then renamed), so an interrupted run resumes without
-redoing finished shards. The work directory is named after a content hash of
-(input shards, defense config, model weights, seed): the same request is
-computed once and then served from the finished directory. Row count,
-``index``, ``labels`` and ``poisoned`` are checked against the input before the
-output is published. ``actors=0`` runs the same per-shard loop in-process.
+A *work unit* is a fixed row range of one input shard (``chunk_rows``, a
+multiple of the batch size, counted from the shard's start). A worker reads its
+unit's rows from storage, purifies them in batches that start at the shard's
+first row, checks that the rows it produced are the rows it read (count,
+``index``, ``label``, ``poisoned``), and writes the output unit itself (atomic
+local rename or one object upload). The driver plans the units, counts rows and
+publishes ``meta.json`` last: it never holds the dataset, so its memory does not
+grow with it.
+
+Batches are a function of the shard alone, never of the actor count, the block
+layout or which worker ran them, and each sample's noise is a function of
+(seed, index): the output is the same bytes with 0, 1 or N actors.
+
+Resume: a finished unit is a file; a rerun computes only the missing ones (a
+per-unit resume is simpler than Ray Data's row-keyed checkpointing and holds the
+same guarantee, because units are written whole). Node loss: Ray Data restarts
+lost actors and retries their units; a unit written twice is written with the
+same bytes. Many purifications (a sweep's stage) share one pipeline, so small
+ones do not each pay Ray Data's start-up.
 """
 
 from __future__ import annotations
@@ -18,190 +29,275 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
-from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from eclipse_ray import storage
 from eclipse_ray.config import ConfigError, flatten
 from eclipse_ray.data import store
-from eclipse_ray.data.imageset import check_same_samples
 from eclipse_ray.defenses import DefenseConfig
-from eclipse_ray.victim.metrics import clean_view
 
-ImagePurifier = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def make_purifier(defense: DefenseConfig, model_dir: str | None, seed: int) -> ImagePurifier:
-    """f(uint8 NHWC images, index) -> purified images, with any model loaded once."""
-    return defense.image_purifier(model_dir, seed)
+CHUNK_ROWS = 512  # rows per work unit (rounded up to a multiple of the batch size)
+_SCHEMA = pa.schema([pa.field("index", pa.int64()), pa.field("label", pa.int64()),
+                     pa.field("poisoned", pa.bool_()), pa.field("image", pa.binary())])
 
 
-class PurifyActor:
-    """Ray Data callable class: the purifier is built once per actor."""
+@dataclass(frozen=True)
+class PurifyRequest:
+    """One purification: ``input``'s train split through ``defense`` into ``out`` (locations)."""
 
-    def __init__(self, defense: DefenseConfig, model_dir: str | None, seed: int, shape: tuple[int, int, int]):
+    input: str
+    out: str
+    defense: DefenseConfig
+    seed: int = 0
+    model_dir: str | None = None  # location of the model (local or URI); None for model-free purifiers
+    key: str = ""
+    batch_size: int = 256
+    meta: dict[str, Any] = field(default_factory=dict)  # extra dataset meta to publish
+    resolved: dict[str, Any] = field(default_factory=dict)  # result columns that depend on the model
+
+    @property
+    def work(self) -> str:
+        """Where units are written before publishing (object stores: the output prefix itself)."""
+        if storage.is_uri(self.out):
+            return self.out
+        head, name = os.path.split(storage.normalize(self.out))
+        return os.path.join(head, f".{name}.purify-{self.key}")
+
+
+@dataclass(frozen=True)
+class Unit:
+    request: int
+    shard: str   # input shard, relative to the dataset (``train/part-00000.parquet``)
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        stem = self.shard.rsplit(".", 1)[0]
+        return f"{stem}-{self.start:07d}.parquet"
+
+
+def plan_units(shard_rows: dict[str, int], request: int, chunk_rows: int) -> list[Unit]:
+    """Fixed row ranges of every shard (independent of actors and of what is already done)."""
+    units = []
+    for shard, n in shard_rows.items():
+        units += [Unit(request, shard, a, min(a + chunk_rows, n)) for a in range(0, n, chunk_rows)]
+    return units
+
+
+def chunk_size(batch_size: int, chunk_rows: int = CHUNK_ROWS) -> int:
+    return -(-max(chunk_rows, batch_size) // batch_size) * batch_size
+
+
+def purify_unit(req: PurifyRequest, unit: Unit, purifier, shape: tuple[int, int, int]) -> int:
+    """Read, purify, check and write one unit; returns its row count."""
+    table = store.read_table(storage.join(req.input, unit.shard), columns=list(store.COLUMNS))
+    table = table.slice(unit.start, unit.stop - unit.start)
+    images = store.decode_images(table.column("image"), shape)
+    index = table.column("index").to_numpy()
+    bs = req.batch_size
+    # batches start at the shard's first row, whatever the unit (chunk sizes are multiples of bs)
+    out = np.concatenate([purifier(images[i:i + bs], index[i:i + bs]) for i in range(0, len(images), bs)])
+    if out.shape != images.shape or out.dtype != np.uint8:
+        raise RuntimeError(f"purify {req.defense.name}: {unit.shard}[{unit.start}:{unit.stop}] came back as "
+                           f"{out.dtype}{tuple(out.shape)}, expected uint8{tuple(images.shape)}")
+    flat = np.ascontiguousarray(out).reshape(len(out), -1)
+    col = pa.FixedSizeBinaryArray.from_buffers(pa.binary(flat.shape[1]), len(out),
+                                               [None, pa.py_buffer(flat.tobytes())]).cast(pa.binary())
+    result = table.set_column(table.schema.get_field_index("image"), "image", col).cast(_SCHEMA)
+    for c in ("index", "label", "poisoned"):  # the rows written are the rows read
+        if not result.column(c).equals(table.column(c).cast(_SCHEMA.field(c).type)):
+            raise RuntimeError(f"purify: column {c} of {unit.name} changed")
+    store.write_table(storage.join(req.work, unit.name), result)
+    return len(out)
+
+
+class ShardPurifier:
+    """Ray Data callable class: purifiers built once per actor and purification."""
+
+    def __init__(self, requests: list[PurifyRequest], shapes: list[tuple[int, int, int]]):
         import torch
 
         if not torch.cuda.is_available():
             torch.set_num_threads(1)
-        self.shape = shape
-        self.run = make_purifier(defense, model_dir, seed)
+        self.requests, self.shapes = requests, shapes
+        self.current: tuple[int, Any] | None = None
+
+    def purifier(self, i: int):
+        if self.current is None or self.current[0] != i:
+            self.current = None  # free the previous model first
+            self.current = (i, make_purifier(self.requests[i]))
+        return self.current[1]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = store.decode_images(batch["image"], self.shape)
-        out = self.run(images, batch["index"])
-        return {**batch, "image": np.array([img.tobytes() for img in out], dtype=object)}
+        rows, secs = [], []
+        for r, shard, a, b in zip(batch["request"], batch["shard"], batch["start"], batch["stop"]):
+            t = time.perf_counter()
+            unit = Unit(int(r), str(shard), int(a), int(b))
+            rows.append(purify_unit(self.requests[unit.request], unit, self.purifier(unit.request),
+                                    self.shapes[unit.request]))
+            secs.append(time.perf_counter() - t)
+        return {"request": batch["request"], "rows": np.array(rows), "seconds": np.array(secs)}
 
 
-def request_key(input_dir: Path, defense: DefenseConfig, model_fp: str, seed: int) -> str:
-    """Content hash of what a purification depends on."""
+def make_purifier(req: PurifyRequest):
+    """f(uint8 NHWC images, index) -> purified images, with the request's model loaded once."""
+    model = None if req.model_dir is None else str(storage.local_dir(req.model_dir, "config.json"))
+    return req.defense.image_purifier(model, req.seed)
+
+
+def request_key(input_dir: str, defense: DefenseConfig, model_fp: str, seed: int) -> str:
+    """Content hash of what a purification depends on (input shards read one at a time)."""
     doc = store.read_meta(input_dir)
     h = hashlib.sha256()
     for shard in doc["splits"]["train"]["shards"]:
-        with open(input_dir / shard, "rb") as fh:
-            h.update(hashlib.sha256(fh.read()).digest())
+        h.update(hashlib.sha256(storage.read_bytes(storage.join(input_dir, shard))).digest())
     h.update(json.dumps(flatten(defense, "defense."), sort_keys=True, default=str).encode())
     h.update(f"{model_fp}|{seed}".encode())
     return h.hexdigest()[:16]
 
 
-def _write_shard(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+def run_purifications(requests: list[PurifyRequest], *, actors: int = 0, address: str | None = None,
+                      chunk_rows: int = CHUNK_ROWS, progress: bool = True,
+                      desc: str = "purify") -> list[dict[str, Any]]:
+    """Compute every request's missing units (one Ray Data pipeline for all), then publish each; reports."""
+    docs = [store.read_meta(r.input) for r in requests]
+    for r, doc in zip(requests, docs):
+        if "train" not in doc["splits"]:
+            raise ConfigError(f"{storage.display(r.input)} has no train split to purify")
+    units: list[Unit] = []
+    per_request: list[list[Unit]] = []
+    for i, (r, doc) in enumerate(zip(requests, docs)):
+        shards = {s: store.num_rows(storage.join(r.input, s)) for s in doc["splits"]["train"]["shards"]}
+        mine = plan_units(shards, i, chunk_size(r.batch_size, chunk_rows))
+        per_request.append(mine)
+        done = set(storage.listdir(storage.join(r.work, "train")))
+        units += [u for u in mine if u.name.split("/")[-1] not in done]
+    t0 = time.perf_counter()
+    if units:
+        total = sum(u.stop - u.start for u in units)
+        bar = tqdm(total=total, unit="img", desc=f"{desc} ×{actors or 'in-process'}", disable=not progress)
+        shapes = [tuple(d["image_shape"]) for d in docs]
+        if actors > 0:
+            _run_ray(requests, shapes, units, actors, address, bar)
+        else:
+            worker = ShardPurifier.__new__(ShardPurifier)
+            worker.requests, worker.shapes, worker.current = requests, shapes, None
+            for u in units:
+                bar.update(purify_unit(requests[u.request], u, worker.purifier(u.request), shapes[u.request]))
+        bar.close()
+    seconds = time.perf_counter() - t0
+    return [_publish(r, doc, mine, seconds, actors, sum(u.request == i for u in units))
+            for i, (r, doc, mine) in enumerate(zip(requests, docs, per_request))]
 
 
-def purify_dataset(input_dir: str | Path, defense: DefenseConfig, out_dir: str | Path, *, seed: int = 0,
-                   actors: int = 0, address: str | None = None, batch_size: int | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+def _run_ray(requests: list[PurifyRequest], shapes: list, units: list[Unit], actors: int, address: str | None,
+             bar) -> None:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from eclipse_ray.distributed.tune import init_ray
+
+    init_ray(address, num_cpus=actors + 1)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    items = [{"request": u.request, "shard": u.shard, "start": u.start, "stop": u.stop} for u in units]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(ShardPurifier, fn_constructor_kwargs=dict(requests=requests, shapes=shapes),
+                        compute=ActorPoolStrategy(min_size=1, max_size=actors), num_gpus=gpus,
+                        num_cpus=0 if gpus else 1, batch_size=1, batch_format="numpy")
+    for row in ds.iter_rows():
+        bar.update(int(row["rows"]))
+
+
+def _publish(req: PurifyRequest, doc: dict[str, Any], units: list[Unit], seconds: float, actors: int,
+             computed: int) -> dict[str, Any]:
+    """Check every unit is there with its rows, copy the other splits, write meta.json last, move into place."""
+    names = {n for n in storage.listdir(storage.join(req.work, "train"))}
+    missing = [u.name for u in units if u.name.split("/")[-1] not in names]
+    if missing:
+        raise RuntimeError(f"purify: units {missing[:3]} were not written")
+    rows = sum(store.num_rows(storage.join(req.work, u.name)) for u in units)
+    if rows != doc["splits"]["train"]["rows"] or rows != sum(u.stop - u.start for u in units):
+        raise RuntimeError(f"purify: {rows} rows written, the input has {doc['splits']['train']['rows']}")
+    splits = {}
+    for name, info in doc["splits"].items():
+        if name == "train":
+            splits[name] = {**info, "shards": [u.name for u in units]}
+            continue
+        for shard in info["shards"]:
+            storage.write_bytes(storage.join(req.work, shard), storage.read_bytes(storage.join(req.input, shard)))
+        splits[name] = info
+    report = {"key": req.key, "defense": flatten(req.defense, "defense."), "model": req.model_dir,
+              "seed": req.seed, "input": storage.display(req.input), "rows": rows, "units": len(units),
+              "units_computed": computed, "seconds": seconds, "actors": actors,
+              **({"resolved": req.resolved} if req.resolved else {})}
+    new_doc = {**doc, "splits": splits, "meta": {**doc.get("meta", {}), **req.meta, "purify": report}}
+    storage.write_json(storage.join(req.work, "meta.json"), new_doc)
+    if req.work != storage.normalize(req.out):
+        storage.makedirs(os.path.dirname(storage.normalize(req.out)))
+        if os.path.isdir(req.out):
+            os.rmdir(req.out)  # an empty directory left for the output
+        os.replace(req.work, req.out)
+    return {**report, "cached": False, "out": storage.display(req.out)}
+
+
+def purify_dataset(input_dir: str | os.PathLike, defense: DefenseConfig, out_dir: str | os.PathLike, *,
+                   seed: int = 0, actors: int = 0, address: str | None = None, batch_size: int | None = None,
+                   chunk_rows: int = CHUNK_ROWS, progress: bool = True) -> dict[str, Any]:
     """Purify the ``train`` split of ``input_dir`` into ``out_dir`` (other splits copied). Returns a report."""
     from eclipse_ray.diffusion.unet import model_fingerprint
 
-    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    input_dir, out_dir = storage.normalize(input_dir), storage.normalize(out_dir)
     doc = store.read_meta(input_dir)
     if "train" not in doc["splits"]:
         raise ConfigError(f"{input_dir} has no train split to purify")
-    shape = tuple(doc["image_shape"])
-    train = store.read_split(input_dir, "train")
     model_dir, model_fp = None, "none"
     if defense.needs_model:
-        originals = store.read_split(input_dir, "originals") if "originals" in doc["splits"] else None
-        model_dir = str(defense.model_path(train, clean_view(train, originals), progress))
-        model_fp = model_fingerprint(model_dir)
+        model_dir = _resolve_model(input_dir, defense, doc, actors, address, progress)
+        model_fp = model_fingerprint(storage.local_dir(model_dir, "config.json"))
     key = request_key(input_dir, defense, model_fp, seed)
-    if (out_dir / "meta.json").is_file():
+    if store.is_dataset(out_dir):
         done = store.read_meta(out_dir).get("meta", {}).get("purify", {})
         if done.get("key") == key:
-            return {**done, "cached": True, "out": str(out_dir)}
+            return {**done, "cached": True, "out": out_dir}
         raise ConfigError(f"{out_dir} already holds another dataset; choose a new output directory")
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if not storage.is_uri(out_dir) and os.path.isdir(out_dir) and os.listdir(out_dir):
         raise ConfigError(f"{out_dir} already exists; choose a new output directory")
-
-    work = out_dir.parent / f".{out_dir.name}.purify-{key}"
-    (work / "train").mkdir(parents=True, exist_ok=True)
-    shards = doc["splits"]["train"]["shards"]
-    pending = [s for s in shards if not (work / s).is_file()]
-    t0 = time.perf_counter()
-    bs = batch_size or getattr(defense, "batch_size", 256)
-    if pending:
-        if actors > 0:
-            _run_ray(input_dir, pending, work, defense, model_dir, seed, shape, actors, address, bs, progress)
-        else:
-            run = make_purifier(defense, model_dir, seed)
-            bar = tqdm(total=sum(pq.read_metadata(input_dir / s).num_rows for s in pending), unit="img",
-                       desc=f"purify {defense.name}", disable=not progress)
-            for shard in pending:
-                table = pq.read_table(input_dir / shard)
-                images = store.decode_images(table.column("image"), shape)
-                index = table.column("index").to_numpy()
-                out = np.concatenate([run(images[i:i + bs], index[i:i + bs]) for i in range(0, len(images), bs)])
-                _write_shard(table.set_column(table.schema.get_field_index("image"), "image",
-                                              pa.array([img.tobytes() for img in out], pa.binary())), work / shard)
-                bar.update(len(out))
-            bar.close()
-    seconds = time.perf_counter() - t0
-
-    # Publish: check every sample, copy the other splits, write meta.json, rename into place.
-    purified = store.from_table(pa.concat_tables([pq.read_table(work / s) for s in shards]), shape,
-                                tuple(doc["classes"]))
-    check_same_samples(train, purified, f"purify {defense.name}")
-    for name, info in doc["splits"].items():
-        if name != "train":
-            (work / name).mkdir(exist_ok=True)
-            for shard in info["shards"]:
-                shutil.copyfile(input_dir / shard, work / shard)
-    report = {"key": key, "defense": flatten(defense, "defense."), "model": model_dir, "model_fingerprint": model_fp,
-              "seed": seed, "input": str(input_dir), "rows": len(train), "shards_computed": len(pending),
-              "seconds": seconds, "actors": actors}
-    if model_dir is not None:
-        report["resolved"] = defense.model_resolved(model_dir)
-    new_doc = {**doc, "meta": {**doc.get("meta", {}), "purify": report}}
-    (work / "meta.json").write_text(json.dumps(new_doc, indent=2, default=str))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if out_dir.exists():
-        out_dir.rmdir()
-    os.replace(work, out_dir)
-    return {**report, "cached": False, "out": str(out_dir)}
+    resolved = {} if model_dir is None else defense.model_resolved(storage.local_dir(model_dir, "config.json"))
+    req = PurifyRequest(input_dir, out_dir, defense, seed, model_dir, key,
+                        batch_size or getattr(defense, "batch_size", 256), resolved=resolved)
+    report = run_purifications([req], actors=actors, address=address, chunk_rows=chunk_rows, progress=progress,
+                               desc=f"purify {defense.name}")[0]
+    return {**report, "model_fingerprint": model_fp}
 
 
-def _run_ray(input_dir: Path, pending: list[str], work: Path, defense: DefenseConfig, model_dir: str | None,
-             seed: int, shape: tuple[int, int, int], actors: int, address: str | None, batch_size: int,
-             progress: bool) -> None:
+def model_for(input_dir: str, defense: DefenseConfig, progress: bool = False) -> str:
+    """The model a model-based purifier uses on ``input_dir`` (an ``auto`` model is trained once, cached)."""
+    from eclipse_ray.victim.metrics import clean_view
+
+    doc = store.read_meta(input_dir)
+    train = store.read_split(input_dir, "train", doc)
+    originals = store.read_split(input_dir, "originals", doc) if "originals" in doc["splits"] else None
+    return str(defense.model_path(train, clean_view(train, originals), progress))
+
+
+def _resolve_model(input_dir: str, defense: DefenseConfig, doc: dict, actors: int, address: str | None,
+                   progress: bool) -> str:
+    """:func:`model_for`, in a Ray task when purifying over Ray (the driver never reads the data)."""
+    if actors <= 0:
+        return model_for(input_dir, defense, progress)
     import ray
     import torch
-    from ray.data import ActorPoolStrategy
 
-    if not ray.is_initialized():
-        if address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=address, ignore_reinit_error=True)
-        else:
-            ray.init(num_cpus=max(actors + 1, os.cpu_count() or 1), include_dashboard=False,
-                     ignore_reinit_error=True)
+    from eclipse_ray.distributed.tune import init_ray
+
+    init_ray(address, num_cpus=actors + 1)
     gpus = 1 if torch.cuda.is_available() or ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    paths = [str((input_dir / s).resolve()) for s in pending]
-    rows_in = {p: pq.read_metadata(p).num_rows for p in paths}
-    ds = ray.data.read_parquet(paths, include_paths=True)
-    blocks = max(len(paths), min(actors * 4, -(-sum(rows_in.values()) // batch_size)))
-    if blocks > len(paths):  # a shard is one block: split so that every actor gets work
-        ds = ds.repartition(blocks, shuffle=False)
-    ds = ds.map_batches(PurifyActor, fn_constructor_kwargs=dict(defense=defense, model_dir=model_dir, seed=seed,
-                                                               shape=shape),
-                        compute=ActorPoolStrategy(size=actors), num_gpus=gpus, num_cpus=0 if gpus else 1,
-                        batch_size=batch_size, batch_format="numpy")
-    parts: dict[str, list[pa.Table]] = {p: [] for p in paths}
-    got = dict.fromkeys(paths, 0)
-    bar = tqdm(total=sum(rows_in.values()), unit="img", desc=f"purify {defense.name} ×{actors}",
-               disable=not progress)
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        for path in set(batch.column("path").to_pylist()):
-            sel = batch.filter(pa.compute.equal(batch.column("path"), path)).drop_columns(["path"])
-            parts[path].append(sel)
-            got[path] += sel.num_rows
-            bar.update(sel.num_rows)
-            if got[path] == rows_in[path]:
-                _finish_shard(input_dir, Path(path), parts.pop(path), work)
-    bar.close()
-    missing = [p for p in parts if parts[p] or got[p] != rows_in[p]]
-    if missing:
-        raise RuntimeError(f"purify: shards {missing} came back incomplete")
-
-
-def _finish_shard(input_dir: Path, path: Path, tables: list[pa.Table], work: Path) -> None:
-    """Write one output shard in the input shard's row order."""
-    original = pq.read_table(path, columns=["index"]).column("index").to_numpy()
-    table = pa.concat_tables(tables)
-    order = np.argsort(table.column("index").to_numpy())
-    pos = np.searchsorted(table.column("index").to_numpy()[order], original)
-    table = table.take(pa.array(order[pos]))
-    if not np.array_equal(table.column("index").to_numpy(), original):
-        raise RuntimeError(f"purify: rows of {path.name} were lost or duplicated")
-    rel = path.resolve().relative_to(input_dir.resolve())
-    _write_shard(table.select(list(store.COLUMNS)).cast(pa.schema([pa.field("index", pa.int64()), pa.field("label", pa.int64()),
-                                                    pa.field("poisoned", pa.bool_()),
-                                                    pa.field("image", pa.binary())])), work / rel)
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=3)(model_for)
+    return ray.get(task.remote(input_dir, defense, False))

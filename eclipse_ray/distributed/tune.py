@@ -71,8 +71,9 @@ def trainable(config: dict[str, Any]) -> None:
     tune.report(_numeric(row))
 
 
-def init_ray(address: str | None = None) -> None:
-    """Attach to ``address`` / ``RAY_ADDRESS`` (e.g. under ``ray job submit``), else start an embedded Ray."""
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Attach to ``address`` / ``RAY_ADDRESS`` (e.g. under ``ray job submit``), else start an embedded Ray
+    (with at least ``num_cpus`` logical CPUs, so that an actor pool of that size fits on a small machine)."""
     import ray
 
     if ray.is_initialized():
@@ -80,7 +81,8 @@ def init_ray(address: str | None = None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, ignore_reinit_error=True)
     else:
-        ray.init(include_dashboard=False, ignore_reinit_error=True)
+        cpus = max(num_cpus or 0, os.cpu_count() or 1)
+        ray.init(num_cpus=cpus, include_dashboard=False, ignore_reinit_error=True)
 
 
 def run_sweep(study_dir: str | Path, specs: list[dict[str, Any]], *, address: str | None = None,

@@ -1,8 +1,10 @@
 """The results store: one parquet dataset per study, one row per trial, append-only.
 
-Each append writes a new ``part-<time>-<id>.parquet`` under a temporary name
-and renames it into place, so a crash never leaves a half-written file and
-concurrent writers never collide. Columns are flat and dotted (``attack.name``,
+The store is a local path or a URI (``s3://…``; see :mod:`eclipse_ray.storage`).
+Each append writes a new ``part-<name>.parquet`` whole (a local temporary name
+renamed into place, or one object upload), so a reader never sees half a file
+and concurrent writers never collide; a trial's part is named after its
+``config_hash``, so a retried trial rewrites its own part instead of adding a row. Columns are flat and dotted (``attack.name``,
 ``defense.sigma``, ``test_acc``, ``config_hash`` …). Read it without eclipse_ray:
 
     pandas:  pd.concat([pd.read_parquet(f) for f in glob("DIR/part-*.parquet")])
@@ -12,16 +14,17 @@ concurrent writers never collide. Columns are flat and dotted (``attack.name``,
 from __future__ import annotations
 
 import os
+import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from eclipse_ray import storage
 from eclipse_ray.config import ConfigError
+from eclipse_ray.data.store import read_table, write_table
 
 
 def _column(values: list[Any]) -> pa.Array:
@@ -32,8 +35,13 @@ def _column(values: list[Any]) -> pa.Array:
         return pa.array([None if v is None else str(v) for v in values], pa.string())
 
 
-def append_rows(results_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Append ``rows`` to the store in ``results_dir`` as one new part file; returns its path."""
+def append_rows(results_dir: str | os.PathLike, rows: Iterable[Mapping[str, Any]], name: str | None = None) -> str:
+    """Append ``rows`` to the store at ``results_dir`` (local path or URI) as one new part; returns its location.
+
+    ``name`` makes the part's name deterministic (``part-<name>.parquet``): a trial
+    writes its row under its ``config_hash``, so a retried or rerun trial rewrites
+    the same part instead of adding a duplicate.
+    """
     rows = [dict(r) for r in rows]
     if not rows:
         raise ConfigError("append_rows: no rows")
@@ -41,23 +49,28 @@ def append_rows(results_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> P
     for r in rows:
         keys += [k for k in r if k not in keys]
     table = pa.table({k: _column([r.get(k) for r in rows]) for k in keys})
-    d = Path(results_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
-    tmp = d / f".{name}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, d / name)
-    return d / name
+    stem = name or f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    loc = storage.join(results_dir, f"part-{stem}.parquet")
+    write_table(loc, table)
+    return loc
 
 
-def part_files(results_dir: str | Path) -> list[Path]:
-    return sorted(Path(results_dir).glob("part-*.parquet"))
+def part_files(results_dir: str | os.PathLike) -> list[str]:
+    return storage.glob(results_dir, "part-*.parquet")
 
 
-def read_results(results_dir: str | Path) -> pd.DataFrame:
-    """All rows of a store as one DataFrame (columns unioned across parts; missing values are NA)."""
-    files = part_files(results_dir)
-    if not files:
+def read_results(results_dir: str | os.PathLike) -> pd.DataFrame:
+    """All rows of a store as one DataFrame (columns unioned across parts; missing values are NA).
+
+    A part that cannot be read is reported by name on stderr and skipped.
+    """
+    frames = []
+    for f in part_files(results_dir):
+        try:
+            frames.append(read_table(f).to_pandas())
+        except (OSError, pa.ArrowException) as e:
+            print(f"eclipse-ray: warning: skipping unreadable results part {f} ({type(e).__name__})",
+                  file=sys.stderr)
+    if not frames:
         return pd.DataFrame()
-    frames = [pq.read_table(f).to_pandas() for f in files]
     return pd.concat(frames, ignore_index=True, sort=False)

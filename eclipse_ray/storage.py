@@ -1,0 +1,187 @@
+"""Storage anywhere: a local path or a URI of any filesystem pyarrow supports (``s3://``, ``gs://`` …).
+
+Every place eclipse_ray keeps state (the results store, the artifact cache,
+purified datasets, Tune's experiment state) is named by a *location*: a plain
+string that is either a local path or a URI. These helpers are the only code
+that touches files by location, so the same study runs on one laptop, on an NFS
+mount or on an object store. The S3 endpoint comes from the standard
+``AWS_ENDPOINT_URL`` environment variable (pyarrow reads it), so an S3-API
+server on localhost works as well as AWS.
+
+Writes are atomic from a reader's point of view: a local file is written under a
+temporary name and renamed; an object-store object appears whole when its upload
+completes. Directories on an object store are prefixes: a directory is *complete*
+when its manifest (written last, e.g. ``meta.json``) exists.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+
+def is_uri(loc: str | os.PathLike) -> bool:
+    """Whether ``loc`` names a remote filesystem (``scheme://…``, ``file://`` excluded)."""
+    s = str(loc)
+    return "://" in s and not s.startswith("file://")
+
+
+def normalize(loc: str | os.PathLike) -> str:
+    """A location as a string: URIs without a trailing slash, local paths absolute."""
+    s = str(loc)
+    if s.startswith("file://"):
+        s = s[len("file://"):]
+    if is_uri(s):
+        return s.rstrip("/")
+    return str(Path(s).expanduser().absolute())
+
+
+def join(loc: str | os.PathLike, *parts: str) -> str:
+    """``loc/part/…`` for paths and URIs alike."""
+    s = normalize(loc)
+    if is_uri(s):
+        return "/".join([s, *(p.strip("/") for p in parts)])
+    return str(Path(s, *parts))
+
+
+def filesystem(loc: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for ``loc``."""
+    s = normalize(loc)
+    if not is_uri(s):
+        return pafs.LocalFileSystem(), s
+    fs, path = pafs.FileSystem.from_uri(s)
+    return fs, path
+
+
+def exists(loc: str | os.PathLike) -> bool:
+    fs, path = filesystem(loc)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_file(loc: str | os.PathLike) -> bool:
+    fs, path = filesystem(loc)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def makedirs(loc: str | os.PathLike) -> None:
+    """Create a local directory (and parents); object stores need none."""
+    if not is_uri(loc):
+        Path(normalize(loc)).mkdir(parents=True, exist_ok=True)
+
+
+def read_bytes(loc: str | os.PathLike) -> bytes:
+    fs, path = filesystem(loc)
+    with fs.open_input_stream(path) as fh:
+        return fh.read()
+
+
+def write_bytes(loc: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``loc`` so that no reader ever sees part of it."""
+    s = normalize(loc)
+    if not is_uri(s):
+        p = Path(s)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, p)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    fs, path = filesystem(s)
+    with fs.open_output_stream(path) as fh:
+        fh.write(data)
+
+
+def read_json(loc: str | os.PathLike) -> Any:
+    return json.loads(read_bytes(loc).decode())
+
+
+def write_json(loc: str | os.PathLike, doc: Any) -> None:
+    write_bytes(loc, json.dumps(doc, indent=2, default=str).encode())
+
+
+def listdir(loc: str | os.PathLike) -> list[str]:
+    """Names directly under ``loc`` (sorted); empty if it does not exist."""
+    fs, path = filesystem(loc)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(i.base_name for i in infos)
+
+
+def glob(loc: str | os.PathLike, pattern: str) -> list[str]:
+    """Locations of the entries directly under ``loc`` whose names match ``pattern``."""
+    return [join(loc, n) for n in listdir(loc) if fnmatch.fnmatch(n, pattern)]
+
+
+def remove(loc: str | os.PathLike) -> None:
+    """Delete a file or a whole directory tree; nothing if it does not exist."""
+    s = normalize(loc)
+    if not is_uri(s):
+        p = Path(s)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        return
+    fs, path = filesystem(s)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def copy_tree(src: str | os.PathLike, dst: str | os.PathLike, last: str | None = None) -> None:
+    """Copy a directory tree between any two filesystems; the file named ``last`` is copied last."""
+    sfs, spath = filesystem(src)
+    dfs, dpath = filesystem(dst)
+    makedirs(dst)
+    files = [i for i in sfs.get_file_info(pafs.FileSelector(spath, recursive=True)) if i.type == pafs.FileType.File]
+    files.sort(key=lambda i: (os.path.relpath(i.path, spath) == last, i.path))
+    for info in files:
+        rel = os.path.relpath(info.path, spath)
+        if not is_uri(dst):
+            Path(dpath, rel).parent.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(info.path, f"{dpath}/{rel}", source_filesystem=sfs, destination_filesystem=dfs)
+
+
+def local_dir(loc: str | os.PathLike, marker: str) -> Path:
+    """A local directory holding ``loc``'s files: ``loc`` itself when local, else a node-local copy.
+
+    The copy lives under ``$ECLIPSE_RAY_LOCAL`` (default ``~/.cache/eclipse_ray/local``),
+    keyed by the location, and is complete once ``marker`` exists in it (copied last).
+    """
+    s = normalize(loc)
+    if not is_uri(s):
+        return Path(s)
+    root = Path(os.environ.get("ECLIPSE_RAY_LOCAL", Path.home() / ".cache" / "eclipse_ray" / "local"))
+    import hashlib
+
+    out = root / hashlib.sha256(s.encode()).hexdigest()[:16]
+    if not (out / marker).is_file():
+        tmp = root / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            copy_tree(s, tmp, last=marker)
+            if not (tmp / marker).is_file():
+                raise FileNotFoundError(f"{s} has no {marker}")
+            if out.exists():
+                shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def display(loc: str | os.PathLike) -> str:
+    """A location as it is shown in messages."""
+    return normalize(loc)
