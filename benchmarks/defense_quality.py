@@ -45,7 +45,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from eclipse_ray.distributed.tune import cache_counts, run_sweep, spec
+from eclipse_ray.distributed.study import run_study
+from eclipse_ray.distributed.tune import cache_counts, spec
 from eclipse_ray.presets import PRESETS, trial_settings
 from eclipse_ray.results.report import plot_pareto
 from eclipse_ray.results.store import read_results
@@ -173,7 +174,7 @@ def main() -> None:
         print(f"defense_quality: {len(todo)} trials -> {study}", flush=True)
         t = time.perf_counter()
         concurrent = args.concurrent or (2 if args.preset == "subset" else None)
-        run_sweep(study, todo, address=args.address, cpus_per_trial=1.0, gpus_per_trial=gpus,
+        run_study(study, todo, address=args.address, cpus_per_trial=1.0, gpus_per_trial=gpus,
                   max_concurrent=concurrent, data_dir=args.data_dir)
         wall = time.perf_counter() - t if args.only is None else None  # a partial rerun is not the study's time
     df = read_results(study)

@@ -176,8 +176,16 @@ def _cmd_results(args: argparse.Namespace) -> None:
         p = pareto(df)
         print(p[p["on_front"]][[c for c in SUMMARY_COLS if c in p.columns]].to_string(index=False))
     elif args.action == "plot":
-        path = plot_pareto(df, args.out or Path(args.study) / "pareto.png")
-        print(f"wrote {path}" if path else "nothing to plot (no poison_success values)")
+        import tempfile
+
+        from eclipse_ray import storage
+
+        dest = args.out or storage.join(args.study, "pareto.png")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = plot_pareto(df, Path(tmp) / "pareto.png")
+            if path is not None:
+                storage.write_bytes(dest, path.read_bytes())
+        print(f"wrote {dest}" if path else "nothing to plot (no poison_success values)")
     else:
         print(f"wrote {write_report(args.study, args.out)}")
 

@@ -8,8 +8,6 @@ until the row is complete.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,34 +100,28 @@ def prepare(cfg: TrialConfig, data_dir: str | Path | None = None, cache_dir: str
     return cfg.attack.apply(data)
 
 
-def _reference_accuracy(cfg: TrialConfig, data: Dataset, cache_dir: Path | None, progress: bool) -> float:
-    """Clean test accuracy of the same victim on the undefended clean training set (cached by hash)."""
-    ref_cfg = TrialConfig(cfg.dataset, ATTACKS.build("none"), DEFENSES.build("none"), cfg.victim, cfg.seed)
-    key = ref_cfg.hash()
-    path = cache_dir / "acc_ref" / f"{key}.json" if cache_dir else None
-    if path is None:
-        return _train_reference(cfg, data, progress)
-    from eclipse_ray.distributed.cache import file_lock
-
-    with file_lock(path.with_suffix(".lock")):  # concurrent trials train the reference once
-        if path.is_file():
-            return float(json.loads(path.read_text())["test_acc"])
-        acc = _train_reference(cfg, data, progress)
-        _write_json(path, {"test_acc": acc, "config_hash": key})
-        return acc
+def reference_config(cfg: TrialConfig) -> TrialConfig:
+    """The trial whose clean accuracy a relative loss is measured against: same victim and seed, no attack or defense."""
+    return TrialConfig(cfg.dataset, ATTACKS.build("none"), DEFENSES.build("none"), cfg.victim, cfg.seed)
 
 
-def _train_reference(cfg: TrialConfig, data: Dataset, progress: bool) -> float:
-    clean = metrics.clean_view(data.train, data.splits.get("originals"))
-    victim = train_victim(cfg.victim, clean.images, clean.labels, clean.num_classes, cfg.seed, progress=progress)
-    return metrics.accuracy(victim.predict(data.test.images), data.test.labels)
+def reference_accuracy(cfg: TrialConfig, data: Dataset, cache_dir: str | None, progress: bool = False) -> float:
+    """Clean test accuracy of the same victim on the undefended clean training set (cached by its hash).
 
+    Content-addressed: two trials that both miss it train the same victim and write
+    the same value; the staged study computes each one once beforehand.
+    """
+    from eclipse_ray.distributed.cache import read_acc_ref, write_acc_ref
 
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    key = reference_config(cfg).hash()
+    acc = read_acc_ref(cache_dir, key) if cache_dir else None
+    if acc is None:
+        clean = metrics.clean_view(data.train, data.splits.get("originals"))
+        victim = train_victim(cfg.victim, clean.images, clean.labels, clean.num_classes, cfg.seed, progress=progress)
+        acc = metrics.accuracy(victim.predict(data.test.images), data.test.labels)
+        if cache_dir:
+            write_acc_ref(cache_dir, key, acc)
+    return acc
 
 
 def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_dir: str | Path | None = None,
@@ -182,14 +174,17 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
             m["asr_max_class"] = metrics.max_class_asr(victim.predict(trig.images), trig.labels, int(target))
         m["poison_success"] = m.get("target_success", m.get("asr", float("nan")))
     elif kind == AVAILABILITY or (reference and kind == "none"):
-        cache = Path(cache_dir) if cache_dir else (Path(results_dir) / ".cache" if results_dir else None)
+        from eclipse_ray import storage
+        from eclipse_ray.distributed.cache import write_acc_ref
+
+        cache = storage.normalize(cache_dir) if cache_dir else (
+            storage.join(results_dir, ".cache") if results_dir else None)
         if kind == "none" and cfg.defense.name == "none":
             m["acc_ref"] = m["test_acc"]
             if cache is not None:
-                _write_json(cache / "acc_ref" / f"{cfg.hash()}.json", {"test_acc": m["test_acc"],
-                                                                      "config_hash": cfg.hash()})
+                write_acc_ref(cache, cfg.hash(), m["test_acc"])
         elif reference:
-            m["acc_ref"] = _reference_accuracy(cfg, data, cache, progress)
+            m["acc_ref"] = reference_accuracy(cfg, data, cache, progress)
         if "acc_ref" in m:
             loss = metrics.relative_accuracy_loss(m["test_acc"], m["acc_ref"])
             m["poison_success" if kind == AVAILABILITY else "clean_cost"] = loss
@@ -203,7 +198,7 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
                            "config_hash": cfg.hash(), **provenance(device)}
     row.update(purified.meta.get("resolved", {}))
     if results_dir is not None:
-        append_rows(results_dir, [row])
+        append_rows(results_dir, [row], name=row["config_hash"])
     return row
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any, Callable
 
+from eclipse_ray import storage
 from eclipse_ray.config import split_overrides
-from eclipse_ray.distributed.tune import cache_counts, run_sweep
+from eclipse_ray.distributed.study import run_study
+from eclipse_ray.distributed.tune import cache_counts
 from eclipse_ray.presets import PRESETS, trial_settings  # noqa: F401  (trial_settings: for the sweep scripts)
 from eclipse_ray.results.report import write_report
 
@@ -34,7 +35,7 @@ def main(study: str, description: str, build: Callable[[dict[str, Any], argparse
         preset["dataset"] = args.dataset
     args.user = split_overrides(args.set)
     specs = build(preset, args)
-    study_dir = Path(args.results or f"results/{study}-{args.preset}")
+    study_dir = storage.normalize(args.results or f"results/{study}-{args.preset}")
     gpus = args.gpus_per_trial
     if gpus is None:
         import torch
@@ -42,10 +43,10 @@ def main(study: str, description: str, build: Callable[[dict[str, Any], argparse
         gpus = 0.25 if torch.cuda.is_available() else 0.0
     t = time.perf_counter()
     print(f"{study}: {len(specs)} trials -> {study_dir}", flush=True)
-    df = run_sweep(study_dir, specs, address=args.address, cpus_per_trial=args.cpus_per_trial,
+    df = run_study(study_dir, specs, address=args.address, cpus_per_trial=args.cpus_per_trial,
                    gpus_per_trial=gpus, data_dir=args.data_dir)
     computed, reused = cache_counts(df)
     report = write_report(study_dir)
     print(json.dumps({"study": str(study_dir), "rows": len(df), "purifications_computed": computed,
-                      "purifications_reused": reused, "report": str(report),
-                      "pareto_png": str(study_dir / "pareto.png"), "seconds": round(time.perf_counter() - t, 1)}))
+                      "purifications_reused": reused, "report": report,
+                      "pareto_png": storage.join(study_dir, "pareto.png"), "seconds": round(time.perf_counter() - t, 1)}))

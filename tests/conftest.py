@@ -23,3 +23,19 @@ def digits() -> Dataset:
 @pytest.fixture(scope="session")
 def quick_victim() -> VictimConfig:
     return VictimConfig(epochs=5, width=16)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A bucket on an S3-API server on localhost; the AWS_* variables point at it for this module."""
+    from s3server import make_bucket, s3_env, s3_server
+
+    with s3_server() as url:
+        mp = pytest.MonkeyPatch()
+        for k, v in s3_env(url).items():
+            mp.setenv(k, v)
+        make_bucket("eclipse-test")
+        try:
+            yield "s3://eclipse-test"
+        finally:
+            mp.undo()

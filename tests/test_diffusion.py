@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,7 +124,7 @@ def test_auto_model_uses_the_same_clean_set_whatever_the_attack(digits, tmp_path
     assert len(dirs) == 1
     import json
 
-    idx = json.loads((dirs.pop() / "clean_index.json").read_text())
+    idx = json.loads((Path(dirs.pop()) / "clean_index.json").read_text())
     assert abs(len(idx) - 0.04 * len(digits.train)) <= 10 and not set(idx) & set(digits.test.index.tolist())
 
 

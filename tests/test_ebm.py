@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,9 +160,9 @@ def test_auto_model_is_trained_once_and_reused(digits, tmp_path, monkeypatch):
     d = DEFENSES.build("puregen-ebm", {"train_preset": "tiny", "train_iterations": "2", "train_batch_size": "4",
                                        "train_mcmc_steps": "2", "steps": "2", "device": "cpu"})
     train = digits.train
-    first = d.model_path(train, None, progress=False)
+    first = Path(d.model_path(train, None, progress=False))
     stamp = (first / "model.safetensors").stat().st_mtime_ns
-    assert d.model_path(train, None, progress=False) == first
+    assert Path(d.model_path(train, None, progress=False)) == first
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp  # served from the cache
     idx = json.loads((first / "clean_index.json").read_text())
     assert abs(len(idx) - 0.04 * len(train)) <= 10 and not set(idx) & set(digits.test.index.tolist())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from eclipse_ray.results.pareto import pareto, pareto_front, summarize
@@ -42,16 +44,16 @@ def test_report_and_plot_are_written(tmp_path):
     append_rows(tmp_path, rows()[6:])
     assert len(read_results(tmp_path)) == 11
     report = write_report(tmp_path)
-    text = report.read_text()
+    text = Path(report).read_text()
     assert "Pareto frontier" in text and "eclipse" in text and "![Pareto](pareto.png)" in text
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_sigma_plot_only_for_sweeps_over_sigma(tmp_path):
     append_rows(tmp_path / "two", rows())  # two σ values: no σ plot
-    assert "sigma.png" not in write_report(tmp_path / "two").read_text()
+    assert "sigma.png" not in Path(write_report(tmp_path / "two")).read_text()
     extra = [{**r, "defense.sigma": 0.2, "config_hash": r["config_hash"] + "b", "test_acc": 0.4}
              for r in rows() if r["defense.name"] == "eclipse" and r["defense.sigma"] == 0.1]
     append_rows(tmp_path / "three", rows() + extra)
-    assert "![sigma](sigma.png)" in write_report(tmp_path / "three").read_text()
+    assert "![sigma](sigma.png)" in Path(write_report(tmp_path / "three")).read_text()
     assert (tmp_path / "three" / "sigma.png").read_bytes()[:4] == b"\x89PNG"

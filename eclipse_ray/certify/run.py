@@ -39,6 +39,7 @@ from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.defenses.diffusion import Denoise
 from eclipse_ray.victim.train import VictimConfig, train_victim
+from eclipse_ray.storage import local_dir
 
 FORMAT = 1  # bump when the meaning of a saved model file changes
 
@@ -234,7 +235,7 @@ def resolve_denoiser(job: CertifyJob, data: Dataset, progress: bool) -> tuple[Pa
     from eclipse_ray.victim.metrics import clean_view
 
     clean = clean_view(data.train, data.splits.get("originals"))
-    model_dir = job.denoiser.model_path(data.train, clean, progress)
+    model_dir = local_dir(job.denoiser.model_path(data.train, clean, progress), "config.json")
     resolved = job.denoiser.resolved(load_model(model_dir, "cpu"))
     identity = f"auto:{model_dir.name}" if job.denoiser.model == "auto" else str(Path(job.denoiser.model).resolve())
     return model_dir, resolved, identity

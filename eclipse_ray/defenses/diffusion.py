@@ -35,6 +35,7 @@ from eclipse_ray.defenses.compensation import (apply_compensation, compensation_
 from eclipse_ray.diffusion.samplers import SAMPLERS, SamplerPlan, purify_batch
 from eclipse_ray.diffusion.unet import PRESETS, DiffusionModel, load_model
 from eclipse_ray.victim.train import BatchTransform, pick_device
+from eclipse_ray.storage import local_dir
 
 ImagePurifier = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -74,8 +75,8 @@ class DiffusionDefense(DefenseConfig):
                                    batch_size=self.train_batch_size, clean_fraction=self.train_clean_fraction,
                                    device=self.device, **self.recipe)
 
-    def model_path(self, train: ImageSet, clean: ImageSet | None, progress: bool = True) -> Path:
-        """The model directory; for ``auto`` trained (once, cached) on the clean reference set."""
+    def model_path(self, train: ImageSet, clean: ImageSet | None, progress: bool = True) -> str | Path:
+        """The model directory (a location: local path or URI); for ``auto`` trained (once, cached) on the clean reference set."""
         if self.model != "auto":
             return Path(self.model)
         from eclipse_ray.diffusion.train import train_diffusion
@@ -110,7 +111,7 @@ class DiffusionDefense(DefenseConfig):
     def make_purifier(self, model_dir: str | Path, seed: int) -> tuple[ImagePurifier, DiffusionModel]:
         """Load the model once; return f(images uint8 NHWC, index) -> purified images, and the model."""
         device = pick_device(self.device)
-        model = load_model(model_dir, device)
+        model = load_model(local_dir(model_dir, "config.json"), device)
         plan = self.plan(model)
         bf16 = self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda")
         channels_last = device.type == "cuda"
@@ -129,7 +130,7 @@ class DiffusionDefense(DefenseConfig):
         return self.make_purifier(model_dir, seed)[0]
 
     def model_resolved(self, model_dir: str | Path) -> dict[str, Any]:
-        return self.resolved(load_model(model_dir))
+        return self.resolved(load_model(local_dir(model_dir, "config.json")))
 
     def finish_batch(self, images: np.ndarray, index: np.ndarray, seed: int) -> np.ndarray:
         """Per-batch post-processing after the sampler (ECLIPSE: once-off compensation)."""

@@ -32,6 +32,7 @@ from eclipse_ray.config import setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.defenses.base import DefenseConfig, ImagePurifier, purify_in_batches
 from eclipse_ray.ebm.net import PRESETS
+from eclipse_ray.storage import local_dir
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,8 @@ class PureGenEBM(DefenseConfig):
                                    batch_size=self.train_batch_size, mcmc_steps=self.train_mcmc_steps,
                                    clean_fraction=self.train_clean_fraction, device=self.device)
 
-    def model_path(self, train: ImageSet, clean: ImageSet | None, progress: bool = True) -> Path:
-        """The EBM directory; for ``auto`` trained (once, cached) on the clean reference set."""
+    def model_path(self, train: ImageSet, clean: ImageSet | None, progress: bool = True) -> str | Path:
+        """The EBM directory (a location: local path or URI); for ``auto`` trained (once, cached) on the clean reference set."""
         if self.model != "auto":
             return Path(self.model)
         from eclipse_ray.distributed.cache import cached_model
@@ -76,7 +77,7 @@ class PureGenEBM(DefenseConfig):
         from eclipse_ray.victim.train import pick_device
 
         device = pick_device(self.device)
-        net, _ = load_energy(model_dir, device)
+        net, _ = load_energy(local_dir(model_dir, "config.json"), device)
 
         def run(images: np.ndarray, index: np.ndarray) -> np.ndarray:
             return purify_images(net, images, index, seed, self.steps, self.eta, self.tau, device)
@@ -87,7 +88,7 @@ class PureGenEBM(DefenseConfig):
         """Result columns filled in once the model is known."""
         import json
 
-        info = json.loads((Path(model_dir) / "config.json").read_text())
+        info = json.loads((local_dir(model_dir, "config.json") / "config.json").read_text())
         return {"defense.model_calls": self.steps, "defense.langevin_sigma": self.eta / 2 * math.sqrt(self.steps),
                 "defense.ebm_arch": info.get("arch"), "defense.ebm_width": info.get("width")}
 

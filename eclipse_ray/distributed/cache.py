@@ -1,45 +1,48 @@
-"""The purification cache: each (dataset, attack, purifier config, seed) is purified once.
+"""The artifact cache: content-addressed poisoned sets, generative models, purified sets, reference accuracies.
 
-Purification costs 100–500 fast-victim trainings, so every victim trial that
-needs the same purified training set reads it from
-``CACHE/purified/<key>/`` (the dataset store format). An exclusive file lock
-per key means two trials never compute the same thing at once: the second
-waits, then reads the first one's result. On a multi-node cluster put the cache
-on shared storage (NFS), where ``flock`` works across nodes.
+Layout under the cache location (a local path or a URI, ``$ECLIPSE_RAY_CACHE``,
+default ``~/.cache/eclipse_ray``; a sweep uses ``<study>/.cache`` unless the
+variable is set)::
+
+    poisons/<poison_key>/      a (dataset, attack) as a dataset directory (meta.json last)
+    models/<hash>/             a trained DDPM/EBM (config.json last), hash of its clean set + recipe
+    purified/<purification_key>/  a purified training set (meta.json last)
+    acc_ref/<config_hash>.json    the clean victim's accuracy a relative loss is measured against
+
+Every address is a hash of what the artifact depends on, and every artifact is
+published whole (renamed into place, or its manifest uploaded last), so an
+artifact that exists is complete, two writers of one address write the same
+thing, and no correctness rests on locks. The staged study
+(:mod:`eclipse_ray.distributed.study`) computes each artifact once before the
+victim trials that read it; a lone ``eclipse-ray run`` computes what it misses
+in-process.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
 
+import numpy as np
+
+from eclipse_ray import storage
 from eclipse_ray.config import config_hash, flatten
 from eclipse_ray.data import store
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
-from eclipse_ray.victim.metrics import clean_view
 
 
-def cache_root() -> Path:
-    """Where trained models, crafted poisons and purified sets are cached ($ECLIPSE_RAY_CACHE)."""
-    return Path(os.environ.get("ECLIPSE_RAY_CACHE", Path.home() / ".cache" / "eclipse_ray"))
+def cache_root() -> str:
+    """The cache location: ``$ECLIPSE_RAY_CACHE``, else ``~/.cache/eclipse_ray``."""
+    return storage.normalize(os.environ.get("ECLIPSE_RAY_CACHE") or Path.home() / ".cache" / "eclipse_ray")
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (created if missing), held for the ``with`` block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def poison_key(dataset: str, attack) -> str:
+    return config_hash({"dataset": dataset, **flatten(attack, "attack.")})
 
 
 def purification_key(dataset: str, attack_flat: dict, defense, seed: int) -> str:
@@ -47,61 +50,88 @@ def purification_key(dataset: str, attack_flat: dict, defense, seed: int) -> str
     return config_hash({"dataset": dataset, **attack_flat, **flatten(defense, "defense."), "seed": seed})
 
 
-def cached_purify(data: Dataset, attack_flat: dict, defense, seed: int, cache_dir: str | Path,
-                  dataset: str, progress: bool = False) -> tuple[ImageSet, bool]:
-    """(purified training set, whether it came from the cache)."""
-    key = purification_key(dataset, attack_flat, defense, seed)
-    root = Path(cache_dir) / "purified"
-    path = root / key
-    with file_lock(root / f"{key}.lock"):
-        if (path / "meta.json").is_file():
-            return store.read_split(path, "train"), True
-        t = time.perf_counter()
-        train = data.train
-        purified = defense.purify(train, seed, progress=progress,
-                                  clean=clean_view(train, data.splits.get("originals")))
-        purified = purified.with_images(purified.images, purify_seconds=time.perf_counter() - t)
-        store.write_dataset(path, {"train": purified}, {"purification_key": key, "defense": flatten(defense)})
-        return purified, False
+def poisons_location(cache_dir: str, dataset: str, attack) -> str:
+    return storage.join(cache_dir, "poisons", poison_key(dataset, attack))
 
 
-def cached_attack(attack, data: Dataset, dataset: str, cache_dir: str | Path | None = None) -> Dataset:
-    """``attack.apply(data)``, crafted once per (dataset, attack config) and then read from the cache.
+def purified_location(cache_dir: str, key: str) -> str:
+    return storage.join(cache_dir, "purified", key)
 
-    For attacks that optimise their poisons against a surrogate (EM, TAP,
-    gradient matching …), whose crafting costs many victim trainings. The
-    crafting time is kept in the dataset meta (``craft_seconds``) either way.
+
+def read_poisoned(loc: str, name: str, base_meta: dict | None = None) -> Dataset:
+    splits, meta = store.read_dataset(loc)
+    return Dataset(name, splits, {**(base_meta or {}), **meta, "poison_cached": True})
+
+
+def cached_attack(attack, data: Dataset, dataset: str, cache_dir: str | os.PathLike | None = None) -> Dataset:
+    """``attack.apply(data)``, computed once per (dataset, attack config) and then read from the cache.
+
+    The crafting time is kept in the dataset meta (``craft_seconds``) either way.
     """
-    key = config_hash({"dataset": dataset, **flatten(attack, "attack.")})
-    root = Path(cache_dir) if cache_dir else cache_root()
-    path = root / "poisons" / key
-    with file_lock(root / "poisons" / f"{key}.lock"):
-        if (path / "meta.json").is_file():
-            splits, meta = store.read_dataset(path)
-            return Dataset(data.name, splits, {**data.meta, **meta, "poison_cached": True})
-        t = time.perf_counter()
-        poisoned = attack.apply(data)
-        meta = {**poisoned.meta, "craft_seconds": poisoned.meta.get("craft_seconds", time.perf_counter() - t)}
-        store.write_dataset(path, poisoned.splits, {**meta, "poison_key": key})
-        return Dataset(poisoned.name, poisoned.splits, {**meta, "poison_cached": False})
+    loc = poisons_location(storage.normalize(cache_dir) if cache_dir else cache_root(), dataset, attack)
+    if store.is_dataset(loc):
+        return read_poisoned(loc, data.name, data.meta)
+    t = time.perf_counter()
+    poisoned = attack.apply(data)
+    meta = {**poisoned.meta, "craft_seconds": poisoned.meta.get("craft_seconds", time.perf_counter() - t)}
+    store.write_dataset(loc, poisoned.splits, {**meta, "poison_key": poison_key(dataset, attack)}, overwrite=True)
+    return Dataset(poisoned.name, poisoned.splits, {**meta, "poison_cached": False})
 
 
-def cached_model(tag: bytes, tcfg, src: ImageSet, train_fn, progress: bool = True) -> Path:
-    """A generative model trained once per (clean reference set, training config), then read from the cache.
+def cached_purify(data: Dataset, attack_flat: dict, defense, seed: int, cache_dir: str | os.PathLike,
+                  dataset: str, progress: bool = False) -> tuple[ImageSet, bool]:
+    """(purified training set, whether it came from the cache); computed in-process when missing."""
+    from eclipse_ray.victim.metrics import clean_view
+
+    key = purification_key(dataset, attack_flat, defense, seed)
+    loc = purified_location(storage.normalize(cache_dir), key)
+    if store.is_dataset(loc):
+        return store.read_split(loc, "train"), True
+    t = time.perf_counter()
+    train = data.train
+    purified = defense.purify(train, seed, progress=progress, clean=clean_view(train, data.splits.get("originals")))
+    purified = purified.with_images(purified.images, purify_seconds=time.perf_counter() - t)
+    store.write_dataset(loc, {"train": purified}, {"purification_key": key, "defense": flatten(defense)},
+                        overwrite=True)
+    return purified, False
+
+
+def cached_model(tag: bytes, tcfg, src: ImageSet, train_fn, progress: bool = True) -> str:
+    """The location of a generative model trained once per (clean reference set, training config).
 
     The reference set is drawn from ``src`` on true labels (the same set whatever
-    the attack); ``train_fn(tcfg, ref, out, progress=…)`` writes the model to
-    ``out``. Concurrent trials wait on a lock and train it only once.
+    the attack); ``train_fn(tcfg, ref, out, progress=…)`` writes the model to a
+    local directory, which is then published to the cache (``config.json`` last).
     """
-    import numpy as np
-
     from eclipse_ray.diffusion.train import clean_reference_rows
 
     rows = clean_reference_rows(src, tcfg.clean_fraction, tcfg.seed)
     ref = ImageSet(src.images[rows], src.labels[rows], src.index[rows], np.zeros(len(rows), bool), src.classes)
     h = hashlib.sha256(tag + ref.images.tobytes() + ref.index.tobytes() + config_hash(flatten(tcfg)).encode())
-    out = cache_root() / "models" / h.hexdigest()[:16]
-    with file_lock(out.with_suffix(".lock")):
-        if not (out / "config.json").is_file():
-            train_fn(tcfg, ref, out, progress=progress)
-    return out
+    loc = storage.join(cache_root(), "models", h.hexdigest()[:16])
+    if storage.is_file(storage.join(loc, "config.json")):
+        return loc
+    if not storage.is_uri(loc):  # trained in place (the trainer resumes from its own checkpoint)
+        train_fn(tcfg, ref, Path(loc), progress=progress)
+        return loc
+    with tempfile.TemporaryDirectory(prefix="eclipse_ray-model-") as tmp:
+        out = Path(tmp) / "model"
+        train_fn(tcfg, ref, out, progress=progress)
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+        storage.copy_tree(out, loc, last="config.json")
+    return loc
+
+
+def acc_ref_location(cache_dir: str, key: str) -> str:
+    return storage.join(cache_dir, "acc_ref", f"{key}.json")
+
+
+def read_acc_ref(cache_dir: str, key: str) -> float | None:
+    loc = acc_ref_location(cache_dir, key)
+    if not storage.is_file(loc):
+        return None
+    return float(storage.read_json(loc)["test_acc"])
+
+
+def write_acc_ref(cache_dir: str, key: str, acc: float) -> None:
+    storage.write_json(acc_ref_location(cache_dir, key), {"test_acc": acc, "config_hash": key})

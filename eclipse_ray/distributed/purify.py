@@ -179,26 +179,29 @@ def run_purifications(requests: list[PurifyRequest], *, actors: int = 0, address
         per_request.append(mine)
         done = set(storage.listdir(storage.join(r.work, "train")))
         units += [u for u in mine if u.name.split("/")[-1] not in done]
-    t0 = time.perf_counter()
+    seconds = [0.0] * len(requests)  # worker seconds spent on each request
     if units:
         total = sum(u.stop - u.start for u in units)
         bar = tqdm(total=total, unit="img", desc=f"{desc} ×{actors or 'in-process'}", disable=not progress)
         shapes = [tuple(d["image_shape"]) for d in docs]
         if actors > 0:
-            _run_ray(requests, shapes, units, actors, address, bar)
+            for r, rows, secs in _run_ray(requests, shapes, units, actors, address):
+                seconds[r] += secs
+                bar.update(rows)
         else:
             worker = ShardPurifier.__new__(ShardPurifier)
             worker.requests, worker.shapes, worker.current = requests, shapes, None
             for u in units:
+                t = time.perf_counter()
                 bar.update(purify_unit(requests[u.request], u, worker.purifier(u.request), shapes[u.request]))
+                seconds[u.request] += time.perf_counter() - t
         bar.close()
-    seconds = time.perf_counter() - t0
-    return [_publish(r, doc, mine, seconds, actors, sum(u.request == i for u in units))
+    return [_publish(r, doc, mine, seconds[i], actors, sum(u.request == i for u in units))
             for i, (r, doc, mine) in enumerate(zip(requests, docs, per_request))]
 
 
-def _run_ray(requests: list[PurifyRequest], shapes: list, units: list[Unit], actors: int, address: str | None,
-             bar) -> None:
+def _run_ray(requests: list[PurifyRequest], shapes: list, units: list[Unit], actors: int, address: str | None):
+    """Yield (request, rows, seconds) per finished unit."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -212,7 +215,7 @@ def _run_ray(requests: list[PurifyRequest], shapes: list, units: list[Unit], act
                         compute=ActorPoolStrategy(min_size=1, max_size=actors), num_gpus=gpus,
                         num_cpus=0 if gpus else 1, batch_size=1, batch_format="numpy")
     for row in ds.iter_rows():
-        bar.update(int(row["rows"]))
+        yield int(row["request"]), int(row["rows"]), float(row["seconds"])
 
 
 def _publish(req: PurifyRequest, doc: dict[str, Any], units: list[Unit], seconds: float, actors: int,
@@ -227,8 +230,9 @@ def _publish(req: PurifyRequest, doc: dict[str, Any], units: list[Unit], seconds
         raise RuntimeError(f"purify: {rows} rows written, the input has {doc['splits']['train']['rows']}")
     splits = {}
     for name, info in doc["splits"].items():
-        if name == "train":
-            splits[name] = {**info, "shards": [u.name for u in units]}
+        if name == "train":  # what a trial reading this set reports: the model's settings, the compute time
+            meta = {**info.get("meta", {}), "resolved": req.resolved, "purify_seconds": seconds}
+            splits[name] = {**info, "shards": [u.name for u in units], "meta": meta}
             continue
         for shard in info["shards"]:
             storage.write_bytes(storage.join(req.work, shard), storage.read_bytes(storage.join(req.input, shard)))

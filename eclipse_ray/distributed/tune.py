@@ -1,21 +1,22 @@
-"""Ray Tune over trials: a thin trainable around :func:`eclipse_ray.trial.run_trial`.
+"""Ray Tune over victim trials: a thin trainable around :func:`eclipse_ray.trial.run_trial`.
 
 * Each Tune trial is one eclipse_ray trial (a JSON-able spec: dataset, attack,
   defense, ``--set`` overrides). Resources per trial via ``tune.with_resources``
-  (fractional GPUs suit the fast victim), retries via ``tune.FailureConfig``.
-* Purified training sets come from the shared purification cache
-  (:mod:`eclipse_ray.distributed.cache`): K distinct purifier configs cost K
-  purifications however many victim trials use them.
-* Rows go to the study's parquet store. A trial whose ``config_hash`` is already
-  in the store is not rerun (its stored metrics are reported), so rerunning a
-  killed sweep finishes it without duplicate rows; an interrupted Tune
-  experiment is also restored with ``Tuner.restore``.
+  (fractional GPUs suit the fast victim), retries via ``tune.FailureConfig``: a
+  trial on a lost node runs again elsewhere.
+* Trials only *read* artifacts: the staged study
+  (:mod:`eclipse_ray.distributed.study`) computed the poisoned and purified sets
+  and reference accuracies before them. A spec run on its own computes what it
+  misses in-process.
+* Rows go to the study's parquet store (local or URI), one part per trial named
+  after its ``config_hash``: a trial whose row is stored is not rerun, and a
+  retried trial rewrites its own part, so every row lands exactly once.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import time
 from typing import Any
 
 import pandas as pd
@@ -41,25 +42,49 @@ def _numeric(row: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def run_spec(trial: dict[str, Any], results_dir: str, cache_dir: str, data_dir: str | None = None) -> dict[str, Any]:
-    """Run one spec (or return its stored row): purification cached, row appended once."""
-    from eclipse_ray.distributed.cache import cached_purify
+def stored_row(results_dir: str, key: str) -> dict[str, Any] | None:
+    """The stored row of trial ``key`` (its own part, or any part of an older store), else ``None``."""
+    from eclipse_ray import storage
+    from eclipse_ray.data.store import read_table
+
+    own = storage.join(results_dir, f"part-{key}.parquet")
+    if storage.is_file(own):
+        return read_table(own).to_pandas().iloc[-1].to_dict()
+    done = read_results(results_dir)
+    if not done.empty and "config_hash" in done and key in set(done["config_hash"]):
+        return done[done["config_hash"] == key].iloc[-1].to_dict()
+    return None
+
+
+def run_spec(trial: dict[str, Any], results_dir: str, cache_dir: str, data_dir: str | None = None,
+             purify_reused: bool | None = None) -> dict[str, Any]:
+    """Run one spec (or return its stored row), reading the artifacts the study's stages computed.
+
+    Whatever is missing from the cache (a spec run on its own) is computed in-process.
+    The row is stored under the trial's ``config_hash``: a retried trial rewrites it.
+    """
+    from eclipse_ray import storage
     from eclipse_ray.config import flatten
+    from eclipse_ray.data.store import is_dataset
+    from eclipse_ray.distributed.cache import cached_purify, poisons_location, read_poisoned
     from eclipse_ray.trial import build_config, prepare, run_trial
 
     cfg = build_config(trial["dataset"], trial["attack"], trial["defense"], trial["set"])
     key = cfg.hash()
-    done = read_results(results_dir)
-    if not done.empty and key in set(done["config_hash"]):
-        return {**done[done["config_hash"] == key].iloc[-1].to_dict(), "resumed": True}
-    data = prepare(cfg, data_dir, cache_dir)
+    results_dir, cache_dir = storage.normalize(results_dir), storage.normalize(cache_dir)
+    row = stored_row(results_dir, key)
+    if row is not None:
+        return {**row, "resumed": True}
+    os.environ["ECLIPSE_RAY_CACHE"] = cache_dir  # models are looked up there
+    loc = poisons_location(cache_dir, cfg.dataset, cfg.attack)
+    data = read_poisoned(loc, cfg.dataset) if is_dataset(loc) else prepare(cfg, data_dir, cache_dir)
     purified, reused = None, None
     if cfg.defense.purifies:
         purified, reused = cached_purify(data, flatten(cfg.attack, "attack."), cfg.defense, cfg.defense_seed,
                                          cache_dir, cfg.dataset)
     row = run_trial(cfg, data=data, purified_train=purified, cache_dir=cache_dir, progress=False)
-    row["purify_reused"] = reused
-    append_rows(results_dir, [row])
+    row["purify_reused"] = reused if purify_reused is None or not reused else purify_reused
+    append_rows(results_dir, [row], name=key)
     return row
 
 
@@ -67,7 +92,8 @@ def trainable(config: dict[str, Any]) -> None:
     """The Tune function trainable."""
     from ray import tune
 
-    row = run_spec(config["trial"], config["results_dir"], config["cache_dir"], config.get("data_dir"))
+    row = run_spec(config["trial"]["spec"], config["results_dir"], config["cache_dir"], config.get("data_dir"),
+                   config["trial"].get("purify_reused"))
     tune.report(_numeric(row))
 
 
@@ -80,45 +106,37 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, ignore_reinit_error=True)
-    else:
+    else:  # workers see the storage settings (AWS_*: object-store endpoint and keys; ECLIPSE_RAY_*)
         cpus = max(num_cpus or 0, os.cpu_count() or 1)
-        ray.init(num_cpus=cpus, include_dashboard=False, ignore_reinit_error=True)
+        env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "ECLIPSE_RAY_"))}
+        ray.init(num_cpus=cpus, include_dashboard=False, ignore_reinit_error=True,
+                 runtime_env={"env_vars": env} if env else None)
 
 
-def run_sweep(study_dir: str | Path, specs: list[dict[str, Any]], *, address: str | None = None,
-              cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_failures: int = 2,
-              cache_dir: str | Path | None = None, data_dir: str | None = None,
-              max_concurrent: int | None = None) -> pd.DataFrame:
-    """Run every spec as a Tune trial; returns the study's rows. Rerun to resume."""
+def run_trials(study_dir: str, trials: list[tuple[dict[str, Any], bool | None]], cache_dir: str, *,
+               cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_failures: int = 2,
+               data_dir: str | None = None, max_concurrent: int | None = None) -> None:
+    """Victim trials as one Tune experiment (state under ``<study>/_tune``); a lost trial is rerun elsewhere."""
     from ray import tune
 
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # keep relative dataset paths meaningful
-    study_dir = Path(study_dir).resolve()
-    if cache_dir is None:  # models, poisons and purified sets: shared when $ECLIPSE_RAY_CACHE is set
-        cache_dir = os.environ.get("ECLIPSE_RAY_CACHE") or study_dir / ".cache"
-    cache_dir = Path(cache_dir).resolve()
-    init_ray(address)
-    storage = study_dir / "_tune"
-    fn = tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    from eclipse_ray import storage
     from eclipse_ray.config import config_hash
 
-    name = f"sweep-{config_hash({'specs': specs}, 8)}"  # same command → same experiment → restored
-    if tune.Tuner.can_restore(str(storage / name)):
-        tuner = tune.Tuner.restore(str(storage / name), trainable=fn, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            fn,
-            param_space={"trial": tune.grid_search(specs), "results_dir": str(study_dir),
-                         "cache_dir": str(cache_dir), "data_dir": data_dir},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage),
-                                      failure_config=tune.FailureConfig(max_failures=max_failures),
-                                      verbose=1))
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # keep relative dataset paths meaningful
+    specs = [{"spec": s, "purify_reused": r} for s, r in trials]
+    fn = tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    name = f"trials-{config_hash({'specs': [s for s, _ in trials]}, 8)}-{time.strftime('%Y%m%dT%H%M%S')}"
+    tuner = tune.Tuner(
+        fn,
+        param_space={"trial": tune.grid_search(specs), "results_dir": study_dir, "cache_dir": cache_dir,
+                     "data_dir": data_dir},
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
+        run_config=tune.RunConfig(name=name, storage_path=storage.join(study_dir, "_tune"),
+                                  failure_config=tune.FailureConfig(max_failures=max_failures), verbose=1))
     grid = tuner.fit()
     errors = [r.error for r in grid if r.error is not None]
     if errors:
         raise RuntimeError(f"{len(errors)} trial(s) failed; first: {errors[0]}")
-    return read_results(study_dir)
 
 
 def cache_counts(df: pd.DataFrame) -> tuple[int, int]:

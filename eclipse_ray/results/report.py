@@ -9,11 +9,14 @@ summary table, the frontier and the plots in ``report.md``.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from eclipse_ray import storage
 from eclipse_ray.figures import save_png
 from eclipse_ray.results.pareto import pareto, point_label, summarize
 from eclipse_ray.results.store import read_results
@@ -103,18 +106,23 @@ SUMMARY_COLS = ["dataset", "attack.name", "defense.name", "defense.sigma", "defe
                 "poison_success_std", "asr_mean", "purify_psnr_poisoned_mean", "purify_seconds_mean"]
 
 
-def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """``report.md`` and ``pareto.png`` for the store in ``study_dir``."""
-    study_dir = Path(study_dir)
-    out = Path(out_dir) if out_dir else study_dir
-    df = read_results(study_dir)
+def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> str:
+    """``report.md``, ``pareto.png`` and ``sigma.png`` for the store at ``study_dir`` (local path or URI)."""
+    study = storage.normalize(study_dir)
+    out = storage.normalize(out_dir) if out_dir else study
+    df = read_results(study)
     if df.empty:
-        raise FileNotFoundError(f"{study_dir}: no results (no part-*.parquet files)")
-    png = plot_pareto(df, out / "pareto.png")
+        raise FileNotFoundError(f"{study}: no results (no part-*.parquet files)")
+    with tempfile.TemporaryDirectory(prefix="eclipse_ray-report-") as tmp:
+        png = plot_pareto(df, Path(tmp) / "pareto.png")
+        sigma_png = plot_sigma(df, Path(tmp) / "sigma.png")
+        for f in (png, sigma_png):
+            if f is not None:
+                storage.write_bytes(storage.join(out, f.name), Path(f).read_bytes())
     s = summarize(df)
     p = pareto(df)
     front = p[p["on_front"]] if "on_front" in p else p.iloc[0:0]
-    text = [f"# Results: {study_dir.name}", "",
+    text = [f"# Results: {study.rstrip('/').rsplit('/', 1)[-1]}", "",
             f"{len(df)} trials, {s.shape[0]} configurations, seeds {sorted(df['seed'].unique().tolist())}.", "",
             "## Summary (mean and std over seeds)", "", _table(s, SUMMARY_COLS), "",
             "## Pareto frontier per (dataset, attack)", "",
@@ -122,10 +130,8 @@ def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> Pa
             "availability poisons).", "", _table(front, SUMMARY_COLS), ""]
     if png is not None:
         text += ["## Plot", "", f"![Pareto]({png.name})", ""]
-    sigma_png = plot_sigma(df, out / "sigma.png")
     if sigma_png is not None:
         text += ["## Accuracy against σ", "", f"![sigma]({sigma_png.name})", ""]
-    path = out / "report.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(text))
+    path = storage.join(out, "report.md")
+    storage.write_bytes(path, "\n".join(text).encode())
     return path

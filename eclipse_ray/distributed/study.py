@@ -1,0 +1,245 @@
+"""A study as a plan of content-addressed stages, each computed once on the whole cluster.
+
+    specs ──compile──▶ poisons ─▶ models ─▶ purified sets ─▶ references ─▶ victim trials
+                      (Ray tasks)  (Ray tasks)  (one Ray Data     (Ray tasks)  (Ray Tune, read
+                                                 streaming job)                 artifacts only)
+
+:func:`compile_plan` validates every spec (all settings checked before any
+work) and lists the distinct artifacts they need. Each artifact's address in the
+cache (:mod:`eclipse_ray.distributed.cache`) is a hash of what it depends on; a
+stage skips every artifact that already exists, so rerunning a killed study
+finishes it without redoing finished work. Tasks are retried when a node is
+lost (``max_retries``), Ray Data restarts lost purification actors, and Tune
+reruns a lost trial elsewhere: an artifact written twice is written with the
+same content, and a trial's row is stored under its ``config_hash``, so every
+row lands exactly once. Each stage prints one summary line (computed, reused,
+seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from eclipse_ray import storage
+from eclipse_ray.config import config_hash, flatten
+from eclipse_ray.distributed import cache as C
+
+RETRIES = 3
+
+
+@dataclass
+class PlannedTrial:
+    spec: dict[str, Any]
+    cfg: Any  # TrialConfig
+    poison_key: str
+    purification_key: str | None = None
+    purify_reused: bool | None = None
+
+
+@dataclass
+class Plan:
+    trials: list[PlannedTrial]
+    poisons: "OrderedDict[str, Any]" = field(default_factory=OrderedDict)        # key -> TrialConfig (dataset, attack)
+    purifications: "OrderedDict[str, Any]" = field(default_factory=OrderedDict)  # key -> TrialConfig
+    references: "OrderedDict[str, Any]" = field(default_factory=OrderedDict)     # acc_ref key -> TrialConfig
+
+
+def compile_plan(specs: list[dict[str, Any]]) -> Plan:
+    """Validate every spec and list the distinct artifacts they need, in dependency order."""
+    from eclipse_ray.attacks import AVAILABILITY
+    from eclipse_ray.trial import build_config, reference_config
+
+    plan = Plan([])
+    for s in specs:
+        cfg = build_config(s["dataset"], s["attack"], s["defense"], s["set"])
+        t = PlannedTrial(s, cfg, C.poison_key(cfg.dataset, cfg.attack))
+        plan.poisons.setdefault(t.poison_key, cfg)
+        if cfg.defense.purifies:
+            t.purification_key = C.purification_key(cfg.dataset, flatten(cfg.attack, "attack."), cfg.defense,
+                                                    cfg.defense_seed)
+            plan.purifications.setdefault(t.purification_key, cfg)
+        is_reference = cfg.attack.name == "none" and cfg.defense.name == "none"
+        if not is_reference and (cfg.attack.kind == AVAILABILITY or cfg.attack.name == "none"):
+            ref = reference_config(cfg)
+            plan.references.setdefault(ref.hash(), ref)
+        plan.trials.append(t)
+    return plan
+
+
+def _stage_line(name: str, computed: int, reused: int, seconds: float) -> None:
+    print(f"stage {name}: {computed} computed, {reused} reused, {seconds:.1f} s", flush=True)
+
+
+def _with_cache(cache_dir: str, fn, *args):
+    """Run ``fn`` with ``$ECLIPSE_RAY_CACHE`` pointing at the study's cache (models are found there)."""
+    os.environ["ECLIPSE_RAY_CACHE"] = cache_dir
+    return fn(*args)
+
+
+def _make_poison(cfg, cache_dir: str, data_dir: str | None) -> str:
+    from eclipse_ray.data.sources import load_dataset
+
+    data = load_dataset(cfg.dataset, data_dir)
+    if cfg.attack.name == "none":
+        loc = C.poisons_location(cache_dir, cfg.dataset, cfg.attack)
+        from eclipse_ray.data import store
+
+        store.write_dataset(loc, data.splits, {**data.meta, "poison_key": C.poison_key(cfg.dataset, cfg.attack)},
+                            overwrite=True)
+        return loc
+    C.cached_attack(cfg.attack, data, cfg.dataset, cache_dir)
+    return C.poisons_location(cache_dir, cfg.dataset, cfg.attack)
+
+
+def _make_model(cfg, cache_dir: str) -> tuple[str, dict[str, Any]]:
+    from eclipse_ray.distributed.purify import model_for
+
+    loc = C.poisons_location(cache_dir, cfg.dataset, cfg.attack)
+    model = _with_cache(cache_dir, model_for, loc, cfg.defense)
+    return model, cfg.defense.model_resolved(storage.local_dir(model, "config.json"))
+
+
+def _make_reference(cfg, cache_dir: str) -> float:
+    from eclipse_ray.trial import reference_accuracy
+
+    data = C.read_poisoned(C.poisons_location(cache_dir, cfg.dataset, cfg.attack), cfg.dataset)
+    return reference_accuracy(cfg, data, cache_dir)
+
+
+def _run_tasks(fn, calls: list[tuple], resources: dict[str, float]) -> list[Any]:
+    import ray
+
+    task = ray.remote(max_retries=RETRIES, retry_exceptions=False, **resources)(fn)
+    return ray.get([task.remote(*a) for a in calls])
+
+
+def _resources(gpus: float) -> dict[str, float]:
+    return {"num_cpus": 1, "num_gpus": gpus}
+
+
+def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actors: int = 2,
+               gpu: bool = False) -> None:
+    """Compute every artifact the plan's trials need (each once), stage by stage."""
+    from eclipse_ray.data import store
+    from eclipse_ray.distributed.purify import PurifyRequest, run_purifications
+
+    res = _resources(1 if gpu else 0)
+    # 1. poisoned (and clean) datasets
+    t = time.perf_counter()
+    todo = [cfg for key, cfg in plan.poisons.items()
+            if not store.is_dataset(storage.join(cache_dir, "poisons", key))]
+    crafted = [cfg for cfg in todo if cfg.attack.crafted]  # crafting trains surrogates: a GPU where there is one
+    _run_tasks(_make_poison, [(cfg, cache_dir, data_dir) for cfg in todo if not cfg.attack.crafted], {"num_cpus": 1})
+    _run_tasks(_make_poison, [(cfg, cache_dir, data_dir) for cfg in crafted], res)
+    _stage_line("poisons", len(todo), len(plan.poisons) - len(todo), time.perf_counter() - t)
+
+    # 2. generative models: one task per distinct (dataset, recipe) first, then the rest (cache hits)
+    t = time.perf_counter()
+    pending = {k: cfg for k, cfg in plan.purifications.items()
+               if not store.is_dataset(C.purified_location(cache_dir, k))}
+    needs = OrderedDict()
+    for k, cfg in pending.items():
+        if cfg.defense.needs_model:
+            needs.setdefault((C.poison_key(cfg.dataset, cfg.attack), _model_recipe(cfg.defense)), cfg)
+    groups: OrderedDict = OrderedDict()
+    for (pk, recipe), cfg in needs.items():
+        groups.setdefault((cfg.dataset, recipe), []).append(((pk, recipe), cfg))
+    models: dict[tuple, tuple[str, dict]] = {}
+    before = _count_models(cache_dir)
+    for wave in (0, 1):
+        batch = [(key, cfg) for g in groups.values() for i, (key, cfg) in enumerate(g) if (i == 0) == (wave == 0)]
+        for (key, _), out in zip(batch, _run_tasks(_make_model, [(cfg, cache_dir) for _, cfg in batch], res)):
+            models[key] = out
+    trained = _count_models(cache_dir) - before
+    _stage_line("models", trained, len({m for m, _ in models.values()}) - trained, time.perf_counter() - t)
+
+    # 3. purified training sets: one Ray Data streaming job over the cluster's actors
+    t = time.perf_counter()
+    requests = []
+    for k, cfg in pending.items():
+        model, resolved = models.get((C.poison_key(cfg.dataset, cfg.attack), _model_recipe(cfg.defense)),
+                                     (None, {})) if cfg.defense.needs_model else (None, {})
+        requests.append(PurifyRequest(C.poisons_location(cache_dir, cfg.dataset, cfg.attack),
+                                      C.purified_location(cache_dir, k), cfg.defense, cfg.defense_seed, model, k,
+                                      getattr(cfg.defense, "batch_size", 256),
+                                      meta={"purification_key": k, "defense": flatten(cfg.defense)},
+                                      resolved=resolved))
+    if requests:
+        run_purifications(requests, actors=actors, desc=f"purify {len(requests)} sets")
+    computed = set(pending)
+    for tr in plan.trials:  # the first trial of a purification computed now reports it as computed
+        if tr.purification_key is not None:
+            tr.purify_reused = tr.purification_key not in computed
+            computed.discard(tr.purification_key)
+    _stage_line("purify", len(pending), len(plan.purifications) - len(pending), time.perf_counter() - t)
+
+    # 4. reference accuracies (a clean victim per victim config and seed) not produced by a trial of the plan
+    t = time.perf_counter()
+    in_plan = {tr.cfg.hash() for tr in plan.trials}
+    refs = [cfg for key, cfg in plan.references.items()
+            if key not in in_plan and C.read_acc_ref(cache_dir, key) is None]
+    if refs:
+        missing = [cfg for cfg in refs if not store.is_dataset(C.poisons_location(cache_dir, cfg.dataset, cfg.attack))]
+        _run_tasks(_make_poison, [(cfg, cache_dir, data_dir) for cfg in missing], {"num_cpus": 1})
+        _run_tasks(_make_reference, [(cfg, cache_dir) for cfg in refs], res)
+    _stage_line("references", len(refs), len(plan.references) - len(refs), time.perf_counter() - t)
+
+
+def _model_recipe(defense) -> str:
+    """What a defense's model depends on besides the data (its model setting or training recipe)."""
+    if getattr(defense, "model", "auto") != "auto":
+        return f"path:{defense.model}"
+    return config_hash(flatten(defense.train_config()))
+
+
+def _count_models(cache_dir: str) -> int:
+    return sum(storage.is_file(storage.join(cache_dir, "models", m, "config.json"))
+               for m in storage.listdir(storage.join(cache_dir, "models")))
+
+
+def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, address: str | None = None,
+              cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_failures: int = 2,
+              cache_dir: str | os.PathLike | None = None, data_dir: str | None = None,
+              max_concurrent: int | None = None, actors: int | None = None):
+    """Compile ``specs``, compute their artifacts stage by stage, then run the victim trials on Tune."""
+    import ray
+
+    from eclipse_ray.distributed.tune import init_ray, run_trials
+    from eclipse_ray.results.store import read_results
+
+    study = storage.normalize(study_dir)
+    if cache_dir is None:  # models, poisons and purified sets: shared when $ECLIPSE_RAY_CACHE is set
+        cache_dir = os.environ.get("ECLIPSE_RAY_CACHE") or storage.join(study, ".cache")
+    cache = storage.normalize(cache_dir)
+    plan = compile_plan(specs)  # every setting checked before any work
+    done = read_results(study)
+    stored = set(done["config_hash"]) if not done.empty and "config_hash" in done else set()
+    todo = [tr for tr in plan.trials if tr.cfg.hash() not in stored]
+    print(f"study: {len(plan.trials)} trials ({len(plan.trials) - len(todo)} stored), "
+          f"{len(plan.poisons)} datasets, {len(plan.purifications)} purifications -> {storage.display(study)}",
+          flush=True)
+    if todo:
+        init_ray(address)
+        sub = Plan(todo)
+        for tr in todo:  # only what the remaining trials need
+            sub.poisons.setdefault(tr.poison_key, tr.cfg)
+            if tr.purification_key:
+                sub.purifications.setdefault(tr.purification_key, tr.cfg)
+        sub.references = compile_plan([tr.spec for tr in todo]).references
+        n_actors = actors or max(1, int(ray.cluster_resources().get("GPU", 0))
+                                 or int(ray.cluster_resources().get("CPU", 1)))
+        run_stages(sub, cache, data_dir=data_dir, actors=n_actors, gpu=gpus_per_trial > 0)
+        t = time.perf_counter()
+        # the plan's own reference trials (clean data, no defense) first: the others read their accuracy
+        first = [tr for tr in todo if tr.cfg.hash() in sub.references]
+        for group in (first, [tr for tr in todo if tr not in first]):
+            if group:
+                run_trials(study, [(tr.spec, tr.purify_reused) for tr in group], cache, data_dir=data_dir,
+                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                           max_failures=max_failures, max_concurrent=max_concurrent)
+        _stage_line("trials", len(todo), len(plan.trials) - len(todo), time.perf_counter() - t)
+    return read_results(study)
