@@ -45,6 +45,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from eclipse_ray import storage
 from eclipse_ray.distributed.study import run_study
 from eclipse_ray.distributed.tune import cache_counts, spec
 from eclipse_ray.presets import PRESETS, trial_settings
@@ -155,7 +156,7 @@ def main() -> None:
                         "still covers every cell")
     args = p.parse_args()
     seeds = args.seeds or ([0, 1] if args.preset == "subset" else [0, 1, 2])
-    study = Path(args.results or f"results/defense_quality-{args.preset}")
+    study = storage.normalize(args.results or f"results/defense_quality-{args.preset}")
     reference = Path(args.reference or f"results/reference/{args.preset}")
     wall = None
     specs = build_specs(args.preset, seeds, args.dataset)

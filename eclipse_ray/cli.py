@@ -220,8 +220,10 @@ def _cmd_import(args: argparse.Namespace) -> None:
 
 
 def _refuse_existing(out: str) -> None:
-    p = Path(out)
-    if p.exists() and (not p.is_dir() or any(p.iterdir())):
+    """Refuse an output location (local path or URI) that holds anything, before any work."""
+    from eclipse_ray import storage
+
+    if storage.is_file(out) or storage.listdir(out):
         raise ConfigError(f"{out} already exists; choose a new output directory")
 
 

@@ -155,11 +155,34 @@ def copy_tree(src: str | os.PathLike, dst: str | os.PathLike, last: str | None =
         pafs.copy_files(info.path, f"{dpath}/{rel}", source_filesystem=sfs, destination_filesystem=dfs)
 
 
+def publish_dir(tmp: str | os.PathLike, dest: str | os.PathLike, marker: str) -> bool:
+    """Move the local directory ``tmp`` to ``dest`` unless a complete ``dest`` (with ``marker``) is there.
+
+    First writer wins: a complete directory is never replaced (readers may be using
+    it, and a content-addressed one holds the same thing); ``tmp`` is then deleted.
+    Returns whether ``tmp`` was published.
+    """
+    tmp, dest = Path(tmp), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_dir() and not (dest / marker).is_file() and not (dest / "checkpoint").exists():
+        shutil.rmtree(dest, ignore_errors=True)  # an incomplete leftover: never read, safe to clear
+    try:
+        os.rename(tmp, dest)
+        return True
+    except OSError:
+        if (dest / marker).is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+        raise
+
+
 def local_dir(loc: str | os.PathLike, marker: str) -> Path:
     """A local directory holding ``loc``'s files: ``loc`` itself when local, else a node-local copy.
 
     The copy lives under ``$ECLIPSE_RAY_LOCAL`` (default ``~/.cache/eclipse_ray/local``),
     keyed by the location, and is complete once ``marker`` exists in it (copied last).
+    Processes of one node that copy at once each use their own temporary directory;
+    the first to finish publishes, the others use its copy.
     """
     s = normalize(loc)
     if not is_uri(s):
@@ -174,14 +197,14 @@ def local_dir(loc: str | os.PathLike, marker: str) -> Path:
             copy_tree(s, tmp, last=marker)
             if not (tmp / marker).is_file():
                 raise FileNotFoundError(f"{s} has no {marker}")
-            if out.exists():
-                shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
+            publish_dir(tmp, out, marker)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def display(loc: str | os.PathLike) -> str:
-    """A location as it is shown in messages."""
-    return normalize(loc)
+def env() -> dict[str, str]:
+    """The variables workers need to reach storage (``AWS_*``: endpoint and keys; ``ECLIPSE_RAY_*``)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "ECLIPSE_RAY_"))}
+
+

@@ -78,3 +78,38 @@ def test_imageset_guards_its_invariants(digits):
         check_same_samples(s, s.subset(np.arange(len(s))[::-1]), "test")
     with pytest.raises(RuntimeError, match="went in"):
         check_same_samples(s, s.subset(np.arange(len(s) - 1)), "test")
+
+
+def _tamper(ds, edit):
+    doc = json.loads((ds / "meta.json").read_text())
+    edit(doc)
+    (ds / "meta.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["splits"]["train"]["shards"].__setitem__(0, "../outside/part-00000.parquet"), "inside the dataset"),
+    (lambda d: d["splits"]["train"]["shards"].__setitem__(0, "/etc/part-00000.parquet"), "inside the dataset"),
+    (lambda d: d["splits"].__setitem__("../../escape", d["splits"]["train"]), "bad split name"),
+    (lambda d: d.pop("classes"), "'classes' missing"),
+    (lambda d: d.__setitem__("image_shape", "32x32"), "'image_shape' missing"),
+    (lambda d: d["splits"]["train"].__setitem__("rows", "many"), "needs 'rows'"),
+    (lambda d: d.__setitem__("image_shape", [16, 64, 3]), "written as 32x32x3"),  # same byte count
+    (lambda d: d.__setitem__("classes", d["classes"][:3]), "labels must lie in 0..2"),
+])
+def test_tampered_meta_json_is_refused_in_one_line(digits, tmp_path, edit, message):
+    ds = tmp_path / "ds"
+    store.write_dataset(ds, {"train": digits.train.subset(np.arange(40)), "test": digits.test.subset(np.arange(8))})
+    _tamper(ds, edit)
+    with pytest.raises(ConfigError, match=message) as e:
+        store.read_dataset(ds)
+    assert "\n" not in str(e.value)
+
+
+def test_a_shard_symlinked_out_of_the_dataset_is_refused(digits, tmp_path):
+    ds = tmp_path / "ds"
+    store.write_dataset(ds, {"train": digits.train.subset(np.arange(40))})
+    outside = tmp_path / "elsewhere.parquet"
+    (ds / "train" / "part-00000.parquet").rename(outside)
+    (ds / "train" / "part-00000.parquet").symlink_to(outside)
+    with pytest.raises(ConfigError, match="outside the dataset"):
+        store.read_split(ds, "train")

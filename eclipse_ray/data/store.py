@@ -40,12 +40,13 @@ def to_table(s: ImageSet) -> pa.Table:
     flat = np.ascontiguousarray(s.images).reshape(len(s), -1)
     width = flat.shape[1]
     images = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(s), [None, pa.py_buffer(flat.tobytes())])
-    return pa.table({
+    table = pa.table({
         "index": pa.array(s.index, pa.int64()),
         "label": pa.array(s.labels, pa.int64()),
         "poisoned": pa.array(s.poisoned, pa.bool_()),
         "image": images.cast(pa.binary()),
-    })
+    })  # the shape travels with the bytes: a meta.json that declares another shape is caught on read
+    return table.replace_schema_metadata({b"image_shape": ",".join(map(str, s.image_shape)).encode()})
 
 
 def decode_images(column: Any, shape: tuple[int, int, int]) -> np.ndarray:
@@ -63,9 +64,20 @@ def from_table(table: pa.Table, shape: tuple[int, int, int], classes: tuple[str,
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise ConfigError(f"parquet shard lacks column(s) {', '.join(missing)}")
+    written = (table.schema.metadata or {}).get(b"image_shape")
+    if written is not None and written.decode() != ",".join(map(str, shape)):
+        raise ConfigError(f"images were written as {written.decode().replace(',', 'x')}, meta.json declares "
+                          f"{'x'.join(map(str, shape))}")
+    labels = table.column("label")
+    if not pa.types.is_integer(labels.type):
+        raise ConfigError(f"parquet shard: labels must be integers, got {labels.type}")
+    labels = labels.to_numpy()
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise ConfigError(f"labels must lie in 0..{len(classes) - 1} ({len(classes)} classes), "
+                          f"found {labels.min()}..{labels.max()}")
     return ImageSet(
         images=decode_images(table.column("image"), shape),
-        labels=table.column("label").to_numpy(),
+        labels=labels,
         index=table.column("index").to_numpy(),
         poisoned=table.column("poisoned").to_numpy(zero_copy_only=False),
         classes=classes,
@@ -104,8 +116,11 @@ def num_rows(loc: str | os.PathLike) -> int:
 
 
 def write_dataset(path: str | os.PathLike, splits: Mapping[str, ImageSet], meta: Mapping[str, Any] | None = None,
-                  *, overwrite: bool = False, shard_rows: int = 2048) -> str:
+                  *, overwrite: bool = False, if_absent: bool = False, shard_rows: int = 2048) -> str:
     """Write ``splits`` to ``path`` (a local path or URI); refuses to replace a dataset unless ``overwrite``.
+
+    ``if_absent`` (content-addressed caches): a complete dataset already at ``path``
+    is kept as it is — first writer wins, and readers are never disturbed.
 
     Locally the dataset is written under a temporary name and renamed into place;
     on an object store its shards are written first and ``meta.json`` last, so
@@ -120,7 +135,9 @@ def write_dataset(path: str | os.PathLike, splits: Mapping[str, ImageSet], meta:
             raise ConfigError(f"bad split name {name!r}")
         if s.classes != first.classes or s.image_shape != first.image_shape:
             raise ConfigError(f"split {name!r} has other classes or image shape than {next(iter(splits))!r}")
-    if not overwrite and storage.exists(loc) and (storage.is_file(loc) or storage.listdir(loc)):
+    if if_absent and is_dataset(loc):
+        return loc
+    if not overwrite and not if_absent and storage.exists(loc) and (storage.is_file(loc) or storage.listdir(loc)):
         raise ConfigError(f"{loc} already exists; choose a new output directory")
     remote = storage.is_uri(loc)
     tmp = loc if remote else str(Path(loc).parent / f".{Path(loc).name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -139,7 +156,10 @@ def write_dataset(path: str | os.PathLike, splits: Mapping[str, ImageSet], meta:
                "image_encoding": "raw-uint8-hwc", "splits": info, "meta": _jsonable(dict(meta or {}))}
         storage.write_json(storage.join(tmp, "meta.json"), doc)
         if not remote:
-            _replace_dir(Path(tmp), Path(loc))
+            if if_absent:
+                storage.publish_dir(tmp, loc, "meta.json")
+            else:
+                _replace_dir(Path(tmp), Path(loc))
     except BaseException:
         if not remote:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -163,30 +183,74 @@ def is_dataset(path: str | os.PathLike) -> bool:
     return storage.is_file(storage.join(path, "meta.json"))
 
 
+MAX_CLASSES = 100_000  # a bound far above any image dataset, checked before anything is allocated
+
+
+def _check_doc(doc: Any, where: str) -> dict[str, Any]:
+    """``meta.json`` against its schema: keys, types, a shape matching the bytes, paths inside the dataset."""
+    def bad(msg: str) -> ConfigError:
+        return ConfigError(f"{where}: {msg}")
+
+    if not isinstance(doc, dict):
+        raise bad("not a JSON object")
+    if doc.get("format") != FORMAT:
+        raise bad(f"unknown format {doc.get('format')!r} (expected {FORMAT})")
+    for key, typ in (("classes", list), ("image_shape", list), ("splits", dict)):
+        if not isinstance(doc.get(key), typ):
+            raise bad(f"{key!r} missing or not a {typ.__name__}")
+    classes, shape = doc["classes"], doc["image_shape"]
+    if not classes or len(classes) > MAX_CLASSES or not all(isinstance(c, str) for c in classes):
+        raise bad(f"'classes' must be 1..{MAX_CLASSES} names")
+    if (len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+            or shape[2] != 3 or not 1 <= shape[0] <= 4096 or not 1 <= shape[1] <= 4096):
+        raise bad(f"'image_shape' must be [height, width, 3] with sides 1..4096, got {shape}")
+    for name, info in doc["splits"].items():
+        if not isinstance(name, str) or not name or not name.replace("_", "").isalnum():
+            raise bad(f"bad split name {name!r}")
+        if not isinstance(info, dict) or not isinstance(info.get("shards"), list) \
+                or not isinstance(info.get("rows"), int) or isinstance(info.get("rows"), bool) or info["rows"] < 0:
+            raise bad(f"split {name!r} needs 'rows' (a count) and 'shards' (a list)")
+        for shard in info["shards"]:
+            parts = shard.split("/") if isinstance(shard, str) else []
+            if not parts or shard.startswith("/") or "\\" in shard or any(p in ("", ".", "..") for p in parts) \
+                    or not shard.endswith(".parquet"):
+                raise bad(f"shard path {shard!r} of split {name!r} must be a relative .parquet path inside "
+                          f"the dataset")
+    return doc
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``meta.json`` of a dataset directory, with a clear error if it is not one."""
+    """The parsed ``meta.json`` of a dataset directory, checked against its schema (one-line errors)."""
     meta_file = storage.join(path, "meta.json")
     if not storage.is_file(meta_file):
-        raise ConfigError(f"{storage.display(path)} is not an eclipse_ray dataset (no meta.json)")
+        raise ConfigError(f"{storage.normalize(path)} is not an eclipse_ray dataset (no meta.json)")
     try:
         doc = json.loads(storage.read_bytes(meta_file).decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{meta_file}: not valid JSON ({e})") from None
-    if doc.get("format") != FORMAT:
-        raise ConfigError(f"{meta_file}: unknown format {doc.get('format')!r} (expected {FORMAT})")
-    return doc
+    return _check_doc(doc, meta_file)
+
+
+def _shard(path: str | os.PathLike, shard: str) -> str:
+    """A shard's location, which must stay inside the dataset (no symlink out of a local one)."""
+    loc = storage.join(path, shard)
+    if not storage.is_uri(loc):
+        root = os.path.realpath(storage.normalize(path))
+        if os.path.commonpath([root, os.path.realpath(loc)]) != root:
+            raise ConfigError(f"{storage.normalize(path)}: shard {shard!r} leads outside the dataset")
+    return loc
 
 
 def read_split(path: str | os.PathLike, split: str, doc: dict[str, Any] | None = None) -> ImageSet:
     """One split of a dataset directory as an ImageSet (row count checked against meta.json)."""
     doc = doc or read_meta(path)
     if split not in doc["splits"]:
-        raise ConfigError(f"{storage.display(path)} has no split {split!r} (has {', '.join(doc['splits'])})")
+        raise ConfigError(f"{storage.normalize(path)} has no split {split!r} (has {', '.join(doc['splits'])})")
     info = doc["splits"][split]
-    tables = [read_table(storage.join(path, shard), columns=list(COLUMNS)) for shard in info["shards"]]
+    tables = [read_table(_shard(path, shard), columns=list(COLUMNS)) for shard in info["shards"]]
     table = pa.concat_tables(tables)
     if table.num_rows != info["rows"]:
-        raise ConfigError(f"{storage.display(path)}/{split}: {table.num_rows} rows on disk, "
+        raise ConfigError(f"{storage.normalize(path)}/{split}: {table.num_rows} rows on disk, "
                           f"meta.json says {info['rows']}")
     return from_table(table, tuple(doc["image_shape"]), tuple(doc["classes"]), info.get("meta"))
 

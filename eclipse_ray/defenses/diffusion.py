@@ -35,7 +35,7 @@ from eclipse_ray.defenses.compensation import (apply_compensation, compensation_
 from eclipse_ray.diffusion.samplers import SAMPLERS, SamplerPlan, purify_batch
 from eclipse_ray.diffusion.unet import PRESETS, DiffusionModel, load_model
 from eclipse_ray.victim.train import BatchTransform, pick_device
-from eclipse_ray.storage import local_dir
+from eclipse_ray.storage import is_uri, local_dir
 
 ImagePurifier = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -49,7 +49,7 @@ class DiffusionDefense(DefenseConfig):
     recipe: ClassVar[dict[str, Any]] = {}
 
     model: str = setting("auto", "model directory, or auto: train one on the clean reference set (cached)")
-    sigma: float | None = setting(None, "noise σ in pixel units [0,1] (none: defense default)", ge=0.0)
+    sigma: float | None = setting(None, "noise σ in pixel units [0,1] (none: defense default)", ge=0.0, le=1.0)
     t_star: int | None = setting(None, "noise as forward steps of the model's schedule (instead of sigma)", ge=0)
     sampler: str = setting("ddpm", "reverse sampler", choices=SAMPLERS)
     steps: int = setting(10, "model calls for the ddim sampler", ge=1)
@@ -78,7 +78,7 @@ class DiffusionDefense(DefenseConfig):
     def model_path(self, train: ImageSet, clean: ImageSet | None, progress: bool = True) -> str | Path:
         """The model directory (a location: local path or URI); for ``auto`` trained (once, cached) on the clean reference set."""
         if self.model != "auto":
-            return Path(self.model)
+            return self.model if is_uri(self.model) else Path(self.model)
         from eclipse_ray.diffusion.train import train_diffusion
         from eclipse_ray.distributed.cache import cached_model
 

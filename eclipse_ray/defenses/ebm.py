@@ -32,7 +32,7 @@ from eclipse_ray.config import setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.defenses.base import DefenseConfig, ImagePurifier, purify_in_batches
 from eclipse_ray.ebm.net import PRESETS
-from eclipse_ray.storage import local_dir
+from eclipse_ray.storage import is_uri, local_dir
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class PureGenEBM(DefenseConfig):
     def model_path(self, train: ImageSet, clean: ImageSet | None, progress: bool = True) -> str | Path:
         """The EBM directory (a location: local path or URI); for ``auto`` trained (once, cached) on the clean reference set."""
         if self.model != "auto":
-            return Path(self.model)
+            return self.model if is_uri(self.model) else Path(self.model)
         from eclipse_ray.distributed.cache import cached_model
         from eclipse_ray.ebm.train import train_ebm
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -74,7 +73,7 @@ def cached_attack(attack, data: Dataset, dataset: str, cache_dir: str | os.PathL
     t = time.perf_counter()
     poisoned = attack.apply(data)
     meta = {**poisoned.meta, "craft_seconds": poisoned.meta.get("craft_seconds", time.perf_counter() - t)}
-    store.write_dataset(loc, poisoned.splits, {**meta, "poison_key": poison_key(dataset, attack)}, overwrite=True)
+    store.write_dataset(loc, poisoned.splits, {**meta, "poison_key": poison_key(dataset, attack)}, if_absent=True)
     return Dataset(poisoned.name, poisoned.splits, {**meta, "poison_cached": False})
 
 
@@ -92,7 +91,7 @@ def cached_purify(data: Dataset, attack_flat: dict, defense, seed: int, cache_di
     purified = defense.purify(train, seed, progress=progress, clean=clean_view(train, data.splits.get("originals")))
     purified = purified.with_images(purified.images, purify_seconds=time.perf_counter() - t)
     store.write_dataset(loc, {"train": purified}, {"purification_key": key, "defense": flatten(defense)},
-                        overwrite=True)
+                        if_absent=True)
     return purified, False
 
 
@@ -111,14 +110,20 @@ def cached_model(tag: bytes, tcfg, src: ImageSet, train_fn, progress: bool = Tru
     loc = storage.join(cache_root(), "models", h.hexdigest()[:16])
     if storage.is_file(storage.join(loc, "config.json")):
         return loc
-    if not storage.is_uri(loc):  # trained in place (the trainer resumes from its own checkpoint)
-        train_fn(tcfg, ref, Path(loc), progress=progress)
-        return loc
-    with tempfile.TemporaryDirectory(prefix="eclipse_ray-model-") as tmp:
-        out = Path(tmp) / "model"
-        train_fn(tcfg, ref, out, progress=progress)
-        shutil.rmtree(out / "checkpoint", ignore_errors=True)
-        storage.copy_tree(out, loc, last="config.json")
+    # trained in a staging directory of its own (a killed training resumes there from its checkpoint),
+    # then published: first writer wins, a published model is never replaced
+    name = h.hexdigest()[:16]
+    staging = (Path(storage.normalize(cache_root())) / "models" / f".train-{name}" if not storage.is_uri(loc)
+               else Path(os.environ.get("ECLIPSE_RAY_LOCAL", Path.home() / ".cache" / "eclipse_ray" / "local"))
+               / f"train-{name}")
+    if not (staging / "config.json").is_file():
+        train_fn(tcfg, ref, staging, progress=progress)
+    shutil.rmtree(staging / "checkpoint", ignore_errors=True)
+    if storage.is_uri(loc):
+        storage.copy_tree(staging, loc, last="config.json")
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        storage.publish_dir(staging, loc, "config.json")
     return loc
 
 

@@ -26,6 +26,7 @@ ones do not each pay Ray Data's start-up.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from eclipse_ray import storage
@@ -60,6 +62,13 @@ class PurifyRequest:
     batch_size: int = 256
     meta: dict[str, Any] = field(default_factory=dict)  # extra dataset meta to publish
     resolved: dict[str, Any] = field(default_factory=dict)  # result columns that depend on the model
+    chunk_rows: int = CHUNK_ROWS
+    copy_splits: bool = True  # copy the input's other splits (a sweep's purified sets hold train only)
+
+    @property
+    def chunk(self) -> int:
+        """Rows per unit: ``chunk_rows`` rounded up to a multiple of the batch size."""
+        return -(-max(self.chunk_rows, self.batch_size) // self.batch_size) * self.batch_size
 
     @property
     def work(self) -> str:
@@ -67,7 +76,16 @@ class PurifyRequest:
         if storage.is_uri(self.out):
             return self.out
         head, name = os.path.split(storage.normalize(self.out))
-        return os.path.join(head, f".{name}.purify-{self.key}")
+        return os.path.join(head, f".{name}.purify-{self.key}-c{self.chunk}")
+
+    @property
+    def units_dir(self) -> str:
+        """The units' folder under :attr:`work`: named by the request where ``work`` is the output itself,
+        so that units of another request (or unit size) left under the same output are never taken as done."""
+        return f"train.{self.key}-c{self.chunk}" if storage.is_uri(self.out) else "train"
+
+    def unit_loc(self, unit: "Unit") -> str:
+        return storage.join(self.work, self.units_dir, unit.name)
 
 
 @dataclass(frozen=True)
@@ -79,7 +97,7 @@ class Unit:
 
     @property
     def name(self) -> str:
-        stem = self.shard.rsplit(".", 1)[0]
+        stem = self.shard.rsplit("/", 1)[-1].rsplit(".", 1)[0]
         return f"{stem}-{self.start:07d}.parquet"
 
 
@@ -91,10 +109,6 @@ def plan_units(shard_rows: dict[str, int], request: int, chunk_rows: int) -> lis
     return units
 
 
-def chunk_size(batch_size: int, chunk_rows: int = CHUNK_ROWS) -> int:
-    return -(-max(chunk_rows, batch_size) // batch_size) * batch_size
-
-
 def purify_unit(req: PurifyRequest, unit: Unit, purifier, shape: tuple[int, int, int]) -> int:
     """Read, purify, check and write one unit; returns its row count."""
     table = store.read_table(storage.join(req.input, unit.shard), columns=list(store.COLUMNS))
@@ -102,8 +116,10 @@ def purify_unit(req: PurifyRequest, unit: Unit, purifier, shape: tuple[int, int,
     images = store.decode_images(table.column("image"), shape)
     index = table.column("index").to_numpy()
     bs = req.batch_size
+    t = time.perf_counter()
     # batches start at the shard's first row, whatever the unit (chunk sizes are multiples of bs)
     out = np.concatenate([purifier(images[i:i + bs], index[i:i + bs]) for i in range(0, len(images), bs)])
+    seconds = time.perf_counter() - t
     if out.shape != images.shape or out.dtype != np.uint8:
         raise RuntimeError(f"purify {req.defense.name}: {unit.shard}[{unit.start}:{unit.stop}] came back as "
                            f"{out.dtype}{tuple(out.shape)}, expected uint8{tuple(images.shape)}")
@@ -111,11 +127,22 @@ def purify_unit(req: PurifyRequest, unit: Unit, purifier, shape: tuple[int, int,
     col = pa.FixedSizeBinaryArray.from_buffers(pa.binary(flat.shape[1]), len(out),
                                                [None, pa.py_buffer(flat.tobytes())]).cast(pa.binary())
     result = table.set_column(table.schema.get_field_index("image"), "image", col).cast(_SCHEMA)
-    for c in ("index", "label", "poisoned"):  # the rows written are the rows read
-        if not result.column(c).equals(table.column(c).cast(_SCHEMA.field(c).type)):
-            raise RuntimeError(f"purify: column {c} of {unit.name} changed")
-    store.write_table(storage.join(req.work, unit.name), result)
+    result = result.replace_schema_metadata({**(table.schema.metadata or {}),
+                                             b"purify_seconds": repr(seconds).encode()})
+    store.write_table(req.unit_loc(unit), result)
+    back = store.read_table(req.unit_loc(unit), columns=["index", "label", "poisoned"])
+    for c in ("index", "label", "poisoned"):  # the rows on storage are the rows read, in order
+        if not back.column(c).equals(table.column(c).cast(_SCHEMA.field(c).type)):
+            raise RuntimeError(f"purify: column {c} of {unit.name} does not match its input rows")
     return len(out)
+
+
+def unit_seconds(loc: str) -> float:
+    """The purification seconds a unit recorded (its parquet schema metadata)."""
+    fs, path = storage.filesystem(loc)
+    with fs.open_input_file(path) as fh:
+        meta = pq.ParquetFile(fh).schema_arrow.metadata or {}
+    return float(meta.get(b"purify_seconds", b"0"))
 
 
 class ShardPurifier:
@@ -136,14 +163,12 @@ class ShardPurifier:
         return self.current[1]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows, secs = [], []
+        rows = []
         for r, shard, a, b in zip(batch["request"], batch["shard"], batch["start"], batch["stop"]):
-            t = time.perf_counter()
             unit = Unit(int(r), str(shard), int(a), int(b))
             rows.append(purify_unit(self.requests[unit.request], unit, self.purifier(unit.request),
                                     self.shapes[unit.request]))
-            secs.append(time.perf_counter() - t)
-        return {"request": batch["request"], "rows": np.array(rows), "seconds": np.array(secs)}
+        return {"request": batch["request"], "rows": np.array(rows)}
 
 
 def make_purifier(req: PurifyRequest):
@@ -164,44 +189,39 @@ def request_key(input_dir: str, defense: DefenseConfig, model_fp: str, seed: int
 
 
 def run_purifications(requests: list[PurifyRequest], *, actors: int = 0, address: str | None = None,
-                      chunk_rows: int = CHUNK_ROWS, progress: bool = True,
-                      desc: str = "purify") -> list[dict[str, Any]]:
+                      progress: bool = True, desc: str = "purify") -> list[dict[str, Any]]:
     """Compute every request's missing units (one Ray Data pipeline for all), then publish each; reports."""
     docs = [store.read_meta(r.input) for r in requests]
     for r, doc in zip(requests, docs):
         if "train" not in doc["splits"]:
-            raise ConfigError(f"{storage.display(r.input)} has no train split to purify")
+            raise ConfigError(f"{storage.normalize(r.input)} has no train split to purify")
     units: list[Unit] = []
     per_request: list[list[Unit]] = []
     for i, (r, doc) in enumerate(zip(requests, docs)):
         shards = {s: store.num_rows(storage.join(r.input, s)) for s in doc["splits"]["train"]["shards"]}
-        mine = plan_units(shards, i, chunk_size(r.batch_size, chunk_rows))
+        mine = plan_units(shards, i, r.chunk)
         per_request.append(mine)
-        done = set(storage.listdir(storage.join(r.work, "train")))
-        units += [u for u in mine if u.name.split("/")[-1] not in done]
-    seconds = [0.0] * len(requests)  # worker seconds spent on each request
+        done = set(storage.listdir(storage.join(r.work, r.units_dir)))
+        units += [u for u in mine if u.name not in done]
     if units:
         total = sum(u.stop - u.start for u in units)
         bar = tqdm(total=total, unit="img", desc=f"{desc} ×{actors or 'in-process'}", disable=not progress)
         shapes = [tuple(d["image_shape"]) for d in docs]
         if actors > 0:
-            for r, rows, secs in _run_ray(requests, shapes, units, actors, address):
-                seconds[r] += secs
+            for rows in _run_ray(requests, shapes, units, actors, address):
                 bar.update(rows)
         else:
             worker = ShardPurifier.__new__(ShardPurifier)
             worker.requests, worker.shapes, worker.current = requests, shapes, None
             for u in units:
-                t = time.perf_counter()
                 bar.update(purify_unit(requests[u.request], u, worker.purifier(u.request), shapes[u.request]))
-                seconds[u.request] += time.perf_counter() - t
         bar.close()
-    return [_publish(r, doc, mine, seconds[i], actors, sum(u.request == i for u in units))
+    return [_publish(r, doc, mine, actors, sum(u.request == i for u in units))
             for i, (r, doc, mine) in enumerate(zip(requests, docs, per_request))]
 
 
 def _run_ray(requests: list[PurifyRequest], shapes: list, units: list[Unit], actors: int, address: str | None):
-    """Yield (request, rows, seconds) per finished unit."""
+    """Yield the row count of each finished unit."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -211,44 +231,52 @@ def _run_ray(requests: list[PurifyRequest], shapes: list, units: list[Unit], act
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     items = [{"request": u.request, "shard": u.shard, "start": u.start, "stop": u.stop} for u in units]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
+    env = storage.env()  # workers on other nodes reach the same storage (endpoint, keys, cache)
     ds = ds.map_batches(ShardPurifier, fn_constructor_kwargs=dict(requests=requests, shapes=shapes),
                         compute=ActorPoolStrategy(min_size=1, max_size=actors), num_gpus=gpus,
-                        num_cpus=0 if gpus else 1, batch_size=1, batch_format="numpy")
+                        num_cpus=0 if gpus else 1, batch_size=1, batch_format="numpy",
+                        **({"runtime_env": {"env_vars": env}} if env else {}))
     for row in ds.iter_rows():
-        yield int(row["request"]), int(row["rows"]), float(row["seconds"])
+        yield int(row["rows"])
 
 
-def _publish(req: PurifyRequest, doc: dict[str, Any], units: list[Unit], seconds: float, actors: int,
+def _publish(req: PurifyRequest, doc: dict[str, Any], units: list[Unit], actors: int,
              computed: int) -> dict[str, Any]:
     """Check every unit is there with its rows, copy the other splits, write meta.json last, move into place."""
-    names = {n for n in storage.listdir(storage.join(req.work, "train"))}
-    missing = [u.name for u in units if u.name.split("/")[-1] not in names]
+    if store.is_dataset(req.out) and storage.normalize(req.work) != storage.normalize(req.out):
+        storage.remove(req.work)  # published meanwhile by another run of the same request: first writer wins
+        return {**store.read_meta(req.out)["meta"].get("purify", {}), "cached": True,
+                "out": storage.normalize(req.out)}
+    names = set(storage.listdir(storage.join(req.work, req.units_dir)))
+    missing = [u.name for u in units if u.name not in names]
     if missing:
         raise RuntimeError(f"purify: units {missing[:3]} were not written")
-    rows = sum(store.num_rows(storage.join(req.work, u.name)) for u in units)
+    rows = sum(store.num_rows(req.unit_loc(u)) for u in units)
     if rows != doc["splits"]["train"]["rows"] or rows != sum(u.stop - u.start for u in units):
         raise RuntimeError(f"purify: {rows} rows written, the input has {doc['splits']['train']['rows']}")
+    seconds = sum(unit_seconds(req.unit_loc(u)) for u in units)  # all units, also those of earlier runs
     splits = {}
     for name, info in doc["splits"].items():
         if name == "train":  # what a trial reading this set reports: the model's settings, the compute time
             meta = {**info.get("meta", {}), "resolved": req.resolved, "purify_seconds": seconds}
-            splits[name] = {**info, "shards": [u.name for u in units], "meta": meta}
-            continue
-        for shard in info["shards"]:
-            storage.write_bytes(storage.join(req.work, shard), storage.read_bytes(storage.join(req.input, shard)))
-        splits[name] = info
+            splits[name] = {**info, "shards": [f"{req.units_dir}/{u.name}" for u in units], "meta": meta}
+        elif req.copy_splits:
+            for shard in info["shards"]:
+                storage.write_bytes(storage.join(req.work, shard), storage.read_bytes(storage.join(req.input, shard)))
+            splits[name] = info
     report = {"key": req.key, "defense": flatten(req.defense, "defense."), "model": req.model_dir,
-              "seed": req.seed, "input": storage.display(req.input), "rows": rows, "units": len(units),
+              "seed": req.seed, "input": storage.normalize(req.input), "rows": rows, "units": len(units),
               "units_computed": computed, "seconds": seconds, "actors": actors,
               **({"resolved": req.resolved} if req.resolved else {})}
     new_doc = {**doc, "splits": splits, "meta": {**doc.get("meta", {}), **req.meta, "purify": report}}
     storage.write_json(storage.join(req.work, "meta.json"), new_doc)
-    if req.work != storage.normalize(req.out):
-        storage.makedirs(os.path.dirname(storage.normalize(req.out)))
-        if os.path.isdir(req.out):
+    if storage.normalize(req.work) != storage.normalize(req.out):
+        if os.path.isdir(req.out) and not os.listdir(req.out):
             os.rmdir(req.out)  # an empty directory left for the output
-        os.replace(req.work, req.out)
-    return {**report, "cached": False, "out": storage.display(req.out)}
+        if not storage.publish_dir(req.work, req.out, "meta.json"):
+            return {**store.read_meta(req.out)["meta"].get("purify", {}), "cached": True,
+                    "out": storage.normalize(req.out)}
+    return {**report, "cached": False, "out": storage.normalize(req.out)}
 
 
 def purify_dataset(input_dir: str | os.PathLike, defense: DefenseConfig, out_dir: str | os.PathLike, *,
@@ -263,7 +291,7 @@ def purify_dataset(input_dir: str | os.PathLike, defense: DefenseConfig, out_dir
         raise ConfigError(f"{input_dir} has no train split to purify")
     model_dir, model_fp = None, "none"
     if defense.needs_model:
-        model_dir = _resolve_model(input_dir, defense, doc, actors, address, progress)
+        model_dir = _resolve_model(input_dir, defense, actors, address, progress)
         model_fp = model_fingerprint(storage.local_dir(model_dir, "config.json"))
     key = request_key(input_dir, defense, model_fp, seed)
     if store.is_dataset(out_dir):
@@ -271,37 +299,47 @@ def purify_dataset(input_dir: str | os.PathLike, defense: DefenseConfig, out_dir
         if done.get("key") == key:
             return {**done, "cached": True, "out": out_dir}
         raise ConfigError(f"{out_dir} already holds another dataset; choose a new output directory")
-    if not storage.is_uri(out_dir) and os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise ConfigError(f"{out_dir} already exists; choose a new output directory")
-    resolved = {} if model_dir is None else defense.model_resolved(storage.local_dir(model_dir, "config.json"))
     req = PurifyRequest(input_dir, out_dir, defense, seed, model_dir, key,
-                        batch_size or getattr(defense, "batch_size", 256), resolved=resolved)
-    report = run_purifications([req], actors=actors, address=address, chunk_rows=chunk_rows, progress=progress,
+                        batch_size or getattr(defense, "batch_size", 256), chunk_rows=chunk_rows)
+    if storage.is_uri(out_dir):
+        others = [n for n in storage.listdir(out_dir) if n != req.units_dir]
+    else:
+        others = os.listdir(out_dir) if os.path.isdir(out_dir) else []
+    if others or (storage.is_file(out_dir)):
+        raise ConfigError(f"{out_dir} already exists; choose a new output directory")
+    resolved = {} if model_dir is None else defense.model_resolved(model_dir)
+    req = dataclasses.replace(req, resolved=resolved)
+    report = run_purifications([req], actors=actors, address=address, progress=progress,
                                desc=f"purify {defense.name}")[0]
     return {**report, "model_fingerprint": model_fp}
 
 
-def model_for(input_dir: str, defense: DefenseConfig, progress: bool = False) -> str:
-    """The model a model-based purifier uses on ``input_dir`` (an ``auto`` model is trained once, cached)."""
+def model_for(input_dir: str, defense: DefenseConfig, cache_dir: str | None = None, progress: bool = False) -> str:
+    """The model a model-based purifier uses on ``input_dir`` (an ``auto`` model is trained once, cached);
+    ``cache_dir`` names the cache when this runs in a worker (default ``$ECLIPSE_RAY_CACHE``)."""
     from eclipse_ray.victim.metrics import clean_view
 
+    if cache_dir:
+        os.environ["ECLIPSE_RAY_CACHE"] = cache_dir
     doc = store.read_meta(input_dir)
     train = store.read_split(input_dir, "train", doc)
     originals = store.read_split(input_dir, "originals", doc) if "originals" in doc["splits"] else None
     return str(defense.model_path(train, clean_view(train, originals), progress))
 
 
-def _resolve_model(input_dir: str, defense: DefenseConfig, doc: dict, actors: int, address: str | None,
+def _resolve_model(input_dir: str, defense: DefenseConfig, actors: int, address: str | None,
                    progress: bool) -> str:
     """:func:`model_for`, in a Ray task when purifying over Ray (the driver never reads the data)."""
     if actors <= 0:
-        return model_for(input_dir, defense, progress)
+        return model_for(input_dir, defense, progress=progress)
     import ray
-    import torch
 
+    from eclipse_ray.distributed.cache import cache_root
     from eclipse_ray.distributed.tune import init_ray
 
     init_ray(address, num_cpus=actors + 1)
-    gpus = 1 if torch.cuda.is_available() or ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=3)(model_for)
-    return ray.get(task.remote(input_dir, defense, False))
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    env = storage.env()
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=3,
+                      **({"runtime_env": {"env_vars": env}} if env else {}))(model_for)
+    return ray.get(task.remote(input_dir, defense, cache_root()))

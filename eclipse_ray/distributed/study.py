@@ -74,12 +74,6 @@ def _stage_line(name: str, computed: int, reused: int, seconds: float) -> None:
     print(f"stage {name}: {computed} computed, {reused} reused, {seconds:.1f} s", flush=True)
 
 
-def _with_cache(cache_dir: str, fn, *args):
-    """Run ``fn`` with ``$ECLIPSE_RAY_CACHE`` pointing at the study's cache (models are found there)."""
-    os.environ["ECLIPSE_RAY_CACHE"] = cache_dir
-    return fn(*args)
-
-
 def _make_poison(cfg, cache_dir: str, data_dir: str | None) -> str:
     from eclipse_ray.data.sources import load_dataset
 
@@ -89,18 +83,16 @@ def _make_poison(cfg, cache_dir: str, data_dir: str | None) -> str:
         from eclipse_ray.data import store
 
         store.write_dataset(loc, data.splits, {**data.meta, "poison_key": C.poison_key(cfg.dataset, cfg.attack)},
-                            overwrite=True)
+                            if_absent=True)
         return loc
     C.cached_attack(cfg.attack, data, cfg.dataset, cache_dir)
     return C.poisons_location(cache_dir, cfg.dataset, cfg.attack)
 
 
-def _make_model(cfg, cache_dir: str) -> tuple[str, dict[str, Any]]:
+def _make_model(cfg, cache_dir: str) -> str:
     from eclipse_ray.distributed.purify import model_for
 
-    loc = C.poisons_location(cache_dir, cfg.dataset, cfg.attack)
-    model = _with_cache(cache_dir, model_for, loc, cfg.defense)
-    return model, cfg.defense.model_resolved(storage.local_dir(model, "config.json"))
+    return model_for(C.poisons_location(cache_dir, cfg.dataset, cfg.attack), cfg.defense, cache_dir)
 
 
 def _make_reference(cfg, cache_dir: str) -> float:
@@ -113,7 +105,9 @@ def _make_reference(cfg, cache_dir: str) -> float:
 def _run_tasks(fn, calls: list[tuple], resources: dict[str, float]) -> list[Any]:
     import ray
 
-    task = ray.remote(max_retries=RETRIES, retry_exceptions=False, **resources)(fn)
+    env = storage.env()  # workers on other nodes reach the same storage (endpoint, keys)
+    task = ray.remote(max_retries=RETRIES, retry_exceptions=False, **resources,
+                      **({"runtime_env": {"env_vars": env}} if env else {}))(fn)
     return ray.get([task.remote(*a) for a in calls])
 
 
@@ -148,26 +142,28 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
     groups: OrderedDict = OrderedDict()
     for (pk, recipe), cfg in needs.items():
         groups.setdefault((cfg.dataset, recipe), []).append(((pk, recipe), cfg))
-    models: dict[tuple, tuple[str, dict]] = {}
+    models: dict[tuple, str] = {}
     before = _count_models(cache_dir)
     for wave in (0, 1):
         batch = [(key, cfg) for g in groups.values() for i, (key, cfg) in enumerate(g) if (i == 0) == (wave == 0)]
         for (key, _), out in zip(batch, _run_tasks(_make_model, [(cfg, cache_dir) for _, cfg in batch], res)):
             models[key] = out
     trained = _count_models(cache_dir) - before
-    _stage_line("models", trained, len({m for m, _ in models.values()}) - trained, time.perf_counter() - t)
+    _stage_line("models", trained, len(set(models.values())) - trained, time.perf_counter() - t)
 
     # 3. purified training sets: one Ray Data streaming job over the cluster's actors
     t = time.perf_counter()
     requests = []
     for k, cfg in pending.items():
-        model, resolved = models.get((C.poison_key(cfg.dataset, cfg.attack), _model_recipe(cfg.defense)),
-                                     (None, {})) if cfg.defense.needs_model else (None, {})
+        model = models[(C.poison_key(cfg.dataset, cfg.attack), _model_recipe(cfg.defense))] \
+            if cfg.defense.needs_model else None
+        # this defense's own noise level, sampler and model calls on that model (never another config's)
+        resolved = cfg.defense.model_resolved(model) if model is not None else {}
         requests.append(PurifyRequest(C.poisons_location(cache_dir, cfg.dataset, cfg.attack),
                                       C.purified_location(cache_dir, k), cfg.defense, cfg.defense_seed, model, k,
                                       getattr(cfg.defense, "batch_size", 256),
                                       meta={"purification_key": k, "defense": flatten(cfg.defense)},
-                                      resolved=resolved))
+                                      resolved=resolved, copy_splits=False))
     if requests:
         run_purifications(requests, actors=actors, desc=f"purify {len(requests)} sets")
     computed = set(pending)
@@ -220,7 +216,7 @@ def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, addr
     stored = set(done["config_hash"]) if not done.empty and "config_hash" in done else set()
     todo = [tr for tr in plan.trials if tr.cfg.hash() not in stored]
     print(f"study: {len(plan.trials)} trials ({len(plan.trials) - len(todo)} stored), "
-          f"{len(plan.poisons)} datasets, {len(plan.purifications)} purifications -> {storage.display(study)}",
+          f"{len(plan.poisons)} datasets, {len(plan.purifications)} purifications -> {storage.normalize(study)}",
           flush=True)
     if todo:
         init_ray(address)
@@ -232,7 +228,8 @@ def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, addr
         sub.references = compile_plan([tr.spec for tr in todo]).references
         n_actors = actors or max(1, int(ray.cluster_resources().get("GPU", 0))
                                  or int(ray.cluster_resources().get("CPU", 1)))
-        run_stages(sub, cache, data_dir=data_dir, actors=n_actors, gpu=gpus_per_trial > 0)
+        run_stages(sub, cache, data_dir=data_dir, actors=n_actors,
+                   gpu=ray.cluster_resources().get("GPU", 0) >= 1)
         t = time.perf_counter()
         # the plan's own reference trials (clean data, no defense) first: the others read their accuracy
         first = [tr for tr in todo if tr.cfg.hash() in sub.references]

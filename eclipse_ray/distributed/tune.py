@@ -43,16 +43,17 @@ def _numeric(row: dict[str, Any]) -> dict[str, float]:
 
 
 def stored_row(results_dir: str, key: str) -> dict[str, Any] | None:
-    """The stored row of trial ``key`` (its own part, or any part of an older store), else ``None``."""
+    """The stored row of trial ``key`` (its own part ``part-<key>.parquet``), else ``None``.
+
+    Rows of older stores (parts with other names) are found by the study's driver, which
+    leaves those trials out before any is submitted.
+    """
     from eclipse_ray import storage
     from eclipse_ray.data.store import read_table
 
     own = storage.join(results_dir, f"part-{key}.parquet")
     if storage.is_file(own):
         return read_table(own).to_pandas().iloc[-1].to_dict()
-    done = read_results(results_dir)
-    if not done.empty and "config_hash" in done and key in set(done["config_hash"]):
-        return done[done["config_hash"] == key].iloc[-1].to_dict()
     return None
 
 
@@ -92,6 +93,7 @@ def trainable(config: dict[str, Any]) -> None:
     """The Tune function trainable."""
     from ray import tune
 
+    os.environ.update(config.get("env") or {})  # storage endpoint and keys, as the driver had them
     row = run_spec(config["trial"]["spec"], config["results_dir"], config["cache_dir"], config.get("data_dir"),
                    config["trial"].get("purify_reused"))
     tune.report(_numeric(row))
@@ -129,7 +131,7 @@ def run_trials(study_dir: str, trials: list[tuple[dict[str, Any], bool | None]],
     tuner = tune.Tuner(
         fn,
         param_space={"trial": tune.grid_search(specs), "results_dir": study_dir, "cache_dir": cache_dir,
-                     "data_dir": data_dir},
+                     "data_dir": data_dir, "env": storage.env()},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(name=name, storage_path=storage.join(study_dir, "_tune"),
                                   failure_config=tune.FailureConfig(max_failures=max_failures), verbose=1))

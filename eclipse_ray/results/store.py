@@ -68,7 +68,7 @@ def read_results(results_dir: str | os.PathLike) -> pd.DataFrame:
     for f in part_files(results_dir):
         try:
             frames.append(read_table(f).to_pandas())
-        except (OSError, pa.ArrowException) as e:
+        except pa.ArrowInvalid as e:  # a corrupt part; a storage error is raised, never hidden
             print(f"eclipse-ray: warning: skipping unreadable results part {f} ({type(e).__name__})",
                   file=sys.stderr)
     if not frames:
