@@ -39,3 +39,17 @@ def s3():
             yield "s3://eclipse-test"
         finally:
             mp.undo()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny diffusion UNet with random weights (linear T = 1,000): enough to run every purifier path."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from eclipse_ray.diffusion.unet import build_unet, save_model
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("m")
+    save_model(build_unet("tiny"), DDPMScheduler(num_train_timesteps=1000), out, {})
+    return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from eclipse_ray.config import ConfigError
 from eclipse_ray.data import store
@@ -19,18 +18,6 @@ def poisoned_dir(digits, tmp_path_factory):
     small = {k: s.subset(np.arange(min(len(s), 48))) for k, s in data.splits.items()}
     out = tmp_path_factory.mktemp("p") / "ds"
     store.write_dataset(out, small, data.meta, shard_rows=12)  # 4 train shards
-    return out
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from diffusers import DDPMScheduler
-
-    from eclipse_ray.diffusion.unet import build_unet, save_model
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("m")
-    save_model(build_unet("tiny"), DDPMScheduler(num_train_timesteps=1000), out, {})
     return out
 
 

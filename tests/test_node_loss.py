@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 import ray
-import torch
 
 from eclipse_ray import storage
 from eclipse_ray.data import store
@@ -64,18 +63,6 @@ def _in_thread(fn, *args, **kwargs):
     th = threading.Thread(target=run, daemon=True)
     th.start()
     return th, out
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from diffusers import DDPMScheduler
-
-    from eclipse_ray.diffusion.unet import build_unet, save_model
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("m")
-    save_model(build_unet("tiny"), DDPMScheduler(num_train_timesteps=1000), out, {})
-    return out
 
 
 def test_purify_survives_losing_a_worker_node(cluster, digits, model_dir, tmp_path):

@@ -76,18 +76,7 @@ def test_purify_from_and_to_object_storage(s3, digits, tmp_path):
     assert again["cached"]
 
 
-def _tiny_model(out):
-    import torch
-    from diffusers import DDPMScheduler
-
-    from eclipse_ray.diffusion.unet import build_unet, save_model
-
-    torch.manual_seed(0)
-    save_model(build_unet("tiny"), DDPMScheduler(num_train_timesteps=1000), out, {})
-    return out
-
-
-def test_study_rows_artifacts_and_resume_on_object_storage(s3, tmp_path, monkeypatch):
+def test_study_rows_artifacts_and_resume_on_object_storage(s3, model_dir, monkeypatch):
     """A staged study on a bucket: each purification once, rows readable with plain pyarrow, a rerun adds nothing."""
     import ray
     from pyarrow import fs as pafs
@@ -99,32 +88,29 @@ def test_study_rows_artifacts_and_resume_on_object_storage(s3, tmp_path, monkeyp
     ray.shutdown()  # a fresh embedded Ray whose workers see the AWS_* variables
     study = storage.join(s3, "study")
     v = {"victim.width": "8", "victim.epochs": "1"}
-    model = _tiny_model(tmp_path / "m")
-    specs = [spec("digits", "urp", "none", v), spec("digits", "urp", "jpeg", v),
-             spec("digits", "urp", "jpeg", {**v, "victim.epochs": "2"}),  # same purified set, other victim
-             spec("digits", "none", "jpeg", v)]
-    specs += [spec("digits", "urp", "denoise", {**v, "defense.model": str(model), "defense.sigma": sigma})
+    specs = [spec("digits", "urp", "jpeg", v),
+             spec("digits", "urp", "jpeg", {**v, "victim.epochs": "2"})]  # same purified set, other victim
+    specs += [spec("digits", "urp", "denoise", {**v, "defense.model": str(model_dir), "defense.sigma": sigma})
               for sigma in ("0.05", "0.2")]  # one model, two noise levels
     try:
         df = run_study(study, specs, cpus_per_trial=1, max_concurrent=2)
-        assert len(df) == 6 and df["config_hash"].is_unique
-        assert cache_counts(df) == (4, 1)  # 4 distinct purifications for 5 purifying trials
-        assert df["poison_success"].notna().sum() == 5  # urp: relative loss against the clean reference
+        assert len(df) == 4 and df["config_hash"].is_unique
+        assert cache_counts(df) == (3, 1)  # 3 distinct purifications for 4 purifying trials
+        assert df["poison_success"].notna().all()  # urp: relative loss against the clean reference
         den = df[df["defense.name"] == "denoise"].sort_values("defense.sigma")
         assert den["defense.t_star"].is_unique and (den["purify_seconds"] > 0).all()  # each row its own σ
-        assert df["clean_cost"].notna().sum() == 1
         # read back with plain pyarrow / pandas from the bucket
         s3fs, path = pafs.FileSystem.from_uri(study)
         parts = [i.path for i in s3fs.get_file_info(pafs.FileSelector(path)) if i.base_name.startswith("part-")]
         rows = pd.concat([pq.read_table(p, filesystem=s3fs).to_pandas() for p in parts])
-        assert len(parts) == 6 and set(rows["config_hash"]) == set(df["config_hash"])
+        assert len(parts) == 4 and set(rows["config_hash"]) == set(df["config_hash"])
         cache = storage.join(study, ".cache")
-        assert len(storage.listdir(storage.join(cache, "purified"))) == 4
-        assert len(storage.listdir(storage.join(cache, "poisons"))) == 2
+        assert len(storage.listdir(storage.join(cache, "purified"))) == 3
+        assert len(storage.listdir(storage.join(cache, "poisons"))) == 2  # urp, and clean data for the references
         assert len(storage.listdir(storage.join(cache, "acc_ref"))) == 2  # victims of 1 and 2 epochs
         assert storage.listdir(storage.join(study, "_tune"))  # Tune's experiment state is in the bucket too
         # a rerun (e.g. after a kill) finds every row stored: nothing computed, nothing duplicated
         df2 = run_study(study, specs, cpus_per_trial=1, max_concurrent=2)
-        assert len(df2) == 6 and len(part_files(study)) == 6
+        assert len(df2) == 4 and len(part_files(study)) == 4
     finally:
         ray.shutdown()

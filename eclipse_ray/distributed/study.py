@@ -238,5 +238,10 @@ def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, addr
                 run_trials(study, [(tr.spec, tr.purify_reused) for tr in group], cache, data_dir=data_dir,
                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                            max_failures=max_failures, max_concurrent=max_concurrent)
+        stored = read_results(study)
+        missing = [tr for tr in todo if stored.empty or tr.cfg.hash() not in set(stored["config_hash"])]
+        if missing:  # Tune returns early when interrupted: say so rather than report a partial study
+            raise RuntimeError(f"{len(missing)} of {len(todo)} trials have no row (interrupted?); "
+                               f"rerun the same command to finish them")
         _stage_line("trials", len(todo), len(plan.trials) - len(todo), time.perf_counter() - t)
     return read_results(study)

@@ -89,13 +89,14 @@ def run_spec(trial: dict[str, Any], results_dir: str, cache_dir: str, data_dir: 
     return row
 
 
-def trainable(config: dict[str, Any]) -> None:
-    """The Tune function trainable."""
+def trainable(config: dict[str, Any], results_dir: str, cache_dir: str, data_dir: str | None = None,
+              env: dict[str, str] | None = None) -> None:
+    """The Tune function trainable (the study's locations and storage variables bound with ``with_parameters``,
+    so that they never appear in trial names or logs)."""
     from ray import tune
 
-    os.environ.update(config.get("env") or {})  # storage endpoint and keys, as the driver had them
-    row = run_spec(config["trial"]["spec"], config["results_dir"], config["cache_dir"], config.get("data_dir"),
-                   config["trial"].get("purify_reused"))
+    os.environ.update(env or {})  # storage endpoint and keys, as the driver had them
+    row = run_spec(config["trial"]["spec"], results_dir, cache_dir, data_dir, config["trial"].get("purify_reused"))
     tune.report(_numeric(row))
 
 
@@ -126,12 +127,13 @@ def run_trials(study_dir: str, trials: list[tuple[dict[str, Any], bool | None]],
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # keep relative dataset paths meaningful
     specs = [{"spec": s, "purify_reused": r} for s, r in trials]
-    fn = tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    fn = tune.with_resources(tune.with_parameters(trainable, results_dir=study_dir, cache_dir=cache_dir,
+                                                  data_dir=data_dir, env=storage.env()),
+                             {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     name = f"trials-{config_hash({'specs': [s for s, _ in trials]}, 8)}-{time.strftime('%Y%m%dT%H%M%S')}"
     tuner = tune.Tuner(
         fn,
-        param_space={"trial": tune.grid_search(specs), "results_dir": study_dir, "cache_dir": cache_dir,
-                     "data_dir": data_dir, "env": storage.env()},
+        param_space={"trial": tune.grid_search(specs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(name=name, storage_path=storage.join(study_dir, "_tune"),
                                   failure_config=tune.FailureConfig(max_failures=max_failures), verbose=1))
