@@ -176,6 +176,11 @@ def publish_dir(tmp: str | os.PathLike, dest: str | os.PathLike, marker: str) ->
         raise
 
 
+def local_root() -> Path:
+    """This node's own disk for copies and staging: ``$ECLIPSE_RAY_LOCAL``, default ``~/.cache/eclipse_ray/local``."""
+    return Path(os.environ.get("ECLIPSE_RAY_LOCAL", Path.home() / ".cache" / "eclipse_ray" / "local"))
+
+
 def local_dir(loc: str | os.PathLike, marker: str) -> Path:
     """A local directory holding ``loc``'s files: ``loc`` itself when local, else a node-local copy.
 
@@ -187,7 +192,7 @@ def local_dir(loc: str | os.PathLike, marker: str) -> Path:
     s = normalize(loc)
     if not is_uri(s):
         return Path(s)
-    root = Path(os.environ.get("ECLIPSE_RAY_LOCAL", Path.home() / ".cache" / "eclipse_ray" / "local"))
+    root = local_root()
     import hashlib
 
     out = root / hashlib.sha256(s.encode()).hexdigest()[:16]

@@ -114,8 +114,7 @@ def cached_model(tag: bytes, tcfg, src: ImageSet, train_fn, progress: bool = Tru
     # then published: first writer wins, a published model is never replaced
     name = h.hexdigest()[:16]
     staging = (Path(storage.normalize(cache_root())) / "models" / f".train-{name}" if not storage.is_uri(loc)
-               else Path(os.environ.get("ECLIPSE_RAY_LOCAL", Path.home() / ".cache" / "eclipse_ray" / "local"))
-               / f"train-{name}")
+               else storage.local_root() / f"train-{name}")
     if not (staging / "config.json").is_file():
         train_fn(tcfg, ref, staging, progress=progress)
     shutil.rmtree(staging / "checkpoint", ignore_errors=True)

@@ -148,11 +148,11 @@ def unit_seconds(loc: str) -> float:
 class ShardPurifier:
     """Ray Data callable class: purifiers built once per actor and purification."""
 
-    def __init__(self, requests: list[PurifyRequest], shapes: list[tuple[int, int, int]]):
+    def __init__(self, requests: list[PurifyRequest], shapes: list[tuple[int, int, int]], actor: bool = True):
         import torch
 
-        if not torch.cuda.is_available():
-            torch.set_num_threads(1)
+        if actor and not torch.cuda.is_available():
+            torch.set_num_threads(1)  # one core per actor
         self.requests, self.shapes = requests, shapes
         self.current: tuple[int, Any] | None = None
 
@@ -211,8 +211,7 @@ def run_purifications(requests: list[PurifyRequest], *, actors: int = 0, address
             for rows in _run_ray(requests, shapes, units, actors, address):
                 bar.update(rows)
         else:
-            worker = ShardPurifier.__new__(ShardPurifier)
-            worker.requests, worker.shapes, worker.current = requests, shapes, None
+            worker = ShardPurifier(requests, shapes, actor=False)
             for u in units:
                 bar.update(purify_unit(requests[u.request], u, worker.purifier(u.request), shapes[u.request]))
         bar.close()
