@@ -1,7 +1,8 @@
 """Per-sample random streams: a sample's draws depend on (seed, its index, a stream id) only.
 
-This is what makes purification independent of batch size, shard layout and
-actor count: the same sample gets the same noise wherever it is processed.
+With a fixed model-call shape, this is what makes purification independent of
+how rows are grouped, the shard layout and the actor count: the same sample gets
+the same noise wherever it is processed.
 """
 
 from __future__ import annotations

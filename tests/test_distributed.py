@@ -25,14 +25,21 @@ def defense(model_dir):
     return DEFENSES.build("denoise", {"model": str(model_dir), "t_star": "20", "batch_size": "8"})
 
 
-def test_ray_actors_match_in_process_and_lose_no_row(poisoned_dir, model_dir, tmp_path):
-    local = dp.purify_dataset(poisoned_dir, defense(model_dir), tmp_path / "local", actors=0, progress=False)
-    remote = dp.purify_dataset(poisoned_dir, defense(model_dir), tmp_path / "ray", actors=2, progress=False)
-    assert local["units_computed"] == remote["units_computed"] == 4
-    a, b = store.read_dataset(tmp_path / "local")[0], store.read_dataset(tmp_path / "ray")[0]
+def test_same_bytes_whatever_the_layout_and_no_row_lost(poisoned_dir, model_dir, tmp_path):
+    """0, 1 or 2 actors, any unit size, a model batch (5) that divides no shard (12 rows): identical bytes."""
+    d = DEFENSES.build("denoise", {"model": str(model_dir), "t_star": "20", "batch_size": "5"})
+    local = dp.purify_dataset(poisoned_dir, d, tmp_path / "local", actors=0, progress=False)
+    one = dp.purify_dataset(poisoned_dir, d, tmp_path / "one", actors=1, chunk_rows=7, progress=False)
+    remote = dp.purify_dataset(poisoned_dir, d, tmp_path / "ray", actors=2, batch_size=4, chunk_rows=4,
+                               progress=False)
+    assert local["units_computed"] == 4 and remote["units_computed"] == 12 and one["units"] == 8
+    a, b, c = (store.read_dataset(tmp_path / n)[0] for n in ("local", "ray", "one"))
     src = store.read_dataset(poisoned_dir)[0]
+    whole = d.purify(src["train"], 0, progress=False)  # the in-process loop over the whole set
     assert set(a) == set(b) == set(src)
     assert np.array_equal(a["train"].images, b["train"].images)
+    assert np.array_equal(a["train"].images, c["train"].images)
+    assert np.array_equal(a["train"].images, whole.images)
     for s in (a, b):
         assert np.array_equal(s["train"].index, src["train"].index)
         assert np.array_equal(s["train"].labels, src["train"].labels)
@@ -41,6 +48,19 @@ def test_ray_actors_match_in_process_and_lose_no_row(poisoned_dir, model_dir, tm
         assert np.array_equal(s["test"].images, src["test"].images)  # only train is purified
     meta = store.read_meta(tmp_path / "ray")["meta"]["purify"]
     assert meta["resolved"]["defense.t_star"] == 20 and meta["key"] == local["key"]
+
+
+def test_a_model_call_always_has_the_batch_shape(model_dir):
+    """The purifier pads the tail: a sample's output is the same alone or inside a full batch."""
+    d = DEFENSES.build("denoise", {"model": str(model_dir), "t_star": "50", "batch_size": "6"})
+    run = d.image_purifier(model_dir, seed=3)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (11, 8, 8, 3), dtype=np.uint8)
+    index = np.arange(100, 111)
+    full = run(images, index)
+    assert full.shape == images.shape
+    for i in (0, 5, 10):
+        assert np.array_equal(run(images[i:i + 1], index[i:i + 1])[0], full[i])
 
 
 def test_interrupted_purify_resumes_and_then_serves_the_cache(poisoned_dir, model_dir, tmp_path, monkeypatch):

@@ -39,6 +39,39 @@ def purify_in_batches(run: ImagePurifier, train: ImageSet, batch_size: int, desc
     return out
 
 
+def fixed_shape(run: ImagePurifier, rows: int, device: torch.device) -> ImagePurifier:
+    """``run`` called on exactly ``rows`` images at a time (the tail padded with copies of its last row,
+    whose outputs are dropped), on one CPU thread when on the CPU.
+
+    A network's float arithmetic depends on the batch shape and, on the CPU, on the thread
+    count — never on which samples share a batch or where a sample sits in it (measured:
+    0.0 difference under any composition at a fixed shape; up to 3e-6 between shapes, which
+    flips a few uint8 pixels by 1/255). Fixing both makes a purified image a function of
+    its pixels, its index, the seed and the settings only: not of batching, shards,
+    chunks, actors or Ray Data's blocks. Parallelism on the CPU comes from actors.
+    """
+    def fixed(images: np.ndarray, index: np.ndarray) -> np.ndarray:
+        if len(images) == 0:
+            return images.copy()
+        threads = torch.get_num_threads()
+        if device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            out = []
+            for i in range(0, len(images), rows):
+                x, ix = images[i:i + rows], index[i:i + rows]
+                pad = rows - len(x)
+                if pad:
+                    x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+                    ix = np.concatenate([ix, np.repeat(ix[-1:], pad)])
+                out.append(run(x, ix)[:rows - pad])
+            return np.concatenate(out)
+        finally:
+            torch.set_num_threads(threads)
+
+    return fixed
+
+
 @dataclass(frozen=True)
 class DefenseConfig(Config):
     section: ClassVar[str] = "defense"

@@ -29,7 +29,7 @@ import torch
 
 from eclipse_ray.config import ConfigError, setting
 from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.defenses.base import DefenseConfig, purify_in_batches
+from eclipse_ray.defenses.base import DefenseConfig, fixed_shape, purify_in_batches
 from eclipse_ray.defenses.compensation import (apply_compensation, compensation_settings,
                                                compensation_transform)
 from eclipse_ray.diffusion.samplers import SAMPLERS, SamplerPlan, purify_batch
@@ -54,7 +54,7 @@ class DiffusionDefense(DefenseConfig):
     sampler: str = setting("ddpm", "reverse sampler", choices=SAMPLERS)
     steps: int = setting(10, "model calls for the ddim sampler", ge=1)
     repeats: int = setting(1, "times the noise-and-denoise chain is applied", ge=1)
-    batch_size: int = setting(64, "images per model batch", ge=1)
+    batch_size: int = setting(64, "images per model call (part of the arithmetic: every call has exactly this many rows)", ge=1)
     precision: str = setting("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16", choices=("auto", "fp32", "bf16"))
     compile: bool = setting(False, "torch.compile the UNet")
     device: str = setting("auto", "auto, cpu or cuda[:N]")
@@ -124,7 +124,7 @@ class DiffusionDefense(DefenseConfig):
             out = purify_batch(unet, coeffs, images, index, plan, seed, bf16=bf16, channels_last=channels_last)
             return self.finish_batch(out, index, seed)
 
-        return run, model
+        return fixed_shape(run, self.batch_size, device), model
 
     def image_purifier(self, model_dir: str | Path | None, seed: int) -> ImagePurifier:
         return self.make_purifier(model_dir, seed)[0]

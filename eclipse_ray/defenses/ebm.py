@@ -30,7 +30,7 @@ import numpy as np
 
 from eclipse_ray.config import setting
 from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.defenses.base import DefenseConfig, ImagePurifier, purify_in_batches
+from eclipse_ray.defenses.base import DefenseConfig, ImagePurifier, fixed_shape, purify_in_batches
 from eclipse_ray.ebm.net import PRESETS
 from eclipse_ray.storage import is_uri, local_dir
 
@@ -44,7 +44,7 @@ class PureGenEBM(DefenseConfig):
     steps: int = setting(150, "Langevin steps (PureGen: 150)", ge=0)
     eta: float = setting(1.25e-2, "Langevin step size η on [-1,1] (PureGen: 1.25e-2)", ge=0.0)
     tau: float = setting(1e-4, "Langevin temperature τ (PureGen: 1e-4)", gt=0.0)
-    batch_size: int = setting(64, "images per Langevin batch", ge=1)
+    batch_size: int = setting(64, "images per Langevin batch (part of the arithmetic: every call has exactly this many rows)", ge=1)
     device: str = setting("auto", "auto, cpu or cuda[:N]")
     train_preset: str = setting("small", "auto model: energy network preset", choices=tuple(PRESETS))
     train_iterations: int = setting(1000, "auto model: contrastive-divergence iterations", ge=1)
@@ -82,7 +82,7 @@ class PureGenEBM(DefenseConfig):
         def run(images: np.ndarray, index: np.ndarray) -> np.ndarray:
             return purify_images(net, images, index, seed, self.steps, self.eta, self.tau, device)
 
-        return run
+        return fixed_shape(run, self.batch_size, device)
 
     def model_resolved(self, model_dir: str | Path) -> dict[str, Any]:
         """Result columns filled in once the model is known."""

@@ -7,8 +7,9 @@
 * ``oneshot`` — one model call: the x0 prediction at t* (Hong et al.).
 
 Every random draw for a sample comes from a generator seeded by
-(seed, sample index, repeat), so the output never depends on batch size, shard
-layout or actor count. Schedule coefficients live on the device as tensors and
+(seed, sample index, repeat); with the model calls' fixed shape
+(:func:`eclipse_ray.defenses.base.fixed_shape`) the output never depends on
+the shard layout or actor count. Schedule coefficients live on the device as tensors and
 are indexed with Python ints: no host synchronisation inside the loop.
 """
 

@@ -5,16 +5,17 @@
 
 A *work unit* is a fixed row range of one input shard (``chunk_rows``, a
 multiple of the batch size, counted from the shard's start). A worker reads its
-unit's rows from storage, purifies them in batches that start at the shard's
-first row, checks that the rows it produced are the rows it read (count,
+unit's rows from storage, purifies them, checks that the rows it produced are the rows it read (count,
 ``index``, ``label``, ``poisoned``), and writes the output unit itself (atomic
 local rename or one object upload). The driver plans the units, counts rows and
 publishes ``meta.json`` last: it never holds the dataset, so its memory does not
 grow with it.
 
-Batches are a function of the shard alone, never of the actor count, the block
-layout or which worker ran them, and each sample's noise is a function of
-(seed, index): the output is the same bytes with 0, 1 or N actors.
+Every model call has exactly the defense's ``batch_size`` rows (the tail padded)
+on one CPU thread (:func:`eclipse_ray.defenses.base.fixed_shape`), and each
+sample's noise is a function of (seed, index): a purified image does not depend
+on the actor count, the unit size, the shards, the block layout or which worker
+ran it — the same bytes with 0, 1 or N actors.
 
 Resume: a finished unit is a file; a rerun computes only the missing ones (a
 per-unit resume is simpler than Ray Data's row-keyed checkpointing and holds the
@@ -117,7 +118,6 @@ def purify_unit(req: PurifyRequest, unit: Unit, purifier, shape: tuple[int, int,
     index = table.column("index").to_numpy()
     bs = req.batch_size
     t = time.perf_counter()
-    # batches start at the shard's first row, whatever the unit (chunk sizes are multiples of bs)
     out = np.concatenate([purifier(images[i:i + bs], index[i:i + bs]) for i in range(0, len(images), bs)])
     seconds = time.perf_counter() - t
     if out.shape != images.shape or out.dtype != np.uint8:
