@@ -9,7 +9,7 @@
     eclipse-ray certify --dataset D [--attack A] --out DIR [--set certify.models=N ...] [--address A]
 
 Bad input ends with one line ``eclipse-ray: error: …`` on stderr, exit code 2,
-and nothing written.
+and nothing written; any other error too (``--debug`` shows its traceback).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from eclipse_ray.boundary import debug_requested, guarded
 from eclipse_ray.config import ConfigError, split_overrides
 
 
@@ -229,6 +230,7 @@ def _refuse_existing(out: str) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eclipse-ray", description="Purify poisoned image datasets and measure it.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -329,13 +331,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
     args = parser().parse_args(argv)
-    try:
-        args.fn(args)
-    except ConfigError as e:
-        print(f"eclipse-ray: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return guarded("eclipse-ray", lambda: args.fn(args), debug)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from typing import Any, Callable
 
 from eclipse_ray import storage
+from eclipse_ray.boundary import debug_requested, guarded
 from eclipse_ray.config import split_overrides
 from eclipse_ray.distributed.study import run_study
 from eclipse_ray.distributed.tune import cache_counts
@@ -25,11 +28,19 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, default=None)
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
 def main(study: str, description: str, build: Callable[[dict[str, Any], argparse.Namespace], list[dict]]) -> None:
-    args = parser(description).parse_args()
+    """Parse, run the study, print its summary; every error one line ``PROG: error: …`` and exit 2."""
+    debug, argv = debug_requested(sys.argv[1:])
+    args = parser(description).parse_args(argv)
+    prog = os.path.basename(sys.argv[0])
+    sys.exit(guarded(prog, lambda: _run(study, args, build), debug))
+
+
+def _run(study: str, args: argparse.Namespace, build) -> None:
     preset = dict(PRESETS[args.preset])
     if args.dataset:
         preset["dataset"] = args.dataset

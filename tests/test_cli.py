@@ -137,3 +137,29 @@ def test_results_store_readable_without_eclipse_ray(tmp_path, capsys):
     n_pd, n_db, acc = r.stdout.split()
     assert n_pd == n_db == "1" and 0 < float(acc) <= 1
     assert len(pd.read_parquet(tmp_path / "r")) == 1
+
+
+def test_any_error_is_one_line_with_exit_2_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    import eclipse_ray.cli as cli
+
+    def boom(args):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(cli, "_cmd_list", boom)
+    rc, _, err = run_cli(capsys, "list")
+    assert rc == 2 and err.strip() == "eclipse-ray: error: RuntimeError: disk on fire second line " \
+                                      "(--debug shows the traceback)"
+    rc, _, err = run_cli(capsys, "list", "--debug")  # anywhere on the line
+    assert rc == 2 and "Traceback" in err and err.strip().endswith("(--debug shows the traceback)")
+
+
+def test_an_error_inside_a_ray_task_is_reported_by_its_cause():
+    from eclipse_ray.boundary import one_line
+    from eclipse_ray.config import ConfigError
+
+    class Wrapper(Exception):  # how Ray wraps a task's exception
+        def __init__(self, cause):
+            super().__init__("ray.exceptions.RayTaskError: long traceback text")
+            self.cause = cause
+
+    assert one_line(Wrapper(ConfigError("attack.rate=2: must be ≤ 1"))) == "attack.rate=2: must be ≤ 1"
