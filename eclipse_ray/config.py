@@ -25,6 +25,35 @@ class ConfigError(ValueError):
     """A user-facing configuration or input error; its message is one line."""
 
 
+SEED_LIMIT = 2**63  # torch.manual_seed takes < 2**64, but seeds are result columns: parquet int64 holds < 2**63
+INT_LIMIT = 2**63  # every int setting is a result column (parquet int64)
+
+
+def is_seed(name: str) -> bool:
+    """Whether a setting named ``name`` is a seed (``seed``, ``key_seed``, ``purify_seed`` …)."""
+    return name == "seed" or name.endswith("_seed")
+
+
+def check_seed(value: int, key: str) -> int:
+    """``value`` if it is a usable seed (0 ≤ seed < 2**63), else a one-line :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}={value!r}: a seed must be an integer")
+    if not 0 <= value < SEED_LIMIT:
+        raise ConfigError(f"{key}={value}: must be 0 ≤ seed < 2**63 (what torch and a parquet int64 column hold)")
+    return value
+
+
+def seed_arg(text: str) -> int:
+    """argparse ``type=`` of ``--seed``: an int in 0..2**63-1 (argparse prints the message as usual)."""
+    import argparse
+
+    try:
+        return check_seed(int(text), "--seed")
+    except ValueError as e:  # ConfigError is one; int('x') too
+        raise argparse.ArgumentTypeError(str(e) if isinstance(e, ConfigError) else
+                                         f"--seed={text!r}: not an integer") from None
+
+
 def setting(
     default: Any,
     help: str,
@@ -130,6 +159,7 @@ class Config:
             value = _coerce(getattr(self, f.name), hints[f.name], key)
             object.__setattr__(self, f.name, value)
             _check_range(value, f.metadata, key)
+            _check_int(value, f.name, key)
         self.validate()
 
     def validate(self) -> None:
@@ -164,6 +194,16 @@ def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
         bound = meta.get(name)
         if bound is not None and isinstance(value, (int, float)) and not ok(value, bound):
             raise ConfigError(f"{key}={value}: must be {sym} {bound}")
+
+
+def _check_int(value: Any, name: str, key: str) -> None:
+    """Seeds in 0..2**63-1; any other int setting within int64 (all of them become parquet result columns)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int):
+        return
+    if is_seed(name):
+        check_seed(value, key)
+    elif not -INT_LIMIT <= value < INT_LIMIT:
+        raise ConfigError(f"{key}={value}: must fit a 64-bit integer (|value| < 2**63)")
 
 
 def with_overrides(cfg: Config, overrides: Mapping[str, str], prefix: str = "") -> Config:

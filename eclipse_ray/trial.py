@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from eclipse_ray.attacks import ATTACKS, AVAILABILITY, BACKDOOR, TARGETED, AttackConfig
-from eclipse_ray.config import ConfigError, config_hash, flatten, parse_value, with_overrides
+from eclipse_ray.config import ConfigError, check_seed, config_hash, flatten, parse_value, with_overrides
 from eclipse_ray.data.imageset import ImageSet, check_same_samples
 from eclipse_ray.data.sources import Dataset, load_dataset
 from eclipse_ray.defenses import DEFENSES, DefenseConfig
@@ -66,9 +66,7 @@ def build_config(dataset: str, attack: str = "none", defense: str = "none",
     for key, raw in (overrides or {}).items():
         section, dot, rest = key.partition(".")
         if key in seeds:
-            seeds[key] = parse_value(raw, int, key)
-            if seeds[key] < 0:
-                raise ConfigError(f"{key}={seeds[key]}: must be ≥ 0")
+            seeds[key] = check_seed(parse_value(raw, int, key), key)
         elif dot and section in per and rest:
             if rest == "name":
                 raise ConfigError(f"{key}: choose the {section} with --{section}, not --set")
@@ -139,6 +137,7 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
     train = data.train
     kind = data.meta.get("attack_kind", "none")
     target = data.meta.get("target")
+    AttackConfig.check_measurable(kind, train, data.name)  # also imported poisons, before purifying or training
 
     t1 = time.perf_counter()
     clean = metrics.clean_view(train, data.splits.get("originals"))

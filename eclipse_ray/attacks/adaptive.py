@@ -34,7 +34,7 @@ from eclipse_ray.attacks.surrogate import View
 from eclipse_ray.config import setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.defenses.compensation import compensate
-from eclipse_ray.diffusion.unet import PRESETS
+from eclipse_ray.diffusion.unet import PRESETS, check_fits, check_model_fits, unet_config
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,22 @@ class EMAdaptive(EM):
     gray_p: float = setting(0.4, "compensation: probability of grayscale", ge=0.0, le=1.0)
     noise_sigma: float = setting(0.05, "compensation: σ of the Gaussian noise on [0,1]", ge=0.0)
     eot: int = setting(4, "random draws of the defense averaged per PGD step", ge=1)
-    denoise_sigma: float = setting(0.0249, "denoise: purifier noise σ on [0,1] (ECLIPSE: 0.0249)", gt=0.0)
+    denoise_sigma: float = setting(0.0249, "denoise: purifier noise σ on [0,1] (ECLIPSE: 0.0249)", gt=0.0, le=1.0)
     model: str = setting("auto", "denoise: DDPM directory, or auto: ECLIPSE's model on the clean reference set")
     train_preset: str = setting("tiny", "denoise, auto model: UNet preset (as defense.train_preset)",
                                 choices=tuple(PRESETS))
     train_iterations: int = setting(2000, "denoise, auto model: training iterations (as defense.train_iterations)",
                                     ge=1)
+
+    def check_dataset(self, train: ImageSet) -> None:
+        super().check_dataset(train)
+        if self.through != "denoise":
+            return
+        if self.model == "auto":  # before the surrogate is trained or the model fitted
+            check_fits(train.image_shape, len(PRESETS[self.train_preset]["down_block_types"]),
+                       f"attack.train_preset={self.train_preset}")
+        else:
+            check_model_fits(unet_config(self.model, "attack.model"), train.image_shape, f"attack.model={self.model}")
 
     def make_view(self, train: ImageSet, device: torch.device) -> tuple[View, int]:
         def comp(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

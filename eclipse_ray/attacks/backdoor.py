@@ -42,6 +42,9 @@ class _Backdoor(AttackConfig):
         """(rows that may be poisoned, how many to poison)."""
         return np.flatnonzero(train.labels != self.target), int(round(self.rate * len(train)))
 
+    def poison_count(self, train: ImageSet) -> int:
+        return self.eligible_rows(train)[1]
+
     def poison_train(self, train: ImageSet, rng: np.random.Generator):
         candidates, count = self.eligible_rows(train)
         rows = choose_rows(candidates, count, rng)

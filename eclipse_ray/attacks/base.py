@@ -38,11 +38,36 @@ class AttackConfig(Config):
     crafted: ClassVar[bool] = False
 
     def check_dataset(self, train: ImageSet) -> None:
-        """Dataset-dependent checks (target class in range, image size), before anything is written."""
+        """Dataset-dependent checks (target class in range, image size, something to poison and to measure),
+        before anything is crafted or written. Subclasses extend it (``super().check_dataset(train)`` first)."""
         target = getattr(self, "target", None)
         if target is not None and target >= train.num_classes:
             raise ConfigError(f"attack.target={target}: the dataset has only {train.num_classes} classes "
                               f"(0..{train.num_classes - 1})")
+        self.check_measurable(self.kind, train, self.name)
+        count = self.poison_count(train)
+        if count == 0:
+            raise ConfigError(f"attack.rate={getattr(self, 'rate', '?')}: {self.name} would poison no image of this "
+                              f"{len(train)}-image training set (the rate rounds to 0 eligible rows)")
+
+    @staticmethod
+    def check_measurable(kind: str, train: ImageSet, what: str = "dataset") -> None:
+        """Refuse a training set whose labels hold a single class for a poison kind whose metric needs two:
+        an accuracy drop (availability), a target class other than the source (backdoor, targeted)."""
+        if kind not in (AVAILABILITY, BACKDOOR, TARGETED):
+            return
+        present = np.unique(train.labels)
+        if len(present) < 2:
+            raise ConfigError(f"{what}: the training set holds a single class ({int(present[0])}); {kind} poisons "
+                              f"need at least 2 classes to mean anything")
+
+    def poison_count(self, train: ImageSet) -> int | None:
+        """How many training rows the attack poisons on ``train`` (``None``: not known up front).
+
+        Default: ``round(rate · n)``, as :func:`rate_rows` draws them, for attacks with a ``rate``.
+        """
+        rate = getattr(self, "rate", None)
+        return None if rate is None else int(round(rate * len(train)))
 
     def poison_train(self, train: ImageSet, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(new images, new labels, poisoned mask) for the training set."""

@@ -83,6 +83,10 @@ class Narcissus(TargetedAttack):
     surrogate_width: int = setting_surrogate_width()
     seed: int = setting_seed()
 
+    def poison_count(self, train: ImageSet) -> int:
+        """``poisons`` if set, else ``max(1, round(rate·n))``."""
+        return self.poisons if self.poisons is not None else max(1, int(round(self.rate * len(train))))
+
     def trigger(self, train: ImageSet, progress: bool = False) -> np.ndarray:
         """The optimised trigger, float32 HWC on the [0,1] scale."""
         surrogate = train_surrogate(train, self.surrogate_epochs, self.surrogate_width, self.seed, progress)
@@ -99,8 +103,7 @@ class Narcissus(TargetedAttack):
         self.check_dataset(train)
         t0 = time.perf_counter()
         rng = np.random.default_rng([self.seed, _stable_id(self.name)])
-        count = self.poisons if self.poisons is not None else max(1, int(round(self.rate * len(train))))
-        rows = choose_rows(np.flatnonzero(train.labels == self.target), count, rng)
+        rows = choose_rows(np.flatnonzero(train.labels == self.target), self.poison_count(train), rng)
         delta = self.trigger(train, progress)
         images = quantise(train.images, rows, torch.from_numpy(delta).permute(2, 0, 1)[None], self.eps)
         mask = mask_of(rows, len(train))

@@ -147,6 +147,9 @@ class TargetedAttack(AttackConfig):
         """Number of poisons per target: ``poisons`` if set, else ``max(1, round(budget·n))``."""
         return self.poisons if self.poisons is not None else max(1, int(round(self.budget * n_train)))
 
+    def poison_count(self, train: ImageSet) -> int:
+        return self.targets * self.per_target(len(train))
+
     def craft(self, surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, adv_class: int,
               gen: torch.Generator, progress: bool) -> torch.Tensor:
         """The perturbation (same shape as float [0,1] NCHW ``bases``) for one target of class ≠ ``adv_class``."""

@@ -86,22 +86,57 @@ def validate_arrays(images: Any, labels: Any, num_classes: int, what: str) -> No
     if images.shape[0] == 0:
         raise ConfigError(f"{what}: no images (empty set)")
     labels = np.asarray(labels)
+    if labels.ndim == 1 and len(labels) != len(images):
+        raise ConfigError(f"{what}: {len(images)} images but {len(labels)} labels")
+    lo, hi = check_labels(labels, what)
+    if num_classes < 1:
+        raise ConfigError(f"{what}: no classes")
+    if hi >= num_classes:
+        raise ConfigError(f"{what}: labels must lie in 0..{num_classes - 1}, found {lo}..{hi}")
+
+
+MAX_INFERRED_CLASSES = 10_000  # a class count inferred from labels above this is a broken label, not a dataset
+
+
+def check_labels(labels: Any, what: str) -> tuple[int, int]:
+    """(smallest, largest) label, after checking ``labels`` are a non-empty 1-D array of whole numbers ≥ 0.
+
+    Float labels pass only when every value is an exact integer (``3.0``, not ``3.5``, NaN or inf).
+    Reads the values only: nothing of the size of a label is allocated.
+    """
+    labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ConfigError(f"{what}: labels must be 1-D, got shape {labels.shape}")
-    if len(labels) != len(images):
-        raise ConfigError(f"{what}: {len(images)} images but {len(labels)} labels")
+    if labels.size == 0:
+        raise ConfigError(f"{what}: no labels (empty set)")
     if np.issubdtype(labels.dtype, np.floating):
         if np.isnan(labels).any():
             raise ConfigError(f"{what}: labels contain NaN")
+        if not np.isfinite(labels).all():
+            raise ConfigError(f"{what}: labels contain inf")
         if not np.all(labels == np.round(labels)):
-            raise ConfigError(f"{what}: labels must be whole numbers")
-    elif not np.issubdtype(labels.dtype, np.integer):
+            bad = float(labels[labels != np.round(labels)][0])
+            raise ConfigError(f"{what}: labels must be whole numbers, found {bad:g}")
+    elif labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
         raise ConfigError(f"{what}: labels must be integers, got {labels.dtype}")
-    if num_classes < 1:
-        raise ConfigError(f"{what}: no classes")
     lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= num_classes:
-        raise ConfigError(f"{what}: labels must lie in 0..{num_classes - 1}, found {lo}..{hi}")
+    if lo < 0:
+        raise ConfigError(f"{what}: labels must be ≥ 0, found {lo}")
+    return lo, hi
+
+
+def classes_from_labels(labels: Any, n_images: int, what: str) -> int:
+    """The class count C = max label + 1 implied by ``labels``, bounded before anything per class is built:
+    C ≤ ``n_images`` (a class needs an image) and C ≤ ``MAX_INFERRED_CLASSES``; a larger C is a broken label."""
+    _, hi = check_labels(labels, what)
+    c = hi + 1
+    if c > n_images:
+        raise ConfigError(f"{what}: largest label {hi} implies {c} classes for only {n_images} images; "
+                          f"labels must be 0..C-1")
+    if c > MAX_INFERRED_CLASSES:
+        raise ConfigError(f"{what}: largest label {hi} implies {c} classes, above the limit of "
+                          f"{MAX_INFERRED_CLASSES}; labels must be 0..C-1")
+    return c
 
 
 def check_same_samples(before: ImageSet, after: ImageSet, stage: str) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Union
 import numpy as np
 
 from eclipse_ray.config import ConfigError
-from eclipse_ray.data.imageset import ImageSet, validate_arrays
+from eclipse_ray.data.imageset import ImageSet, classes_from_labels, validate_arrays
 from eclipse_ray.data.store import read_dataset
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -155,7 +155,7 @@ def load_npz(path: str | Path) -> Dataset:
         y = np.asarray(arrays["y_train"])
         if y.size == 0 or not np.issubdtype(y.dtype, np.number):
             raise ConfigError(f"npz:{path}: y_train is empty or not numeric")
-        n_cls = int(np.nanmax(y)) + 1 if not np.isnan(np.asarray(y, float)).any() else 0
+        n_cls = classes_from_labels(y, len(y), f"npz:{path} y_train")  # bounded before any per-class work
         if n_cls > 0 and np.issubdtype(y.dtype, np.integer):
             present = np.unique(y[y >= 0])
             if len(present) != n_cls:

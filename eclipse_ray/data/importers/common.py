@@ -80,11 +80,15 @@ def read_png(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def as_label(obj: Any, num_classes: int, what: str) -> int:
-    """An int label in ``0..num_classes-1`` from an int, numpy integer or 0-d integer array."""
+    """An int label in ``0..num_classes-1`` from an int, numpy integer, a float holding an exact integer
+    (``3.0``) or a 0-d array of one."""
     if isinstance(obj, np.ndarray) and obj.ndim == 0:
         obj = obj.item()
+    if isinstance(obj, (float, np.floating)) and np.isfinite(obj) and float(obj).is_integer():
+        obj = int(obj)
     if isinstance(obj, (bool, np.bool_)) or not isinstance(obj, (int, np.integer)):
-        raise ConfigError(f"{what}: label must be an integer, got {type(obj).__name__}")
+        shown = f"{obj!r}" if isinstance(obj, (float, np.floating)) else type(obj).__name__
+        raise ConfigError(f"{what}: label must be an integer, got {shown}")
     if not 0 <= int(obj) < num_classes:
         raise ConfigError(f"{what}: label {int(obj)} outside 0..{num_classes - 1} (wrong --clean?)")
     return int(obj)

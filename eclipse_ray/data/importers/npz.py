@@ -22,10 +22,24 @@ import numpy as np
 from eclipse_ray.attacks.base import AVAILABILITY, BACKDOOR, NONE
 from eclipse_ray.config import ConfigError
 from eclipse_ray.data.importers.common import as_label, assemble, split
-from eclipse_ray.data.imageset import ImageSet, validate_arrays
+from eclipse_ray.data.imageset import ImageSet, classes_from_labels, validate_arrays
 from eclipse_ray.data.sources import Dataset, load_npz
 
 OPTIONAL = ("poisoned", "x_train_clean", "x_test_triggered", "y_test_triggered", "target")
+
+
+def _check_train_labels(path: Path) -> None:
+    """Without a ``classes`` array, C = max(y_train) + 1: refuse labels that are not whole numbers ≥ 0 or imply
+    more classes than images (one stray label 10**9) before anything is sized by C. Problems of the file itself
+    are left to :func:`load_npz` to report."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "classes" in f.files or "y_train" not in f.files:
+                return
+            y = f["y_train"]
+    except Exception:  # noqa: BLE001 - not a readable npz of plain arrays: load_npz says why
+        return
+    classes_from_labels(y, len(y) if y.ndim else 0, f"npz:{path} y_train")
 
 
 def import_npz(path: str | Path, clean: str | None = None, data_dir: str | Path | None = None, *,
@@ -34,6 +48,7 @@ def import_npz(path: str | Path, clean: str | None = None, data_dir: str | Path 
     path = Path(path)
     if clean:
         raise ConfigError("npz: --clean is not used (the npz holds the clean test set itself)")
+    _check_train_labels(path)  # before any per-class structure is built from them
     base = load_npz(path)  # validates the four required arrays; refuses pickled objects
     with np.load(path, allow_pickle=False) as f:
         extra = {k: f[k] for k in OPTIONAL if k in f.files}
