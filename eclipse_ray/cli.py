@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from eclipse_ray.boundary import debug_requested, guarded
-from eclipse_ray.config import ConfigError, split_overrides
+from eclipse_ray.config import ConfigError, seed_arg, split_overrides
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
@@ -112,13 +112,13 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> None:
 
 def _training_setup(args: argparse.Namespace, cfg: Any) -> tuple[Path, Any]:
     """(output directory, the defender's clean reference set) for train-diffusion / train-ebm."""
+    from eclipse_ray.checkpoint import claim_out
     from eclipse_ray.data.sources import load_dataset
     from eclipse_ray.diffusion.train import clean_reference_rows
     from eclipse_ray.victim.metrics import clean_view
 
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or {p.name for p in out.iterdir()} - {"checkpoint"}):
-        raise ConfigError(f"{out} already exists and is not an interrupted training run; choose a new directory")
+    claim_out(out, cfg, "config.json" if hasattr(cfg, "mcmc_steps") else "eclipse_ray.json")
     data = load_dataset(args.dataset, args.data_dir)
     full = clean_view(data.train, data.splits.get("originals"))
     return out, full.subset(clean_reference_rows(full, cfg.clean_fraction, cfg.seed))
@@ -293,7 +293,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="defense.* settings")
     sp.add_argument("--actors", type=int, default=0, help="Ray actors (one GPU each if present); 0: in-process")
     sp.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=seed_arg, default=0, help="seed of the purification noise (0 ≤ seed < 2**63)")
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(fn=_cmd_purify)
 

@@ -176,6 +176,96 @@ def publish_dir(tmp: str | os.PathLike, dest: str | os.PathLike, marker: str) ->
         raise
 
 
+# --- integrity: checksum manifests and quarantine ---------------------------------------------
+
+MANIFEST = "manifest.json"
+
+
+class CorruptArtifact(Exception):
+    """An artifact whose bytes do not match its checksum manifest (or that has none)."""
+
+    def __init__(self, loc: str, problems: list[str]):
+        super().__init__(f"{normalize(loc)}: {'; '.join(problems[:3])}")
+        self.loc, self.problems = normalize(loc), problems
+
+
+def sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _files(loc: str) -> list[str]:
+    fs, path = filesystem(loc)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return sorted(os.path.relpath(i.path, path).replace(os.sep, "/") for i in infos if i.type == pafs.FileType.File)
+
+
+def write_manifest(loc: str | os.PathLike, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Write ``manifest.json`` (size and SHA-256 of every file under ``loc``) last; returns it."""
+    files = {}
+    for rel in _files(normalize(loc)):
+        if rel == MANIFEST or rel.startswith(exclude):
+            continue
+        data = read_bytes(join(loc, rel))
+        files[rel] = {"size": len(data), "sha256": sha256(data)}
+    doc = {"files": files}
+    write_json(join(loc, MANIFEST), doc)
+    return doc
+
+
+def verify_manifest(loc: str | os.PathLike) -> list[str]:
+    """What is wrong with the files under ``loc`` against its manifest (empty: all intact)."""
+    try:
+        doc = read_json(join(loc, MANIFEST))
+        files = doc["files"]
+        assert isinstance(files, dict)
+    except FileNotFoundError:
+        return ["no manifest.json"]
+    except (ValueError, KeyError, TypeError, AssertionError):
+        return ["manifest.json unreadable"]
+    problems = []
+    for rel, want in sorted(files.items()):
+        try:
+            data = read_bytes(join(loc, rel))
+        except (FileNotFoundError, IsADirectoryError):
+            problems.append(f"{rel} missing")
+            continue
+        if len(data) != want.get("size") or sha256(data) != want.get("sha256"):
+            problems.append(f"{rel} does not match its checksum")
+    return problems
+
+
+def check_manifest(loc: str | os.PathLike) -> None:
+    """Raise :class:`CorruptArtifact` unless ``loc`` matches its manifest."""
+    problems = verify_manifest(loc)
+    if problems:
+        raise CorruptArtifact(str(loc), problems)
+
+
+def quarantine(loc: str | os.PathLike, why: str = "corrupt") -> str:
+    """Move a corrupt artifact aside (``<parent>/.corrupt/<name>-<stamp>``) and warn naming it; returns
+    where it went. The caller then recomputes it."""
+    import sys
+    import time
+
+    s = normalize(loc)
+    head, name = s.rstrip("/").rsplit("/", 1) if "/" in s.rstrip("/") else (".", s)
+    dest = join(head, ".corrupt", f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+    if is_uri(s):
+        fs, path = filesystem(s)
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            write_bytes(dest, read_bytes(s))
+        else:
+            copy_tree(s, dest)
+        remove(s)
+    else:
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(s, dest)
+    print(f"eclipse_ray: warning: {s} is {why}; moved to {dest} and recomputing", file=sys.stderr, flush=True)
+    return dest
+
+
 def local_root() -> Path:
     """This node's own disk for copies and staging: ``$ECLIPSE_RAY_LOCAL``, default ``~/.cache/eclipse_ray/local``."""
     return Path(os.environ.get("ECLIPSE_RAY_LOCAL", Path.home() / ".cache" / "eclipse_ray" / "local"))
@@ -196,16 +286,27 @@ def local_dir(loc: str | os.PathLike, marker: str) -> Path:
     import hashlib
 
     out = root / hashlib.sha256(s.encode()).hexdigest()[:16]
+    if (out / marker).is_file() and _manifest_bytes(s) != _manifest_bytes(str(out)):
+        shutil.rmtree(out, ignore_errors=True)  # the source was replaced (recomputed) since it was copied
     if not (out / marker).is_file():
         tmp = root / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
         try:
             copy_tree(s, tmp, last=marker)
             if not (tmp / marker).is_file():
                 raise FileNotFoundError(f"{s} has no {marker}")
+            if (tmp / MANIFEST).is_file():
+                check_manifest(tmp)
             publish_dir(tmp, out, marker)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _manifest_bytes(loc: str) -> bytes | None:
+    try:
+        return read_bytes(join(loc, MANIFEST))
+    except FileNotFoundError:
+        return None
 
 
 def env() -> dict[str, str]:

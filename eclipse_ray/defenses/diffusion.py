@@ -22,18 +22,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
 
-from eclipse_ray.config import ConfigError, setting
+from eclipse_ray.config import ConfigError, check_seed, setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.defenses.base import DefenseConfig, fixed_shape, purify_in_batches
 from eclipse_ray.defenses.compensation import (apply_compensation, compensation_settings,
                                                compensation_transform)
 from eclipse_ray.diffusion.samplers import SAMPLERS, SamplerPlan, purify_batch
-from eclipse_ray.diffusion.unet import PRESETS, DiffusionModel, load_model
+from eclipse_ray.diffusion.unet import PRESETS, DiffusionModel, check_fits, check_model_fits, load_model, unet_config
 from eclipse_ray.victim.train import BatchTransform, pick_device
 from eclipse_ray.storage import is_uri, local_dir
 
@@ -129,6 +129,10 @@ class DiffusionDefense(DefenseConfig):
     def image_purifier(self, model_dir: str | Path | None, seed: int) -> ImagePurifier:
         return self.make_purifier(model_dir, seed)[0]
 
+    def check_model(self, model_dir: str | Path, image_shape: tuple[int, ...]) -> None:
+        """Refuse a model that was not made for images of ``image_shape`` (reads its config only)."""
+        check_model_fits(unet_config(model_dir), image_shape, f"defense.model={model_dir}")
+
     def model_resolved(self, model_dir: str | Path) -> dict[str, Any]:
         return self.resolved(load_model(local_dir(model_dir, "config.json")))
 
@@ -138,7 +142,12 @@ class DiffusionDefense(DefenseConfig):
 
     def purify(self, train: ImageSet, seed: int, progress: bool = True,
                clean: ImageSet | None = None) -> ImageSet:
-        run, model = self.make_purifier(self.model_path(train, clean, progress), seed)
+        if self.model == "auto":  # before the clean set is drawn and the model trained
+            check_fits(train.image_shape, len(PRESETS[self.train_preset]["down_block_types"]),
+                       f"defense.train_preset={self.train_preset}")
+        model_dir = self.model_path(train, clean, progress)
+        self.check_model(model_dir, train.image_shape)
+        run, model = self.make_purifier(model_dir, seed)
         out = purify_in_batches(run, train, self.batch_size, f"purify {self.name}", progress)
         return train.with_images(out, resolved=self.resolved(model))
 
@@ -185,4 +194,14 @@ class Denoise(DiffusionDefense):
     sampler: str = setting("oneshot", "reverse sampler", choices=SAMPLERS)
 
 
-__all__ = ["DiffusionDefense", "Eclipse", "PureGenDDPM", "Denoise", "apply_compensation"]
+def check_purify_inputs(requests: Sequence[Any], docs: Sequence[dict[str, Any]]) -> None:
+    """Before any unit is computed: every purification request's seed, and a model-based purifier's model
+    against the size of the images it will purify (``docs``: the input datasets' ``meta.json``)."""
+    for req, doc in zip(requests, docs):
+        check_seed(req.seed, "seed")
+        check = getattr(req.defense, "check_model", None)
+        if check is not None and req.model_dir is not None:
+            check(req.model_dir, tuple(doc["image_shape"]))
+
+
+__all__ = ["DiffusionDefense", "Eclipse", "PureGenDDPM", "Denoise", "apply_compensation", "check_purify_inputs"]

@@ -21,6 +21,7 @@ noise alone would reach without the energy's drift), ``defense.ebm_arch`` and
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from eclipse_ray.config import setting
+from eclipse_ray.config import ConfigError, setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.defenses.base import DefenseConfig, ImagePurifier, fixed_shape, purify_in_batches
-from eclipse_ray.ebm.net import PRESETS
+from eclipse_ray.ebm.net import PRESETS, check_fits
 from eclipse_ray.storage import is_uri, local_dir
 
 
@@ -84,17 +85,41 @@ class PureGenEBM(DefenseConfig):
 
         return fixed_shape(run, self.batch_size, device)
 
+    def check_model(self, model_dir: str | Path, image_shape: tuple[int, ...]) -> None:
+        """Refuse an EBM that was not made for images of ``image_shape``: a net that cannot take them, or one
+        trained on another size (reads its ``config.json`` only)."""
+        from eclipse_ray import storage
+
+        loc = storage.join(model_dir, "config.json")
+        if not storage.is_file(loc):
+            raise ConfigError(f"defense.model={model_dir}: no EBM there (config.json missing); "
+                              f"train one with `eclipse-ray train-ebm`")
+        try:
+            info = json.loads(storage.read_bytes(loc).decode())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ConfigError(f"defense.model={model_dir}: config.json is not valid JSON") from None
+        if not isinstance(info, dict) or info.get("kind") != "ebm":
+            raise ConfigError(f"defense.model={model_dir}: config.json does not describe an EBM")
+        h, w = int(image_shape[0]), int(image_shape[1])
+        trained = info.get("image_shape")
+        if isinstance(trained, list) and len(trained) >= 2 and (trained[0], trained[1]) != (h, w):
+            raise ConfigError(f"defense.model={model_dir}: the EBM was trained on {trained[0]}x{trained[1]} "
+                              f"images, these are {h}x{w}")
+        check_fits(str(info.get("arch")), image_shape, f"defense.model={model_dir}")
+
     def model_resolved(self, model_dir: str | Path) -> dict[str, Any]:
         """Result columns filled in once the model is known."""
-        import json
-
         info = json.loads((local_dir(model_dir, "config.json") / "config.json").read_text())
         return {"defense.model_calls": self.steps, "defense.langevin_sigma": self.eta / 2 * math.sqrt(self.steps),
                 "defense.ebm_arch": info.get("arch"), "defense.ebm_width": info.get("width")}
 
     def purify(self, train: ImageSet, seed: int, progress: bool = True,
                clean: ImageSet | None = None) -> ImageSet:
+        if self.model == "auto":  # before the clean set is drawn and the EBM trained
+            check_fits(PRESETS[self.train_preset]["arch"], train.image_shape,
+                       f"defense.train_preset={self.train_preset}")
         model_dir = self.model_path(train, clean, progress)
+        self.check_model(model_dir, train.image_shape)
         run = self.image_purifier(model_dir, seed)
         out = purify_in_batches(run, train, self.batch_size, f"purify {self.name}", progress)
         return train.with_images(out, resolved=self.model_resolved(model_dir))

@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eclipse_ray.checkpoint import load_checkpoint, save_checkpoint
+from eclipse_ray.checkpoint import claim_out, load_checkpoint, publish_model, save_checkpoint
 from eclipse_ray.config import Config, ConfigError, flatten, setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import stratified_split
@@ -94,8 +92,8 @@ def train_diffusion(cfg: DiffusionTrainConfig, clean: ImageSet, out: str | Path,
     from eclipse_ray.victim.train import pick_device
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or {p.name for p in out.iterdir()} - {"checkpoint"}):
-        raise ConfigError(f"{out} already exists and is not an interrupted training run; choose a new directory")
+    if claim_out(out, cfg, "eclipse_ray.json"):
+        return out  # trained already (a rerun after the end)
     device = pick_device(cfg.device)
     scheduler = DDPMScheduler(num_train_timesteps=cfg.num_steps, beta_schedule=SCHEDULES[cfg.schedule])
     ab = scheduler.alphas_cumprod.to(device, torch.float32)
@@ -104,8 +102,8 @@ def train_diffusion(cfg: DiffusionTrainConfig, clean: ImageSet, out: str | Path,
     data = data.float().div(127.5).sub(1).to(device)
 
     torch.manual_seed(cfg.seed)
-    model = build_unet(cfg.preset, clean.image_shape[0]).to(device)
-    ema = build_unet(cfg.preset, clean.image_shape[0]).to(device)
+    model = build_unet(cfg.preset, clean.image_shape[:2]).to(device)
+    ema = build_unet(cfg.preset, clean.image_shape[:2]).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -122,7 +120,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, clean: ImageSet, out: str | Path,
                initial=start, total=cfg.iterations)
     model.train()
     for it in bar:
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
+        gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + it) % 2**64)  # as torch wraps -1; any seed fits
         rows = torch.randint(0, len(data), (cfg.batch_size,), generator=gen).to(device)
         x0 = data[rows]
         if cfg.flip:
@@ -148,15 +146,12 @@ def train_diffusion(cfg: DiffusionTrainConfig, clean: ImageSet, out: str | Path,
     info = {"trained_by": "eclipse_ray", "train": flatten(cfg), "t_max": t_hi, "clean_images": len(clean),
             "clean_index": clean.index.tolist(), "train_seconds": time.perf_counter() - t0,
             "final_loss": float(np.mean(losses[-100:])) if losses else None, **(extra_info or {})}
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(ema, scheduler, tmp, info)
-    (tmp / "clean_index.json").write_text(json.dumps(clean.index.tolist()))
-    shutil.rmtree(ckpt, ignore_errors=True)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+
+    def write(final: Path) -> None:
+        save_model(ema, scheduler, final, info)
+        (final / "clean_index.json").write_text(json.dumps(clean.index.tolist()))
+
+    publish_model(out, write)
     return out
 
 

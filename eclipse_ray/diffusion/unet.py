@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from eclipse_ray.checkpoint import check_intact
 from eclipse_ray.config import ConfigError
 from eclipse_ray.diffusion.schedule import Schedule
 
@@ -41,14 +42,39 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_unet(preset: str, image_size: int = 32):
-    """A freshly initialised ``UNet2DModel`` of the named preset."""
+def downsampling(n_down_blocks: int) -> int:
+    """How much a ``UNet2DModel`` with ``n_down_blocks`` down blocks shrinks an image: every block but the last
+    halves it, so each image side must be a multiple of this for the up path to meet the skips."""
+    return 2 ** max(int(n_down_blocks) - 1, 0)
+
+
+def _sides(size: Any) -> tuple[int, int]:
+    """(height, width) from an int side, an (h, w) pair or an (h, w, c) image shape."""
+    if isinstance(size, (list, tuple)):
+        return int(size[0]), int(size[1] if len(size) > 1 else size[0])
+    return int(size), int(size)
+
+
+def check_fits(size: Any, n_down_blocks: int, what: str) -> None:
+    """A one-line :class:`ConfigError` unless images of ``size`` pass a UNet with ``n_down_blocks`` down blocks."""
+    h, w = _sides(size)
+    f = downsampling(n_down_blocks)
+    if h < f or w < f or h % f or w % f:
+        raise ConfigError(f"{what}: {h}x{w} images do not fit this UNet; it halves them {n_down_blocks - 1} times, "
+                          f"so each side must be a multiple of {f}")
+
+
+def build_unet(preset: str, image_size: int | tuple[int, int] = 32):
+    """A freshly initialised ``UNet2DModel`` of the named preset for images of ``image_size`` (a side or (h, w))."""
     from diffusers import UNet2DModel
 
     if preset not in PRESETS:
         raise ConfigError(f"unknown UNet preset {preset!r} (known: {', '.join(PRESETS)})")
+    check_fits(image_size, len(PRESETS[preset]["down_block_types"]), f"UNet preset {preset}")
     kw = dict(PRESETS[preset])
     kw["up_block_types"] = tuple(t.replace("Down", "Up") for t in reversed(kw["down_block_types"]))
+    if isinstance(image_size, (tuple, list)) and image_size[0] == image_size[1]:
+        image_size = int(image_size[0])  # square images: the int diffusers writes (same config as before)
     return UNet2DModel(sample_size=image_size, in_channels=3, out_channels=3, **kw)
 
 
@@ -78,6 +104,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Diffusio
     from diffusers import DDPMScheduler, UNet2DModel
 
     path = Path(path)
+    check_intact(path)
     unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path
     sched_dir = path / "scheduler" if (path / "scheduler" / "scheduler_config.json").is_file() else path
     if not (unet_dir / "config.json").is_file():
@@ -92,6 +119,38 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Diffusio
     meta_file = path / "eclipse_ray.json"
     info = json.loads(meta_file.read_text()) if meta_file.is_file() else {"source": str(path)}
     return DiffusionModel(unet, Schedule.from_scheduler(sched), info)
+
+
+def unet_config(path: str | Path, key: str = "defense.model") -> dict[str, Any]:
+    """The UNet's ``config.json`` of a model directory (local or URI; ours or diffusers', top or ``unet/``),
+    read without loading any weights."""
+    from eclipse_ray import storage
+
+    for loc in (storage.join(path, "unet", "config.json"), storage.join(path, "config.json")):
+        if storage.is_file(loc):
+            try:
+                doc = json.loads(storage.read_bytes(loc).decode())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise ConfigError(f"{key}={path}: {loc} is not valid JSON") from None
+            if not isinstance(doc, dict):
+                raise ConfigError(f"{key}={path}: {loc} is not a JSON object")
+            return doc
+    raise ConfigError(f"{key}={path}: no diffusion model there (config.json missing); "
+                      f"train one with `eclipse-ray train-diffusion`")
+
+
+def check_model_fits(config: dict[str, Any], image_shape: Any, what: str) -> None:
+    """A one-line :class:`ConfigError` unless a UNet of ``config`` (its ``sample_size``, its down blocks)
+    was made for images of ``image_shape``: the size it was trained at, and a size its down path can halve."""
+    h, w = _sides(image_shape)
+    trained = config.get("sample_size")  # an int is compared with the height: our trainer records only that
+    if isinstance(trained, (int, list, tuple)) and not isinstance(trained, bool):
+        th, tw = _sides(trained)
+        if th != h or (isinstance(trained, (list, tuple)) and tw != w):
+            raise ConfigError(f"{what}: the model was trained on {th}x{tw} images, these are {h}x{w}")
+    blocks = config.get("down_block_types")
+    if isinstance(blocks, (list, tuple)):
+        check_fits((h, w), len(blocks), what)
 
 
 def model_fingerprint(path: str | Path) -> str:

@@ -109,15 +109,16 @@ def cached_model(tag: bytes, tcfg, src: ImageSet, train_fn, progress: bool = Tru
     h = hashlib.sha256(tag + ref.images.tobytes() + ref.index.tobytes() + config_hash(flatten(tcfg)).encode())
     loc = storage.join(cache_root(), "models", h.hexdigest()[:16])
     if storage.is_file(storage.join(loc, "config.json")):
-        return loc
-    # trained in a staging directory of its own (a killed training resumes there from its checkpoint),
-    # then published: first writer wins, a published model is never replaced
+        problems = storage.verify_manifest(loc)
+        if not problems:
+            return loc
+        storage.quarantine(loc, f"corrupt ({problems[0]})")
+    # trained in a staging directory of its own (a killed training resumes there from its checkpoint;
+    # a finished one returns at once), then published: first writer wins, a published model is never replaced
     name = h.hexdigest()[:16]
     staging = (Path(storage.normalize(cache_root())) / "models" / f".train-{name}" if not storage.is_uri(loc)
                else storage.local_root() / f"train-{name}")
-    if not (staging / "config.json").is_file():
-        train_fn(tcfg, ref, staging, progress=progress)
-    shutil.rmtree(staging / "checkpoint", ignore_errors=True)
+    train_fn(tcfg, ref, staging, progress=progress)
     if storage.is_uri(loc):
         storage.copy_tree(staging, loc, last="config.json")
         shutil.rmtree(staging, ignore_errors=True)

@@ -44,6 +44,7 @@ from eclipse_ray import storage
 from eclipse_ray.config import ConfigError, flatten
 from eclipse_ray.data import store
 from eclipse_ray.defenses import DefenseConfig
+from eclipse_ray.defenses.diffusion import check_purify_inputs
 
 CHUNK_ROWS = 512  # rows per work unit (rounded up to a multiple of the batch size)
 _SCHEMA = pa.schema([pa.field("index", pa.int64()), pa.field("label", pa.int64()),
@@ -195,6 +196,7 @@ def run_purifications(requests: list[PurifyRequest], *, actors: int = 0, address
     for r, doc in zip(requests, docs):
         if "train" not in doc["splits"]:
             raise ConfigError(f"{storage.normalize(r.input)} has no train split to purify")
+    check_purify_inputs(requests, docs)  # seeds; each model against its images' size
     units: list[Unit] = []
     per_request: list[list[Unit]] = []
     for i, (r, doc) in enumerate(zip(requests, docs)):

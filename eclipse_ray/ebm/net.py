@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from eclipse_ray.checkpoint import check_intact
 from eclipse_ray.config import ConfigError
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -38,6 +39,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {"arch": "conv", "width": 16},
     "paper": {"arch": "resnet", "width": 128},
 }
+
+
+MIN_SIZE = {"conv": 32, "resnet": 4}  # smallest side each net takes: conv halves 3 times, then a 4x4 kernel
+
+
+def check_fits(arch: str, image_shape: Any, what: str) -> None:
+    """A one-line :class:`ConfigError` unless an ``arch`` energy network takes images of ``image_shape``."""
+    h, w = int(image_shape[0]), int(image_shape[1])
+    need = MIN_SIZE.get(arch, 1)
+    if min(h, w) < need:
+        raise ConfigError(f"{what}: {h}x{w} images are too small for the {arch} energy network "
+                          f"(sides of at least {need} px)")
 
 
 class ConvEnergy(nn.Module):
@@ -54,6 +67,7 @@ class ConvEnergy(nn.Module):
             nn.Conv2d(w * 8, 1, 4, 1, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_fits("conv", x.shape[2:], "EBM")
         return self.f(x).flatten(1).mean(1)  # (B,): 1×1 at 32 px; averaged over positions otherwise
 
 
@@ -98,6 +112,7 @@ class ResNetEnergy(nn.Module):
         nn.init.xavier_uniform_(self.head.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_fits("resnet", x.shape[2:], "EBM")
         return self.head(F.relu(self.blocks(x)).mean(dim=(2, 3))).squeeze(1)
 
 
@@ -130,6 +145,7 @@ def load_energy(path: str | Path, device: str | torch.device = "cpu") -> tuple[n
     from safetensors.torch import load_file
 
     path = Path(path)
+    check_intact(path)
     cfg_file = path / "config.json"
     if not cfg_file.is_file() or not (path / "model.safetensors").is_file():
         raise ConfigError(f"defense.model={path}: no EBM there (config.json / model.safetensors missing); "

@@ -27,8 +27,6 @@ oneDNN's convolutions need not round identically in a new process). Output: ``mo
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from eclipse_ray.checkpoint import load_checkpoint, save_checkpoint
+from eclipse_ray.checkpoint import claim_out, load_checkpoint, publish_model, save_checkpoint
 from eclipse_ray.config import Config, ConfigError, flatten, setting, with_overrides
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.ebm.langevin import langevin
@@ -86,7 +84,7 @@ def learning_rate(cfg: EBMTrainConfig, it: int) -> float:
 
 
 def _generator(cfg: EBMTrainConfig, it: int) -> torch.Generator:
-    return torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
+    return torch.Generator().manual_seed((cfg.seed * 1_000_003 + it) % 2**64)  # as torch wraps -1; any seed fits
 
 
 def train_ebm(cfg: EBMTrainConfig, clean: ImageSet, out: str | Path, progress: bool = True,
@@ -96,13 +94,15 @@ def train_ebm(cfg: EBMTrainConfig, clean: ImageSet, out: str | Path, progress: b
     from eclipse_ray.victim.train import pick_device
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or {p.name for p in out.iterdir()} - {"checkpoint"}):
-        raise ConfigError(f"{out} already exists and is not an interrupted training run; choose a new directory")
+    if claim_out(out, cfg, "config.json"):
+        return out  # trained already (a rerun after the end)
     if len(clean) == 0:
         raise ConfigError("train-ebm: the clean reference set is empty")
     device = pick_device(cfg.device)
     data = torch.from_numpy(np.tile(clean.images, (cfg.duplicates, 1, 1, 1))).permute(0, 3, 1, 2)
-    data = data.float().div(127.5).sub(1).to(device)
+    # contiguous NCHW, as the checkpointed buffer comes back: a conv's arithmetic depends on the memory
+    # layout of its input (measured: 1e-7 apart), and a resumed run must continue bit for bit
+    data = data.float().div(127.5).sub(1).contiguous().to(device)
 
     torch.manual_seed(cfg.seed)
     net = build_energy(cfg.preset, channels=clean.image_shape[-1]).to(device)
@@ -151,13 +151,11 @@ def train_ebm(cfg: EBMTrainConfig, clean: ImageSet, out: str | Path, progress: b
             "trained_by": "eclipse_ray", "train": flatten(cfg), "clean_images": len(clean),
             "buffer_states": n_buf, "train_seconds": time.perf_counter() - t0,
             "final_cd_loss": float(np.mean(losses[-100:])) if losses else None, **(extra_info or {})}
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_energy(net, tmp, info)
-    (tmp / "clean_index.json").write_text(json.dumps(clean.index.tolist()))
-    (tmp / "losses.json").write_text(json.dumps(losses))
-    shutil.rmtree(ckpt, ignore_errors=True)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+
+    def write(final: Path) -> None:
+        save_energy(net, final, info)
+        (final / "clean_index.json").write_text(json.dumps(clean.index.tolist()))
+        (final / "losses.json").write_text(json.dumps(losses))
+
+    publish_model(out, write)
     return out
