@@ -24,13 +24,20 @@ def config_columns(df: pd.DataFrame) -> list[str]:
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std and seed count of the metrics per configuration."""
+    """Mean, std and count of the metrics over the distinct seeds of each configuration.
+
+    Rows of one seed (a trial stored twice) are averaged into one first, so a copy
+    neither counts as another seed nor shrinks the std; without a ``seed`` column
+    every row is a seed.
+    """
     if df.empty:
         return df
     keys = config_columns(df)
     metrics = [m for m in METRICS if m in df.columns]
     filled = df[keys].astype(str)
-    g = df[metrics].groupby([filled[k] for k in keys], dropna=False, sort=True)
+    seed = df["seed"].astype(str) if "seed" in df else pd.Series(range(len(df)), index=df.index)
+    per_seed = df[metrics].groupby([*(filled[k] for k in keys), seed.rename("seed")], dropna=False, sort=True).mean()
+    g = per_seed.groupby(level=list(range(len(keys))), dropna=False, sort=True)
     mean, std = g.mean(), g.std(ddof=1)
     out = mean.add_suffix("_mean").join(std.add_suffix("_std"))
     out["seeds"] = g.size()

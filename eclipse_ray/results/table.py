@@ -18,9 +18,18 @@ import pandas as pd
 
 
 def cell_stats(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Mean, std and seed count of ``metric`` per (attack, defense)."""
+    """Mean, std and count of ``metric`` over the distinct seeds of each (attack, defense).
+
+    Rows of one seed (a trial stored twice) are averaged into one first, so a copy
+    neither counts as another seed nor shrinks the std; without a ``seed`` column
+    every row is a seed.
+    """
     d = df[df[metric].notna()] if metric in df else df.iloc[0:0].assign(**{metric: []})
-    g = d.groupby(["attack.name", "defense.name"])[metric]
+    cell = ["attack.name", "defense.name"]
+    if "seed" in d:
+        g = d.groupby([*cell, "seed"], dropna=False)[metric].mean().groupby(level=[0, 1])
+    else:
+        g = d.groupby(cell)[metric]
     return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.size()})
 
 
