@@ -13,6 +13,7 @@ import traceback
 from typing import Callable
 
 from eclipse_ray.config import ConfigError
+from eclipse_ray.storage import CorruptArtifact
 
 
 def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
@@ -38,15 +39,16 @@ def root_cause(e: BaseException) -> BaseException:
 def one_line(e: BaseException) -> str:
     cause = root_cause(e)
     text = " ".join(str(cause).split()) or type(cause).__name__
-    if isinstance(cause, (ConfigError, FileNotFoundError, PermissionError, NotADirectoryError, FileExistsError)):
+    if isinstance(cause, (ConfigError, CorruptArtifact, FileNotFoundError, PermissionError, NotADirectoryError, FileExistsError)):
         return text
     return f"{type(cause).__name__}: {text[:500]} (--debug shows the traceback)"
 
 
 def guarded(prog: str, fn: Callable[[], object], debug: bool) -> int:
-    """Run ``fn``; 0 on success, 2 with one line on stderr on any error, 130 on Ctrl-C."""
+    """Run ``fn``; its exit code (0 unless it returns one), 2 with one line on stderr on any error,
+    130 on Ctrl-C."""
     try:
-        fn()
+        rc = fn()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -57,4 +59,4 @@ def guarded(prog: str, fn: Callable[[], object], debug: bool) -> int:
             traceback.print_exc()
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return 2
-    return 0
+    return rc if isinstance(rc, int) else 0

@@ -7,6 +7,7 @@
     eclipse-ray train-ebm --dataset D --out DIR [--set ebm.iterations=N ...]
     eclipse-ray import FORMAT PATH --out DIR [--clean DATASET]
     eclipse-ray certify --dataset D [--attack A] --out DIR [--set certify.models=N ...] [--address A]
+    eclipse-ray doctor DIR [--json]
 
 Bad input ends with one line ``eclipse-ray: error: …`` on stderr, exit code 2,
 and nothing written; any other error too (``--debug`` shows its traceback).
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from eclipse_ray import storage
 from eclipse_ray.boundary import debug_requested, guarded
 from eclipse_ray.config import ConfigError, seed_arg, split_overrides
 
@@ -73,8 +75,10 @@ def _cmd_poison(args: argparse.Namespace) -> None:
 
     _refuse_existing(args.out)
     cfg = build_config(args.dataset, args.attack, "none", split_overrides(args.set))
-    data = prepare(cfg, args.data_dir)
-    path = write_dataset(args.out, data.splits, data.meta)
+    storage.check_writable(args.out, "--out")
+    with storage.claim(args.out, "--out"):
+        data = prepare(cfg, args.data_dir)
+        path = write_dataset(args.out, data.splits, data.meta)
     counts = {k: len(v) for k, v in data.splits.items()}
     print(json.dumps({"out": str(path), "attack": cfg.attack.name, "splits": counts,
                       "poisoned": int(data.train.poisoned.sum())}))
@@ -83,7 +87,12 @@ def _cmd_poison(args: argparse.Namespace) -> None:
 def _cmd_run(args: argparse.Namespace) -> None:
     from eclipse_ray.trial import build_config, run_trial, summary
 
+    from eclipse_ray.distributed.cache import cache_root
+
     cfg = build_config(args.dataset, args.attack, args.defense, split_overrides(args.set))
+    if args.results:
+        storage.check_writable(args.results, "--results")
+    storage.check_writable(cache_root(), "the cache ($ECLIPSE_RAY_CACHE)")
     row = run_trial(cfg, data_dir=args.data_dir, results_dir=args.results, reference=not args.no_reference,
                     progress=not args.quiet)
     print(json.dumps(summary(row)))
@@ -105,7 +114,8 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> None:
         given = {k[len("train."):] for k in overrides}
         cfg = dataclasses.replace(base, **{k: getattr(cfg, k) for k in given})
     out, clean = _training_setup(args, cfg)
-    path = train_diffusion(cfg, clean, out, progress=not args.quiet, extra_info={"dataset": args.dataset})
+    with storage.claim(out, "--out"):
+        path = train_diffusion(cfg, clean, out, progress=not args.quiet, extra_info={"dataset": args.dataset})
     print(json.dumps({"out": str(path), "clean_images": len(clean), "iterations": cfg.iterations,
                       "schedule": cfg.schedule, "num_steps": cfg.num_steps, "t_max": cfg.t_max}))
 
@@ -119,6 +129,7 @@ def _training_setup(args: argparse.Namespace, cfg: Any) -> tuple[Path, Any]:
 
     out = Path(args.out)
     claim_out(out, cfg, "config.json" if hasattr(cfg, "mcmc_steps") else "eclipse_ray.json")
+    storage.check_writable(out, "--out")
     data = load_dataset(args.dataset, args.data_dir)
     full = clean_view(data.train, data.splits.get("originals"))
     return out, full.subset(clean_reference_rows(full, cfg.clean_fraction, cfg.seed))
@@ -133,7 +144,8 @@ def _cmd_train_ebm(args: argparse.Namespace) -> None:
         raise ConfigError(f"unknown setting {bad[0]!r} (train-ebm takes ebm.* settings)")
     cfg = ebm_train_config_with({k[len("ebm."):]: v for k, v in overrides.items()})
     out, clean = _training_setup(args, cfg)
-    path = train_ebm(cfg, clean, out, progress=not args.quiet, extra_info={"dataset": args.dataset})
+    with storage.claim(out, "--out"):
+        path = train_ebm(cfg, clean, out, progress=not args.quiet, extra_info={"dataset": args.dataset})
     print(json.dumps({"out": str(path), "clean_images": len(clean), "iterations": cfg.iterations,
                       "preset": cfg.preset, "mcmc_steps": cfg.mcmc_steps}))
 
@@ -152,8 +164,10 @@ def _cmd_purify(args: argparse.Namespace) -> None:
                           f"use it with `eclipse-ray run`")
     if args.actors < 0:
         raise ConfigError(f"--actors={args.actors}: must be ≥ 0")
-    report = purify_dataset(args.input, defense, args.out, seed=args.seed, actors=args.actors,
-                            address=args.address, progress=not args.quiet)
+    storage.check_writable(args.out, "--out")
+    with storage.claim(args.out, "--out"):
+        report = purify_dataset(args.input, defense, args.out, seed=args.seed, actors=args.actors,
+                                address=args.address, progress=not args.quiet)
     print(json.dumps({k: report[k] for k in ("out", "rows", "units", "units_computed", "seconds", "cached", "key")
                       if k in report}))
 
@@ -179,8 +193,6 @@ def _cmd_results(args: argparse.Namespace) -> None:
     elif args.action == "plot":
         import tempfile
 
-        from eclipse_ray import storage
-
         dest = args.out or storage.join(args.study, "pareto.png")
         with tempfile.TemporaryDirectory() as tmp:
             path = plot_pareto(df, Path(tmp) / "pareto.png")
@@ -196,8 +208,10 @@ def _cmd_certify(args: argparse.Namespace) -> None:
     from eclipse_ray.certify.run import build_job, run_certify
 
     job = build_job(args.dataset, args.attack, split_overrides(args.set))
-    s = run_certify(job, args.out, data_dir=args.data_dir, use_ray=not args.in_process, address=args.address,
-                    progress=not args.quiet)
+    storage.check_writable(args.out, "--out")
+    with storage.claim(args.out, "--out"):
+        s = run_certify(job, args.out, data_dir=args.data_dir, use_ray=not args.in_process,
+                        address=args.address, progress=not args.quiet)
     print(f"certified accuracy — {s['dataset']}, attack {s['attack.name']}, σ = {s['certify.sigma_resolved']:.4g} "
           f"(t* = {s['defense.t_star']}), N = {s['certify.models']} models (n0 = {s['certify.n0']} select, "
           f"n = {s['certify.n']} estimate), α = {s['certify.alpha']:g}; "
@@ -213,17 +227,25 @@ def _cmd_import(args: argparse.Namespace) -> None:
     from eclipse_ray.data.store import write_dataset
 
     _refuse_existing(args.out)
-    data = import_poisons(args.format, args.path, args.clean, args.data_dir, progress=not args.quiet,
-                          trainset_size=args.trainset_size)
-    path = write_dataset(args.out, data.splits, data.meta)
+    storage.check_writable(args.out, "--out")
+    with storage.claim(args.out, "--out"):
+        data = import_poisons(args.format, args.path, args.clean, args.data_dir, progress=not args.quiet,
+                              trainset_size=args.trainset_size)
+        path = write_dataset(args.out, data.splits, data.meta)
     print(json.dumps({"out": str(path), "format": args.format, "splits": {k: len(v) for k, v in data.splits.items()},
                       "poisoned": int(data.train.poisoned.sum()), "attack_kind": data.meta.get("attack_kind")}))
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from eclipse_ray.doctor import report
+
+    if not storage.exists(args.dir):
+        raise ConfigError(f"{args.dir}: no such directory")
+    return report(args.dir, as_json=args.json)
+
+
 def _refuse_existing(out: str) -> None:
     """Refuse an output location (local path or URI) that holds anything, before any work."""
-    from eclipse_ray import storage
-
     if storage.is_file(out) or storage.listdir(out):
         raise ConfigError(f"{out} already exists; choose a new output directory")
 
@@ -302,6 +324,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("study", help="results store directory (results/<study>)")
     sp.add_argument("--out", default=None, help="plot: PNG path; report: output directory")
     sp.set_defaults(fn=_cmd_results)
+
+    sp = sub.add_parser("doctor", help="list what under a study, cache or output directory is corrupt, stale or "
+                                       "duplicated (changes nothing; exit 1 if anything is)")
+    sp.add_argument("dir", help="a study, the cache ($ECLIPSE_RAY_CACHE) or any output directory (path or URI)")
+    sp.add_argument("--json", action="store_true", help="one JSON object per finding")
+    sp.set_defaults(fn=_cmd_doctor)
 
     sp = sub.add_parser("import", help="turn poisons made with another tool into a dataset directory")
     sp.add_argument("format", choices=("apbench", "toxic", "backdoorbench", "eclipse", "npz"),

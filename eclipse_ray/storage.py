@@ -20,11 +20,16 @@ import fnmatch
 import json
 import os
 import shutil
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
+
+from eclipse_ray.config import ConfigError
+
+_HOST = socket.gethostname().replace("-", "_")
 
 
 def is_uri(loc: str | os.PathLike) -> bool:
@@ -76,6 +81,41 @@ def makedirs(loc: str | os.PathLike) -> None:
         Path(normalize(loc)).mkdir(parents=True, exist_ok=True)
 
 
+def temp_path(p: Path) -> Path:
+    """A temporary sibling of ``p`` owned by this process (``.<name>.tmp-<host>-<pid>-<random>``);
+    temporaries of ``p`` left by processes of this host that are gone (killed runs) are removed first."""
+    p = Path(p)
+    prefix = f".{p.name}.tmp-{_HOST}-"
+    clear_stale(p.parent, prefix)
+    return p.with_name(f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:6]}")
+
+
+def clear_stale(folder: Path, prefix: str) -> None:
+    """Remove the entries of ``folder`` named ``<prefix><pid>…`` whose process (on this host) is gone."""
+    try:
+        stale = [e for e in os.scandir(folder) if e.name.startswith(prefix)]
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for e in stale:
+        pid = e.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path, ignore_errors=True)
+            else:
+                Path(e.path).unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True
+    return True
+
+
 def read_bytes(loc: str | os.PathLike) -> bytes:
     fs, path = filesystem(loc)
     with fs.open_input_stream(path) as fh:
@@ -88,7 +128,7 @@ def write_bytes(loc: str | os.PathLike, data: bytes) -> None:
     if not is_uri(s):
         p = Path(s)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp = temp_path(p)
         try:
             tmp.write_bytes(data)
             os.replace(tmp, p)
@@ -195,7 +235,8 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _files(loc: str) -> list[str]:
+def list_files(loc: str) -> list[str]:
+    """Paths (relative, '/'-separated) of every file under ``loc``, sorted."""
     fs, path = filesystem(loc)
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     return sorted(os.path.relpath(i.path, path).replace(os.sep, "/") for i in infos if i.type == pafs.FileType.File)
@@ -204,7 +245,7 @@ def _files(loc: str) -> list[str]:
 def write_manifest(loc: str | os.PathLike, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """Write ``manifest.json`` (size and SHA-256 of every file under ``loc``) last; returns it."""
     files = {}
-    for rel in _files(normalize(loc)):
+    for rel in list_files(normalize(loc)):
         if rel == MANIFEST or rel.startswith(exclude):
             continue
         data = read_bytes(join(loc, rel))
@@ -266,6 +307,112 @@ def quarantine(loc: str | os.PathLike, why: str = "corrupt") -> str:
     return dest
 
 
+# --- preflight: writable locations, claims ------------------------------------------------------
+
+def check_writable(loc: str | os.PathLike, what: str) -> None:
+    """Raise a one-line error now, before any work, unless files can be written at ``loc`` (which need
+    not exist yet). A probe file is written and removed in ``loc``'s nearest existing ancestor (an object
+    store: under ``loc``), so nothing is left behind, not even an empty directory."""
+    s = normalize(loc)
+    try:
+        if is_uri(s):
+            probe = join(s, f".eclipse_ray-probe-{uuid.uuid4().hex[:8]}")
+            write_bytes(probe, b"")
+            remove(probe)
+            return
+        p = Path(s).absolute()
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        if not p.is_dir():
+            raise ConfigError(f"{what} {s} is not writable ({p} is not a directory)")
+        prefix = f".eclipse_ray-probe-{_HOST}-"
+        clear_stale(p, prefix)
+        probe = p / f"{prefix}{os.getpid()}"
+        with open(probe, "wb"):
+            pass
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{what} {s} is not writable ({e.strerror or type(e).__name__})") from None
+
+
+def claim_location(loc: str) -> str:
+    head, name = loc.rstrip("/").rsplit("/", 1) if "/" in loc.rstrip("/") else (".", loc)
+    return join(head, f".{name}.claim.json")
+
+
+def claim_alive(doc: dict[str, Any]) -> bool:
+    """Whether the run that wrote a claim may still be running (a dead process on this host: no)."""
+    import socket
+    import time
+
+    if doc.get("host") == socket.gethostname():
+        try:
+            return pid_alive(int(doc.get("pid", -1)))
+        except (TypeError, ValueError):
+            return False
+    ttl = float(os.environ.get("ECLIPSE_RAY_CLAIM_TTL", 24 * 3600))
+    return time.time() - float(doc.get("time", 0)) < ttl
+
+
+class claim:
+    """``with claim(loc, what):`` — this run writes ``loc``; another live run writing it is refused at once.
+
+    The claim is ``.<name>.claim.json`` beside ``loc`` (host, pid, time, command), removed on exit. A claim
+    whose process is gone (a killed run on this host) is taken over; one from another host counts
+    until ``$ECLIPSE_RAY_CLAIM_TTL`` seconds (default a day) have passed.
+    """
+
+    def __init__(self, loc: str | os.PathLike, what: str):
+        self.loc, self.what, self.file = normalize(loc), what, claim_location(normalize(loc))
+
+    def __enter__(self) -> "claim":
+        import socket
+        import sys
+        import time
+
+        self.doc = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
+                    "command": " ".join(sys.argv)[:500]}
+        for _ in range(3):
+            if self._create():
+                return self
+            try:
+                doc = read_json(self.file)
+            except FileNotFoundError:
+                continue
+            except (ValueError, UnicodeDecodeError):
+                doc = {}  # a torn claim: its writer died while writing it
+            if doc and claim_alive(doc):
+                when = time.strftime("%H:%M:%S", time.localtime(float(doc.get("time", 0))))
+                raise ConfigError(f"{self.what} {self.loc} is being written by another run (pid {doc.get('pid')} "
+                                  f"on {doc.get('host')} since {when}); wait for it or choose another location")
+            remove(self.file)  # left by a run that is gone
+        raise ConfigError(f"{self.what} {self.loc}: could not claim it (other runs keep claiming it)")
+
+    def _create(self) -> bool:
+        """Write the claim unless one exists (atomically on a local disk; an object store has no
+        exclusive create, so there the check and the write are two steps)."""
+        if is_uri(self.file):
+            if is_file(self.file):
+                return False
+            write_json(self.file, self.doc)
+            return True
+        Path(self.file).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.doc, fh)
+        return True
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if read_json(self.file) == self.doc:
+                remove(self.file)
+        except (OSError, ValueError):
+            pass
+
+
 def local_root() -> Path:
     """This node's own disk for copies and staging: ``$ECLIPSE_RAY_LOCAL``, default ``~/.cache/eclipse_ray/local``."""
     return Path(os.environ.get("ECLIPSE_RAY_LOCAL", Path.home() / ".cache" / "eclipse_ray" / "local"))
@@ -289,7 +436,7 @@ def local_dir(loc: str | os.PathLike, marker: str) -> Path:
     if (out / marker).is_file() and _manifest_bytes(s) != _manifest_bytes(str(out)):
         shutil.rmtree(out, ignore_errors=True)  # the source was replaced (recomputed) since it was copied
     if not (out / marker).is_file():
-        tmp = root / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = temp_path(out)
         try:
             copy_tree(s, tmp, last=marker)
             if not (tmp / marker).is_file():

@@ -53,9 +53,13 @@ def _run(study: str, args: argparse.Namespace, build) -> None:
 
         gpus = 0.25 if torch.cuda.is_available() else 0.0
     t = time.perf_counter()
+    storage.check_writable(study_dir, "--results")
+    if os.environ.get("ECLIPSE_RAY_CACHE"):
+        storage.check_writable(os.environ["ECLIPSE_RAY_CACHE"], "the cache ($ECLIPSE_RAY_CACHE)")
     print(f"{study}: {len(specs)} trials -> {study_dir}", flush=True)
-    df = run_study(study_dir, specs, address=args.address, cpus_per_trial=args.cpus_per_trial,
-                   gpus_per_trial=gpus, data_dir=args.data_dir)
+    with storage.claim(study_dir, "the study"):
+        df = run_study(study_dir, specs, address=args.address, cpus_per_trial=args.cpus_per_trial,
+                       gpus_per_trial=gpus, data_dir=args.data_dir)
     computed, reused = cache_counts(df)
     report = write_report(study_dir)
     print(json.dumps({"study": str(study_dir), "rows": len(df), "purifications_computed": computed,

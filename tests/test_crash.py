@@ -117,10 +117,10 @@ TRAINERS = pytest.mark.parametrize("train", [_diffusion, _ebm], ids=["train-diff
 
 
 @TRAINERS
-def test_killed_at_a_third_of_the_file_operations_resumes_to_the_same_model(train, clean, tmp_path, monkeypatch):
-    """Every third operation, alternately before it and with its file torn (the default run)."""
+def test_killed_at_a_seventh_of_the_file_operations_resumes_to_the_same_model(train, clean, tmp_path, monkeypatch):
+    """Every seventh operation, alternately before it and with its file torn (the default run)."""
     _kill_everywhere(train, clean, tmp_path, monkeypatch,
-                     lambda n: [(at, at % 2 == 0) for at in range(1, n + 1, 3)])
+                     lambda n: [(at, at % 2 == 0) for at in range(1, n + 1, 7)])
 
 
 @pytest.mark.slow

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -97,16 +96,24 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_table(loc: str | os.PathLike, table: pa.Table) -> None:
-    """One parquet file at ``loc`` (local or URI), never visible half-written."""
+def write_table(loc: str | os.PathLike, table: pa.Table) -> str:
+    """One parquet file at ``loc`` (local or URI), never visible half-written; returns its SHA-256."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    storage.write_bytes(loc, sink.getvalue().to_pybytes())
+    data = sink.getvalue().to_pybytes()
+    storage.write_bytes(loc, data)
+    return storage.sha256(data)
 
 
-def read_table(loc: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
-    fs, path = storage.filesystem(loc)
-    return pq.read_table(path, columns=columns, filesystem=fs)
+def read_table(loc: str | os.PathLike, columns: list[str] | None = None, sha256: str | None = None) -> pa.Table:
+    """A parquet file; with ``sha256``, its bytes are checked first (:class:`storage.CorruptArtifact` if they differ)."""
+    if sha256 is None:
+        fs, path = storage.filesystem(loc)
+        return pq.read_table(path, columns=columns, filesystem=fs)
+    data = storage.read_bytes(loc)
+    if storage.sha256(data) != sha256:
+        raise storage.CorruptArtifact(str(loc), ["does not match the checksum in meta.json"])
+    return pq.read_table(pa.BufferReader(data), columns=columns)
 
 
 def num_rows(loc: str | os.PathLike) -> int:
@@ -140,17 +147,17 @@ def write_dataset(path: str | os.PathLike, splits: Mapping[str, ImageSet], meta:
     if not overwrite and not if_absent and storage.exists(loc) and (storage.is_file(loc) or storage.listdir(loc)):
         raise ConfigError(f"{loc} already exists; choose a new output directory")
     remote = storage.is_uri(loc)
-    tmp = loc if remote else str(Path(loc).parent / f".{Path(loc).name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = loc if remote else str(storage.temp_path(Path(loc)))
     try:
         info: dict[str, Any] = {}
         for name, s in splits.items():
             table = to_table(s)
-            shards = []
+            shards, sums = [], {}
             for k, start in enumerate(range(0, len(s), shard_rows)):
                 shard = f"{name}/part-{k:05d}.parquet"
-                write_table(storage.join(tmp, shard), table.slice(start, shard_rows))
+                sums[shard] = write_table(storage.join(tmp, shard), table.slice(start, shard_rows))
                 shards.append(shard)
-            info[name] = {"rows": len(s), "shards": shards, "poisoned": int(s.poisoned.sum()),
+            info[name] = {"rows": len(s), "shards": shards, "sha256": sums, "poisoned": int(s.poisoned.sum()),
                           "meta": _jsonable(s.meta)}
         doc = {"format": FORMAT, "classes": list(first.classes), "image_shape": list(first.image_shape),
                "image_encoding": "raw-uint8-hwc", "splits": info, "meta": _jsonable(dict(meta or {}))}
@@ -170,7 +177,7 @@ def write_dataset(path: str | os.PathLike, splits: Mapping[str, ImageSet], meta:
 def _replace_dir(tmp: Path, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
-        trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        trash = storage.temp_path(path)
         os.replace(path, trash)
         os.replace(tmp, path)
         shutil.rmtree(trash, ignore_errors=True)
@@ -216,6 +223,10 @@ def _check_doc(doc: Any, where: str) -> dict[str, Any]:
                     or not shard.endswith(".parquet"):
                 raise bad(f"shard path {shard!r} of split {name!r} must be a relative .parquet path inside "
                           f"the dataset")
+        sums = info.get("sha256", {})
+        if not isinstance(sums, dict) or set(sums) - set(info["shards"]) \
+                or not all(isinstance(v, str) and len(v) == 64 for v in sums.values()):
+            raise bad(f"split {name!r}: 'sha256' must map its shards to SHA-256 hex digests")
     return doc
 
 
@@ -247,12 +258,48 @@ def read_split(path: str | os.PathLike, split: str, doc: dict[str, Any] | None =
     if split not in doc["splits"]:
         raise ConfigError(f"{storage.normalize(path)} has no split {split!r} (has {', '.join(doc['splits'])})")
     info = doc["splits"][split]
-    tables = [read_table(_shard(path, shard), columns=list(COLUMNS)) for shard in info["shards"]]
+    sums = info.get("sha256", {})
+    tables = [read_table(_shard(path, shard), columns=list(COLUMNS), sha256=sums.get(shard))
+              for shard in info["shards"]]
     table = pa.concat_tables(tables)
     if table.num_rows != info["rows"]:
         raise ConfigError(f"{storage.normalize(path)}/{split}: {table.num_rows} rows on disk, "
                           f"meta.json says {info['rows']}")
     return from_table(table, tuple(doc["image_shape"]), tuple(doc["classes"]), info.get("meta"))
+
+
+def read_shard_bytes(path: str | os.PathLike, shard: str, sha256: str | None = None) -> bytes:
+    """A shard's bytes (confined to the dataset), checked against ``sha256`` when given."""
+    data = storage.read_bytes(_shard(path, shard))
+    if sha256 is not None and storage.sha256(data) != sha256:
+        raise storage.CorruptArtifact(storage.join(path, shard), ["does not match the checksum in meta.json"])
+    return data
+
+
+def verify_dataset(path: str | os.PathLike, require_checksums: bool = True) -> list[str]:
+    """What is wrong with a dataset directory (empty: complete and intact): its ``meta.json`` against
+    the schema, every shard against its checksum (a shard without one is a problem when required)."""
+    try:
+        doc = read_meta(path)
+    except (ConfigError, OSError) as e:
+        return [str(e)]
+    problems = []
+    for name, info in doc["splits"].items():
+        sums = info.get("sha256", {})
+        for shard in info["shards"]:
+            try:
+                data = storage.read_bytes(_shard(path, shard))
+            except FileNotFoundError:
+                problems.append(f"{shard} missing")
+                continue
+            except ConfigError as e:
+                problems.append(str(e))
+                continue
+            if shard in sums and storage.sha256(data) != sums[shard]:
+                problems.append(f"{shard} does not match its checksum")
+            elif shard not in sums and require_checksums:
+                problems.append(f"{shard} has no checksum (written by an older version)")
+    return problems
 
 
 def read_dataset(path: str | os.PathLike) -> tuple[dict[str, ImageSet], dict[str, Any]]:

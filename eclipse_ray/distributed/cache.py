@@ -21,6 +21,7 @@ in-process.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -57,6 +58,21 @@ def purified_location(cache_dir: str, key: str) -> str:
     return storage.join(cache_dir, "purified", key)
 
 
+def intact(loc: str) -> bool:
+    """Whether a complete dataset whose every shard matches its checksum is at ``loc``.
+
+    A corrupt or unverifiable one is moved aside with a warning naming it, so the
+    caller recomputes it.
+    """
+    if not store.is_dataset(loc):
+        return False
+    problems = store.verify_dataset(loc)
+    if problems:
+        storage.quarantine(loc, f"corrupt ({problems[0]})")
+        return False
+    return True
+
+
 def read_poisoned(loc: str, name: str, base_meta: dict | None = None) -> Dataset:
     splits, meta = store.read_dataset(loc)
     return Dataset(name, splits, {**(base_meta or {}), **meta, "poison_cached": True})
@@ -68,7 +84,7 @@ def cached_attack(attack, data: Dataset, dataset: str, cache_dir: str | os.PathL
     The crafting time is kept in the dataset meta (``craft_seconds``) either way.
     """
     loc = poisons_location(storage.normalize(cache_dir) if cache_dir else cache_root(), dataset, attack)
-    if store.is_dataset(loc):
+    if intact(loc):
         return read_poisoned(loc, data.name, data.meta)
     t = time.perf_counter()
     poisoned = attack.apply(data)
@@ -84,7 +100,7 @@ def cached_purify(data: Dataset, attack_flat: dict, defense, seed: int, cache_di
 
     key = purification_key(dataset, attack_flat, defense, seed)
     loc = purified_location(storage.normalize(cache_dir), key)
-    if store.is_dataset(loc):
+    if intact(loc):
         return store.read_split(loc, "train"), True
     t = time.perf_counter()
     train = data.train
@@ -131,12 +147,28 @@ def acc_ref_location(cache_dir: str, key: str) -> str:
     return storage.join(cache_dir, "acc_ref", f"{key}.json")
 
 
+def acc_ref_doc(acc: float, key: str) -> dict:
+    body = {"test_acc": float(acc), "config_hash": key}
+    return {**body, "sha256": storage.sha256(json.dumps(body, sort_keys=True).encode())}
+
+
 def read_acc_ref(cache_dir: str, key: str) -> float | None:
+    """The cached clean accuracy; ``None`` when missing. An unreadable, edited or foreign record is moved
+    aside with a warning (and so recomputed)."""
     loc = acc_ref_location(cache_dir, key)
     if not storage.is_file(loc):
         return None
-    return float(storage.read_json(loc)["test_acc"])
+    try:
+        doc = storage.read_json(loc)
+        acc = float(doc["test_acc"])
+        ok = doc == acc_ref_doc(acc, key) and 0.0 <= acc <= 1.0
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        storage.quarantine(loc, "corrupt (empty, edited or not this trial's)")
+        return None
+    return acc
 
 
 def write_acc_ref(cache_dir: str, key: str, acc: float) -> None:
-    storage.write_json(acc_ref_location(cache_dir, key), {"test_acc": acc, "config_hash": key})
+    storage.write_json(acc_ref_location(cache_dir, key), acc_ref_doc(acc, key))

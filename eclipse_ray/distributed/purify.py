@@ -96,6 +96,7 @@ class Unit:
     shard: str   # input shard, relative to the dataset (``train/part-00000.parquet``)
     start: int
     stop: int
+    sha256: str | None = None  # the input shard's checksum (from its meta.json), checked on read
 
     @property
     def name(self) -> str:
@@ -103,23 +104,24 @@ class Unit:
         return f"{stem}-{self.start:07d}.parquet"
 
 
-def plan_units(shard_rows: dict[str, int], request: int, chunk_rows: int) -> list[Unit]:
+def plan_units(shard_rows: dict[str, int], request: int, chunk_rows: int,
+               sums: dict[str, str] | None = None) -> list[Unit]:
     """Fixed row ranges of every shard (independent of actors and of what is already done)."""
     units = []
     for shard, n in shard_rows.items():
-        units += [Unit(request, shard, a, min(a + chunk_rows, n)) for a in range(0, n, chunk_rows)]
+        units += [Unit(request, shard, a, min(a + chunk_rows, n), (sums or {}).get(shard))
+                  for a in range(0, n, chunk_rows)]
     return units
 
 
 def purify_unit(req: PurifyRequest, unit: Unit, purifier, shape: tuple[int, int, int]) -> int:
     """Read, purify, check and write one unit; returns its row count."""
-    table = store.read_table(storage.join(req.input, unit.shard), columns=list(store.COLUMNS))
+    table = store.read_table(storage.join(req.input, unit.shard), columns=list(store.COLUMNS), sha256=unit.sha256)
     table = table.slice(unit.start, unit.stop - unit.start)
     images = store.decode_images(table.column("image"), shape)
     index = table.column("index").to_numpy()
-    bs = req.batch_size
     t = time.perf_counter()
-    out = np.concatenate([purifier(images[i:i + bs], index[i:i + bs]) for i in range(0, len(images), bs)])
+    out = purifier(images, index)  # the whole unit: the purifier splits it into its fixed model batches
     seconds = time.perf_counter() - t
     if out.shape != images.shape or out.dtype != np.uint8:
         raise RuntimeError(f"purify {req.defense.name}: {unit.shard}[{unit.start}:{unit.stop}] came back as "
@@ -165,8 +167,9 @@ class ShardPurifier:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = []
-        for r, shard, a, b in zip(batch["request"], batch["shard"], batch["start"], batch["stop"]):
-            unit = Unit(int(r), str(shard), int(a), int(b))
+        for r, shard, a, b, sha in zip(batch["request"], batch["shard"], batch["start"], batch["stop"],
+                                       batch["sha256"]):
+            unit = Unit(int(r), str(shard), int(a), int(b), str(sha) or None)
             rows.append(purify_unit(self.requests[unit.request], unit, self.purifier(unit.request),
                                     self.shapes[unit.request]))
         return {"request": batch["request"], "rows": np.array(rows)}
@@ -197,11 +200,15 @@ def run_purifications(requests: list[PurifyRequest], *, actors: int = 0, address
         if "train" not in doc["splits"]:
             raise ConfigError(f"{storage.normalize(r.input)} has no train split to purify")
     check_purify_inputs(requests, docs)  # seeds; each model against its images' size
+    for r in {r.input for r in requests}:  # every input shard against its checksum, before any work
+        problems = store.verify_dataset(r, require_checksums=False)
+        if problems:
+            raise storage.CorruptArtifact(storage.normalize(r), problems)
     units: list[Unit] = []
     per_request: list[list[Unit]] = []
     for i, (r, doc) in enumerate(zip(requests, docs)):
         shards = {s: store.num_rows(storage.join(r.input, s)) for s in doc["splits"]["train"]["shards"]}
-        mine = plan_units(shards, i, r.chunk)
+        mine = plan_units(shards, i, r.chunk, doc["splits"]["train"].get("sha256"))
         per_request.append(mine)
         done = set(storage.listdir(storage.join(r.work, r.units_dir)))
         units += [u for u in mine if u.name not in done]
@@ -230,7 +237,8 @@ def _run_ray(requests: list[PurifyRequest], shapes: list, units: list[Unit], act
 
     init_ray(address, num_cpus=actors + 1)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    items = [{"request": u.request, "shard": u.shard, "start": u.start, "stop": u.stop} for u in units]
+    items = [{"request": u.request, "shard": u.shard, "start": u.start, "stop": u.stop, "sha256": u.sha256 or ""}
+             for u in units]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     env = storage.env()  # workers on other nodes reach the same storage (endpoint, keys, cache)
     ds = ds.map_batches(ShardPurifier, fn_constructor_kwargs=dict(requests=requests, shapes=shapes),
@@ -260,11 +268,16 @@ def _publish(req: PurifyRequest, doc: dict[str, Any], units: list[Unit], actors:
     for name, info in doc["splits"].items():
         if name == "train":  # what a trial reading this set reports: the model's settings, the compute time
             meta = {**info.get("meta", {}), "resolved": req.resolved, "purify_seconds": seconds}
-            splits[name] = {**info, "shards": [f"{req.units_dir}/{u.name}" for u in units], "meta": meta}
+            shards = [f"{req.units_dir}/{u.name}" for u in units]
+            sums = {sh: storage.sha256(storage.read_bytes(storage.join(req.work, sh))) for sh in shards}
+            splits[name] = {**info, "shards": shards, "sha256": sums, "meta": meta}
         elif req.copy_splits:
+            sums = {}
             for shard in info["shards"]:
-                storage.write_bytes(storage.join(req.work, shard), storage.read_bytes(storage.join(req.input, shard)))
-            splits[name] = info
+                data = store.read_shard_bytes(req.input, shard, info.get("sha256", {}).get(shard))
+                storage.write_bytes(storage.join(req.work, shard), data)
+                sums[shard] = storage.sha256(data)
+            splits[name] = {**info, "sha256": sums}
     report = {"key": req.key, "defense": flatten(req.defense, "defense."), "model": req.model_dir,
               "seed": req.seed, "input": storage.normalize(req.input), "rows": rows, "units": len(units),
               "units_computed": computed, "seconds": seconds, "actors": actors,

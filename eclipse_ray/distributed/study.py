@@ -118,14 +118,13 @@ def _resources(gpus: float) -> dict[str, float]:
 def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actors: int = 2,
                gpu: bool = False) -> None:
     """Compute every artifact the plan's trials need (each once), stage by stage."""
-    from eclipse_ray.data import store
     from eclipse_ray.distributed.purify import PurifyRequest, run_purifications
 
     res = _resources(1 if gpu else 0)
     # 1. poisoned (and clean) datasets
     t = time.perf_counter()
     todo = [cfg for key, cfg in plan.poisons.items()
-            if not store.is_dataset(storage.join(cache_dir, "poisons", key))]
+            if not C.intact(storage.join(cache_dir, "poisons", key))]
     crafted = [cfg for cfg in todo if cfg.attack.crafted]  # crafting trains surrogates: a GPU where there is one
     _run_tasks(_make_poison, [(cfg, cache_dir, data_dir) for cfg in todo if not cfg.attack.crafted], {"num_cpus": 1})
     _run_tasks(_make_poison, [(cfg, cache_dir, data_dir) for cfg in crafted], res)
@@ -134,7 +133,7 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
     # 2. generative models: one task per distinct (dataset, recipe) first, then the rest (cache hits)
     t = time.perf_counter()
     pending = {k: cfg for k, cfg in plan.purifications.items()
-               if not store.is_dataset(C.purified_location(cache_dir, k))}
+               if not C.intact(C.purified_location(cache_dir, k))}
     needs = OrderedDict()
     for k, cfg in pending.items():
         if cfg.defense.needs_model:
@@ -179,7 +178,7 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
     refs = [cfg for key, cfg in plan.references.items()
             if key not in in_plan and C.read_acc_ref(cache_dir, key) is None]
     if refs:
-        missing = [cfg for cfg in refs if not store.is_dataset(C.poisons_location(cache_dir, cfg.dataset, cfg.attack))]
+        missing = [cfg for cfg in refs if not C.intact(C.poisons_location(cache_dir, cfg.dataset, cfg.attack))]
         _run_tasks(_make_poison, [(cfg, cache_dir, data_dir) for cfg in missing], {"num_cpus": 1})
         _run_tasks(_make_reference, [(cfg, cache_dir) for cfg in refs], res)
     _stage_line("references", len(refs), len(plan.references) - len(refs), time.perf_counter() - t)

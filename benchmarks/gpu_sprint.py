@@ -1,0 +1,183 @@
+"""GPU sprint: ECLIPSE's Table 1 protocol at full CIFAR-10 size on one GPU, in one prepared command.
+
+Seven training sets — clean and six availability poisons on 100 % of the
+training split (URP, LSP, AR, OPS; EM and TAP crafted with a fast surrogate) —
+each against six defenses (``none``, ``jpeg``, ``gray``, ``eclipse`` with a DDPM
+trained in the sprint on the defender's 4 % clean set, ``denoise``,
+``puregen-ddpm`` with its own t < 250 model), victim = the airbench-style fast
+net; then the purification throughput table with the paper UNet
+(``benchmarks/purify_throughput.py``).
+
+It runs as one staged study (:mod:`eclipse_ray.distributed.study`): the JPEG
+CIFAR-10 is decoded once, every poison, model and purified set is computed once
+and cached, the victims run on Tune with four to a GPU. Everything is
+checkpointed as it goes (content-addressed artifacts, one results part per
+trial), so a second call continues where the first stopped. Before starting it
+prints the plan with an estimate of each stage against the time budget.
+
+``--tiny`` runs the same plan on digits with tiny settings on the CPU (the test
+suite runs it; under a minute on 2 cores once Ray is up).
+
+Usage:  python benchmarks/gpu_sprint.py [--tiny] [--results DIR] [--budget-min 9] [--no-throughput]
+Data:   ``cifar10-jpeg`` reads ``$ECLIPSE_RAY_CIFAR10_JPEG`` (default ``../shared/data/cifar10_jpeg.tar.gz``);
+        on a lent machine copy the archive into a git-ignored folder and point the variable at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eclipse_ray import storage
+from eclipse_ray.distributed.study import run_study
+from eclipse_ray.distributed.tune import spec
+from eclipse_ray.results.store import read_results
+from eclipse_ray.results.table import defense_table, markdown
+from eclipse_ray.trial import build_config
+
+ATTACKS = ("none", "urp", "lsp", "ar", "ops", "em", "tap")
+DEFENSES = ("none", "jpeg", "gray", "eclipse", "denoise", "puregen-ddpm")
+CRAFTED = ("em", "tap")
+DIFFUSION = ("eclipse", "denoise", "puregen-ddpm")
+
+
+@dataclass(frozen=True)
+class Sprint:
+    """Every setting of one scale of the sprint, and the per-item costs its plan estimates from."""
+
+    dataset: str
+    train_images: int
+    victim: dict[str, str]
+    defenses: dict[str, dict[str, str]]
+    crafting: dict[str, dict[str, str]]  # per crafted attack
+    gpus_per_trial: float
+    # estimated seconds per item (GPU figures: README's H100 throughput table and airbench's timings, scaled)
+    decode_s: float
+    model_s: float            # one DDPM training
+    craft_s: float            # one crafted poison
+    purify_img_s: dict[str, float] = field(default_factory=dict)  # images per second per purifier
+    victim_s: float = 0.0     # one victim training (trials run 1/gpus_per_trial at once)
+    throughput_args: tuple[str, ...] = ()
+
+    def plan(self) -> list[tuple[str, int, float]]:
+        """(stage, items, estimated seconds) in the order the study runs them."""
+        n_attacks = len(ATTACKS)
+        purify = sum(self.train_images / self.purify_img_s.get(d, 1e9) for d in DEFENSES if d != "none")
+        concurrent = max(1, int(1 / self.gpus_per_trial)) if self.gpus_per_trial else 1
+        trials = n_attacks * len(DEFENSES)
+        return [("decode data", 1, self.decode_s),
+                ("poisons (EM, TAP crafted)", n_attacks, len(CRAFTED) * self.craft_s),
+                ("DDPMs (eclipse/denoise share one; puregen-ddpm its own)", 2, 2 * self.model_s),
+                ("purifications", n_attacks * (len(DEFENSES) - 1), n_attacks * purify),
+                (f"victims ({concurrent} at once)", trials, trials * self.victim_s / concurrent)]
+
+
+FULL = Sprint(
+    dataset="cifar10-jpeg", train_images=50_000,
+    victim={"victim.arch": "fast", "victim.width": "64", "victim.epochs": "10", "victim.batch_size": "1024"},
+    defenses={
+        "eclipse": {"defense.sampler": "ddim", "defense.steps": "10", "defense.batch_size": "1024",
+                    "defense.train_preset": "small", "defense.train_iterations": "6000",
+                    "defense.train_batch_size": "256", "defense.compile": "true"},
+        "denoise": {"defense.sigma": "0.1", "defense.batch_size": "1024", "defense.train_preset": "small",
+                    "defense.train_iterations": "6000", "defense.train_batch_size": "256"},
+        "puregen-ddpm": {"defense.sampler": "ddim", "defense.steps": "10", "defense.batch_size": "1024",
+                         "defense.train_preset": "small", "defense.train_iterations": "6000",
+                         "defense.train_batch_size": "256", "defense.compile": "true"},
+    },
+    crafting={"em": {"attack.max_rounds": "10", "attack.pgd_steps": "10", "attack.batch_size": "512"},
+              "tap": {"attack.steps": "50", "attack.surrogate_epochs": "4", "attack.batch_size": "512"}},
+    gpus_per_trial=0.25, decode_s=25, model_s=75, craft_s=45,
+    purify_img_s={"jpeg": 4000, "gray": 50_000, "eclipse": 4000, "denoise": 20_000, "puregen-ddpm": 4000},
+    victim_s=25, throughput_args=("--preset", "paper", "--batch", "512", "--compile"))
+
+TINY = Sprint(
+    dataset="digits", train_images=1_257,
+    victim={"victim.arch": "fast", "victim.width": "8", "victim.epochs": "1", "victim.batch_size": "256"},
+    defenses={d: {"defense.sampler": "oneshot", "defense.sigma": "0.1", "defense.batch_size": "256",
+                  "defense.train_preset": "tiny", "defense.train_iterations": "4",
+                  "defense.train_batch_size": "16"} for d in DIFFUSION},
+    crafting={"em": {"attack.max_rounds": "1", "attack.pgd_steps": "1", "attack.train_steps": "1",
+                     "attack.width": "8"},
+              "tap": {"attack.steps": "1", "attack.surrogate_epochs": "1", "attack.width": "8"}},
+    gpus_per_trial=0.0, decode_s=0, model_s=2, craft_s=3,
+    purify_img_s={"jpeg": 5000, "gray": 50_000, "eclipse": 2000, "denoise": 2000, "puregen-ddpm": 2000},
+    victim_s=2, throughput_args=("--preset", "tiny", "--batch", "16", "--images", "32"))
+
+
+def specs(s: Sprint) -> list[dict]:
+    """Every (attack, defense) trial of the sprint, undefended cells first."""
+    return [spec(s.dataset, attack, defense, {**s.victim, **s.defenses.get(defense, {}),
+                                              **s.crafting.get(attack, {}), "seed": "0", "purify_seed": "0"})
+            for defense in DEFENSES for attack in ATTACKS]
+
+
+def print_plan(s: Sprint, budget_s: float, device: str) -> float:
+    total = 0.0
+    print(f"gpu_sprint plan on {device}: {len(ATTACKS)} training sets × {len(DEFENSES)} defenses "
+          f"= {len(ATTACKS) * len(DEFENSES)} trials, {s.train_images:,} training images", flush=True)
+    for stage, items, seconds in s.plan():
+        total += seconds
+        print(f"  {stage:<58} {items:>3} items  ≈ {seconds / 60:5.1f} min", flush=True)
+    verdict = "within" if total <= budget_s else "OVER"
+    print(f"  {'estimated total':<58} {'':>9}  ≈ {total / 60:5.1f} min ({verdict} the {budget_s / 60:.0f}-min "
+          f"budget; estimates, a rerun continues from the checkpoints)", flush=True)
+    return total
+
+
+def write_tables(study: str, out: Path, wall_s: float, device: str, throughput: str | None) -> Path:
+    df = read_results(study)
+    table = defense_table(df, ATTACKS, [d for d in DEFENSES if d in set(df["defense.name"])])
+    text = [f"# GPU sprint: ECLIPSE Table 1 protocol ({len(df)} trials) on {device}", "",
+            "Test accuracy % of the fast victim, one seed.", "", markdown(table), "",
+            f"Wall time: {wall_s / 60:.1f} min (including data decoding and model training).", ""]
+    if throughput:
+        text += ["## Purification throughput", "", "```", throughput.strip(), "```", ""]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.md"
+    path.write_text("\n".join(text))
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", action="store_true", help="digits, tiny settings, CPU: the test suite's run")
+    p.add_argument("--results", default=None, help="study store (default results/gpu_sprint[-tiny])")
+    p.add_argument("--out", default=None, help="tables (default results/reference/gpu-sprint, or the study)")
+    p.add_argument("--budget-min", type=float, default=9.0)
+    p.add_argument("--address", default=None)
+    p.add_argument("--no-throughput", action="store_true")
+    args = p.parse_args()
+    s = TINY if args.tiny else FULL
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    study = storage.normalize(args.results or ("results/gpu_sprint-tiny" if args.tiny else "results/gpu_sprint"))
+    out = Path(args.out or (study if args.tiny else "results/reference/gpu-sprint"))
+    todo = specs(s)
+    for t in todo:  # every setting checked before any work
+        build_config(t["dataset"], t["attack"], t["defense"], t["set"])
+    print_plan(s, args.budget_min * 60, device)
+    t0 = time.perf_counter()
+    gpus = s.gpus_per_trial if torch.cuda.is_available() else 0.0
+    run_study(study, todo, address=args.address, cpus_per_trial=1.0, gpus_per_trial=gpus)
+    throughput = None
+    if not args.no_throughput:
+        bench = Path(__file__).with_name("purify_throughput.py")
+        run = subprocess.run([sys.executable, str(bench), *s.throughput_args], capture_output=True, text=True,
+                             check=True)
+        throughput = run.stdout
+    wall = time.perf_counter() - t0
+    path = write_tables(study, out, wall, device, throughput)
+    print(path.read_text())
+    print(json.dumps({"study": study, "report": str(path), "wall_seconds": round(wall, 1), "device": device}))
+
+
+if __name__ == "__main__":
+    main()
