@@ -15,8 +15,8 @@ checkpointed as it goes (content-addressed artifacts, one results part per
 trial), so a second call continues where the first stopped. Before starting it
 prints the plan with an estimate of each stage against the time budget.
 
-``--tiny`` runs the same plan on digits with tiny settings on the CPU (the test
-suite runs it; under a minute on 2 cores once Ray is up).
+``--tiny`` runs every stage of it on digits with tiny settings and a 3 × 3 grid
+(clean, LSP, EM × none, JPEG, ECLIPSE) on the CPU; the test suite runs it.
 
 Usage:  python benchmarks/gpu_sprint.py [--tiny] [--results DIR] [--budget-min 9] [--no-throughput]
 Data:   ``cifar10-jpeg`` reads ``$ECLIPSE_RAY_CIFAR10_JPEG`` (default ``../shared/data/cifar10_jpeg.tar.gz``);
@@ -64,17 +64,21 @@ class Sprint:
     purify_img_s: dict[str, float] = field(default_factory=dict)  # images per second per purifier
     victim_s: float = 0.0     # one victim training (trials run 1/gpus_per_trial at once)
     throughput_args: tuple[str, ...] = ()
+    attacks: tuple[str, ...] = ATTACKS
+    defenses_run: tuple[str, ...] = DEFENSES
 
     def plan(self) -> list[tuple[str, int, float]]:
         """(stage, items, estimated seconds) in the order the study runs them."""
-        n_attacks = len(ATTACKS)
-        purify = sum(self.train_images / self.purify_img_s.get(d, 1e9) for d in DEFENSES if d != "none")
-        concurrent = max(1, int(1 / self.gpus_per_trial)) if self.gpus_per_trial else 1
-        trials = n_attacks * len(DEFENSES)
+        n_attacks, defenses = len(self.attacks), self.defenses_run
+        purify = sum(self.train_images / self.purify_img_s.get(d, 1e9) for d in defenses if d != "none")
+        concurrent = max(1, int(1 / self.gpus_per_trial)) if self.gpus_per_trial else 2
+        trials = n_attacks * len(defenses)
+        models = len({"puregen" if d == "puregen-ddpm" else "cosine" for d in defenses if d in DIFFUSION})
+        crafted = [a for a in self.attacks if a in CRAFTED]
         return [("decode data", 1, self.decode_s),
-                ("poisons (EM, TAP crafted)", n_attacks, len(CRAFTED) * self.craft_s),
-                ("DDPMs (eclipse/denoise share one; puregen-ddpm its own)", 2, 2 * self.model_s),
-                ("purifications", n_attacks * (len(DEFENSES) - 1), n_attacks * purify),
+                (f"poisons ({', '.join(crafted) or 'none'} crafted)", n_attacks, len(crafted) * self.craft_s),
+                ("DDPMs (eclipse and denoise share one, puregen-ddpm its own)", models, models * self.model_s),
+                ("purifications", n_attacks * sum(d != "none" for d in defenses), n_attacks * purify),
                 (f"victims ({concurrent} at once)", trials, trials * self.victim_s / concurrent)]
 
 
@@ -95,7 +99,8 @@ FULL = Sprint(
               "tap": {"attack.steps": "50", "attack.surrogate_epochs": "4", "attack.batch_size": "512"}},
     gpus_per_trial=0.25, decode_s=25, model_s=75, craft_s=45,
     purify_img_s={"jpeg": 4000, "gray": 50_000, "eclipse": 4000, "denoise": 20_000, "puregen-ddpm": 4000},
-    victim_s=25, throughput_args=("--preset", "paper", "--batch", "512", "--compile"))
+    victim_s=25, throughput_args=("--preset", "paper", "--batch", "512", "--compile", "--compile-mode",
+                                  "max-autotune"))
 
 TINY = Sprint(
     dataset="digits", train_images=1_257,
@@ -108,20 +113,21 @@ TINY = Sprint(
               "tap": {"attack.steps": "1", "attack.surrogate_epochs": "1", "attack.width": "8"}},
     gpus_per_trial=0.0, decode_s=0, model_s=2, craft_s=3,
     purify_img_s={"jpeg": 5000, "gray": 50_000, "eclipse": 2000, "denoise": 2000, "puregen-ddpm": 2000},
-    victim_s=2, throughput_args=("--preset", "tiny", "--batch", "16", "--images", "32"))
+    victim_s=2, throughput_args=("--preset", "tiny", "--batch", "4", "--t-star", "5", "--ddim-steps", "2"),
+    attacks=("none", "lsp", "em"), defenses_run=("none", "jpeg", "eclipse"))  # every stage, a small grid
 
 
 def specs(s: Sprint) -> list[dict]:
     """Every (attack, defense) trial of the sprint, undefended cells first."""
     return [spec(s.dataset, attack, defense, {**s.victim, **s.defenses.get(defense, {}),
                                               **s.crafting.get(attack, {}), "seed": "0", "purify_seed": "0"})
-            for defense in DEFENSES for attack in ATTACKS]
+            for defense in s.defenses_run for attack in s.attacks]
 
 
 def print_plan(s: Sprint, budget_s: float, device: str) -> float:
     total = 0.0
-    print(f"gpu_sprint plan on {device}: {len(ATTACKS)} training sets × {len(DEFENSES)} defenses "
-          f"= {len(ATTACKS) * len(DEFENSES)} trials, {s.train_images:,} training images", flush=True)
+    print(f"gpu_sprint plan on {device}: {len(s.attacks)} training sets × {len(s.defenses_run)} defenses "
+          f"= {len(s.attacks) * len(s.defenses_run)} trials, {s.train_images:,} training images", flush=True)
     for stage, items, seconds in s.plan():
         total += seconds
         print(f"  {stage:<58} {items:>3} items  ≈ {seconds / 60:5.1f} min", flush=True)
@@ -131,9 +137,9 @@ def print_plan(s: Sprint, budget_s: float, device: str) -> float:
     return total
 
 
-def write_tables(study: str, out: Path, wall_s: float, device: str, throughput: str | None) -> Path:
+def write_tables(s: Sprint, study: str, out: Path, wall_s: float, device: str, throughput: str | None) -> Path:
     df = read_results(study)
-    table = defense_table(df, ATTACKS, [d for d in DEFENSES if d in set(df["defense.name"])])
+    table = defense_table(df, s.attacks, [d for d in s.defenses_run if d in set(df["defense.name"])])
     text = [f"# GPU sprint: ECLIPSE Table 1 protocol ({len(df)} trials) on {device}", "",
             "Test accuracy % of the fast victim, one seed.", "", markdown(table), "",
             f"Wall time: {wall_s / 60:.1f} min (including data decoding and model training).", ""]
@@ -174,7 +180,7 @@ def main() -> None:
                              check=True)
         throughput = run.stdout
     wall = time.perf_counter() - t0
-    path = write_tables(study, out, wall, device, throughput)
+    path = write_tables(s, study, out, wall, device, throughput)
     print(path.read_text())
     print(json.dumps({"study": study, "report": str(path), "wall_seconds": round(wall, 1), "device": device}))
 

@@ -90,13 +90,16 @@ def main() -> None:
     p.add_argument("--ddpm-t-star", type=int, default=None, help="t* for the full chain (default: --t-star)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode (reduce-overhead and max-autotune use CUDA graphs: the batch shape is "
+                        "fixed, as eclipse_ray's purifiers keep it)")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     unet = build_unet(args.preset).to(device).eval()
     fast_unet = unet.to(memory_format=torch.channels_last) if device.type == "cuda" else unet
     if args.compile:
-        fast_unet = torch.compile(fast_unet, dynamic=False)
+        fast_unet = torch.compile(fast_unet, dynamic=False, mode=args.compile_mode)
     sched = Schedule.make("cosine", 4000)
     coeffs = sched.coefficients(device)
     bf16 = device.type == "cuda"

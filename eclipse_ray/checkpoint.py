@@ -81,7 +81,10 @@ def claim_out(out: Path, cfg: Any, info_name: str, marker: str = "config.json") 
         raise ConfigError(f"{out} exists and is not a directory; choose a new output directory")
     if not out.exists():
         return False
-    _recover(out)
+    names = {p.name for p in out.iterdir()}
+    if marker not in names and not (out / FINAL / COMPLETE).is_file() and names - RUN_FILES:
+        raise ConfigError(f"{out} already exists and is not an interrupted training run; choose a new directory")
+    _recover(out)  # only a training directory gets here
     names = {p.name for p in out.iterdir()}
     if marker in names and not names & RUN_FILES:
         try:

@@ -113,8 +113,9 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> None:
         base = puregen_defaults()
         given = {k[len("train."):] for k in overrides}
         cfg = dataclasses.replace(base, **{k: getattr(cfg, k) for k in given})
-    out, clean = _training_setup(args, cfg)
-    with storage.claim(out, "--out"):
+    storage.check_writable(args.out, "--out")
+    with storage.claim(args.out, "--out"):  # before anything in it is touched
+        out, clean = _training_setup(args, cfg)
         path = train_diffusion(cfg, clean, out, progress=not args.quiet, extra_info={"dataset": args.dataset})
     print(json.dumps({"out": str(path), "clean_images": len(clean), "iterations": cfg.iterations,
                       "schedule": cfg.schedule, "num_steps": cfg.num_steps, "t_max": cfg.t_max}))
@@ -129,7 +130,6 @@ def _training_setup(args: argparse.Namespace, cfg: Any) -> tuple[Path, Any]:
 
     out = Path(args.out)
     claim_out(out, cfg, "config.json" if hasattr(cfg, "mcmc_steps") else "eclipse_ray.json")
-    storage.check_writable(out, "--out")
     data = load_dataset(args.dataset, args.data_dir)
     full = clean_view(data.train, data.splits.get("originals"))
     return out, full.subset(clean_reference_rows(full, cfg.clean_fraction, cfg.seed))
@@ -143,8 +143,9 @@ def _cmd_train_ebm(args: argparse.Namespace) -> None:
     if bad:
         raise ConfigError(f"unknown setting {bad[0]!r} (train-ebm takes ebm.* settings)")
     cfg = ebm_train_config_with({k[len("ebm."):]: v for k, v in overrides.items()})
-    out, clean = _training_setup(args, cfg)
-    with storage.claim(out, "--out"):
+    storage.check_writable(args.out, "--out")
+    with storage.claim(args.out, "--out"):  # before anything in it is touched
+        out, clean = _training_setup(args, cfg)
         path = train_ebm(cfg, clean, out, progress=not args.quiet, extra_info={"dataset": args.dataset})
     print(json.dumps({"out": str(path), "clean_images": len(clean), "iterations": cfg.iterations,
                       "preset": cfg.preset, "mcmc_steps": cfg.mcmc_steps}))

@@ -27,7 +27,8 @@ from eclipse_ray.results.store import verify_results
 
 TEMPORARIES = (".checkpoint.tmp", ".checkpoint.old", ".final", ".*.tmp-*", ".train-*", ".*.purify-*",
                ".eclipse_ray-probe-*")
-SERIOUS = {"corrupt", "duplicate-row", "corrupt-part", "stale-temporary", "stale-claim", "unverified"}
+SERIOUS = {"corrupt", "duplicate-row", "corrupt-part", "stale-temporary", "stale-claim"}
+RESUMABLE = (".checkpoint.tmp", ".checkpoint.old", ".final", ".train-*", ".*.purify-*")  # a rerun continues these
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,13 @@ def examine(root: str) -> list[Finding]:
         if top is not None:
             kind, top_dir = top
             skip.append(top_dir)
-            where = storage.join(root, top_dir)
-            found.append(Finding(kind, where, "left by a killed run (a rerun resumes from it or clears it)"
-                                 if kind == "stale-temporary" else "a corrupt artifact moved aside; delete when read"))
+            found.append(_temporary(storage.join(root, top_dir)) if kind == "stale-temporary" else
+                         Finding(kind, storage.join(root, top_dir), "a corrupt artifact moved aside; delete when read"))
             continue
         names = dirs[d]
         if "meta.json" in names:
-            found += [Finding("corrupt", loc, p) for p in store.verify_dataset(loc)]
+            found += [Finding("unverified" if "has no checksum" in p else "corrupt", loc, p)
+                      for p in store.verify_dataset(loc)]
             skip.append(d)
         elif storage.MANIFEST in names:
             found += [Finding("corrupt", loc, p) for p in storage.verify_manifest(loc)]
@@ -82,7 +83,7 @@ def examine(root: str) -> list[Finding]:
             if fnmatch.fnmatch(n, ".*.claim.json"):
                 found.append(_claim(storage.join(loc, n)))
             elif any(fnmatch.fnmatch(n, pat) for pat in TEMPORARIES):
-                found.append(Finding("stale-temporary", storage.join(loc, n), "a temporary file left by a killed run"))
+                found.append(_temporary(storage.join(loc, n)))
     return found
 
 
@@ -96,10 +97,25 @@ def _special(d: str) -> tuple[str, str] | None:
     return None
 
 
+def _temporary(loc: str) -> Finding:
+    """A temporary: in use (its process lives), resumable work a rerun continues, or stale."""
+    name = loc.rstrip("/").rsplit("/", 1)[-1]
+    if ".tmp-" in name:  # .<target>.tmp-<host>-<pid>-<random>
+        host, _, rest = name.rsplit(".tmp-", 1)[1].partition("-")
+        pid = rest.split("-", 1)[0]
+        if host == storage.HOST and pid.isdigit() and storage.pid_alive(int(pid)):
+            return Finding("in-use", loc, f"being written by pid {pid}")
+        return Finding("stale-temporary", loc, "left by a killed run (the next write there removes it)")
+    if any(fnmatch.fnmatch(name, pat) for pat in RESUMABLE):
+        return Finding("interrupted", loc, "work a killed run left; rerunning it continues from here")
+    return Finding("stale-temporary", loc, "left by a killed run")
+
+
 def _acc_ref_ok(loc: str, key: str) -> bool:
     try:
         doc = storage.read_json(storage.join(loc, f"{key}.json"))
-        return doc == cache.acc_ref_doc(float(doc["test_acc"]), key)
+        acc = float(doc["test_acc"])
+        return doc in (cache.acc_ref_doc(acc, key), {"test_acc": acc, "config_hash": key})
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return False
 

@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 
 from eclipse_ray.config import ConfigError
 
-_HOST = socket.gethostname().replace("-", "_")
+HOST = socket.gethostname().replace("-", "_")  # as it appears in temporary names
 
 
 def is_uri(loc: str | os.PathLike) -> bool:
@@ -85,7 +85,7 @@ def temp_path(p: Path) -> Path:
     """A temporary sibling of ``p`` owned by this process (``.<name>.tmp-<host>-<pid>-<random>``);
     temporaries of ``p`` left by processes of this host that are gone (killed runs) are removed first."""
     p = Path(p)
-    prefix = f".{p.name}.tmp-{_HOST}-"
+    prefix = f".{p.name}.tmp-{HOST}-"
     clear_stale(p.parent, prefix)
     return p.with_name(f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
@@ -228,6 +228,9 @@ class CorruptArtifact(Exception):
         super().__init__(f"{normalize(loc)}: {'; '.join(problems[:3])}")
         self.loc, self.problems = normalize(loc), problems
 
+    def __reduce__(self):  # picklable, so a Ray worker's error reaches the driver as itself
+        return type(self), (self.loc, self.problems)
+
 
 def sha256(data: bytes) -> str:
     import hashlib
@@ -302,7 +305,10 @@ def quarantine(loc: str | os.PathLike, why: str = "corrupt") -> str:
         remove(s)
     else:
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(s, dest)
+        try:
+            os.replace(s, dest)
+        except FileNotFoundError:
+            return dest  # moved aside meanwhile by another process that found it corrupt too
     print(f"eclipse_ray: warning: {s} is {why}; moved to {dest} and recomputing", file=sys.stderr, flush=True)
     return dest
 
@@ -325,7 +331,7 @@ def check_writable(loc: str | os.PathLike, what: str) -> None:
             p = p.parent
         if not p.is_dir():
             raise ConfigError(f"{what} {s} is not writable ({p} is not a directory)")
-        prefix = f".eclipse_ray-probe-{_HOST}-"
+        prefix = f".eclipse_ray-probe-{HOST}-"
         clear_stale(p, prefix)
         probe = p / f"{prefix}{os.getpid()}"
         with open(probe, "wb"):
@@ -340,74 +346,145 @@ def claim_location(loc: str) -> str:
     return join(head, f".{name}.claim.json")
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+_HELD: set[str] = set()  # claims this process holds (a claim naming our own pid is otherwise a leftover)
+HEARTBEAT_S = 60.0
+
+
 def claim_alive(doc: dict[str, Any]) -> bool:
-    """Whether the run that wrote a claim may still be running (a dead process on this host: no)."""
-    import socket
+    """Whether the run that wrote a claim may still be running.
+
+    On this host: its process exists, the machine has not rebooted since, and (our own pid) we
+    hold it. From another host: it refreshed the claim within ``$ECLIPSE_RAY_CLAIM_TTL`` seconds
+    (default 10 min; a live run refreshes it every minute).
+    """
     import time
 
     if doc.get("host") == socket.gethostname():
         try:
-            return pid_alive(int(doc.get("pid", -1)))
+            pid = int(doc.get("pid", -1))
         except (TypeError, ValueError):
             return False
-    ttl = float(os.environ.get("ECLIPSE_RAY_CLAIM_TTL", 24 * 3600))
+        if doc.get("boot") and doc.get("boot") != _boot_id():
+            return False  # the machine rebooted: every process of the claim's time is gone
+        if pid == os.getpid():
+            return doc.get("token") in _HELD
+        return pid_alive(pid)
+    ttl = float(os.environ.get("ECLIPSE_RAY_CLAIM_TTL", 600))
     return time.time() - float(doc.get("time", 0)) < ttl
 
 
 class claim:
-    """``with claim(loc, what):`` — this run writes ``loc``; another live run writing it is refused at once.
+    """``with claim(loc, what):`` — this run writes ``loc``; another live run writing it is refused at once
+    (or, with ``wait_s``, waited for up to that many seconds).
 
-    The claim is ``.<name>.claim.json`` beside ``loc`` (host, pid, time, command), removed on exit. A claim
-    whose process is gone (a killed run on this host) is taken over; one from another host counts
-    until ``$ECLIPSE_RAY_CLAIM_TTL`` seconds (default a day) have passed.
+    The claim is ``.<name>.claim.json`` beside ``loc`` (host, boot, pid, time, command), refreshed every
+    minute while held and removed on exit. A claim whose run is gone (a killed run on this host, a
+    reboot, or no refresh from another host for ``$ECLIPSE_RAY_CLAIM_TTL`` seconds) is taken over.
     """
 
-    def __init__(self, loc: str | os.PathLike, what: str):
+    def __init__(self, loc: str | os.PathLike, what: str, wait_s: float = 0.0):
         self.loc, self.what, self.file = normalize(loc), what, claim_location(normalize(loc))
+        self.wait_s = wait_s
 
     def __enter__(self) -> "claim":
-        import socket
         import sys
+        import threading
         import time
 
-        self.doc = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
-                    "command": " ".join(sys.argv)[:500]}
-        for _ in range(3):
+        self.doc = {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(), "time": time.time(),
+                    "token": uuid.uuid4().hex, "command": " ".join(sys.argv)[:500]}
+        deadline = time.monotonic() + self.wait_s
+        for attempt in range(10_000):
             if self._create():
+                _HELD.add(self.doc["token"])
+                self._stop = threading.Event()
+                threading.Thread(target=self._beat, daemon=True).start()
                 return self
             try:
                 doc = read_json(self.file)
             except FileNotFoundError:
                 continue
             except (ValueError, UnicodeDecodeError):
-                doc = {}  # a torn claim: its writer died while writing it
+                doc = {}  # unreadable: claims are published whole, so it was damaged; a leftover
             if doc and claim_alive(doc):
+                if time.monotonic() < deadline:
+                    time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+                    continue
                 when = time.strftime("%H:%M:%S", time.localtime(float(doc.get("time", 0))))
                 raise ConfigError(f"{self.what} {self.loc} is being written by another run (pid {doc.get('pid')} "
-                                  f"on {doc.get('host')} since {when}); wait for it or choose another location")
-            remove(self.file)  # left by a run that is gone
+                                  f"on {doc.get('host')}, claimed {when}); wait for it or choose another location")
+            self._take_over(doc)
+            if attempt > 20 and time.monotonic() >= deadline:
+                break
         raise ConfigError(f"{self.what} {self.loc}: could not claim it (other runs keep claiming it)")
 
     def _create(self) -> bool:
-        """Write the claim unless one exists (atomically on a local disk; an object store has no
-        exclusive create, so there the check and the write are two steps)."""
+        """Publish the claim unless one exists: written whole to a temporary file, then linked into place
+        (exclusive and never seen half-written). An object store has no exclusive create: there the
+        check and the write are two steps."""
+        data = json.dumps(self.doc).encode()
         if is_uri(self.file):
             if is_file(self.file):
                 return False
-            write_json(self.file, self.doc)
+            write_bytes(self.file, data)
             return True
-        Path(self.file).parent.mkdir(parents=True, exist_ok=True)
+        target = Path(self.file)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(target)
+        tmp.write_bytes(data)
         try:
-            fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, target)
+            return True
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.doc, fh)
-        return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _take_over(self, stale: dict[str, Any]) -> None:
+        """Remove a leftover claim — only if it is still the one found stale (never a fresh one)."""
+        if is_uri(self.file):
+            remove(self.file)
+            return
+        aside = temp_path(Path(self.file))
+        try:
+            os.rename(self.file, aside)
+        except FileNotFoundError:
+            return
+        try:
+            moved = json.loads(aside.read_bytes())
+        except (ValueError, OSError):
+            moved = {}
+        if moved and moved != stale and claim_alive(moved):  # a fresh claim slipped in: put it back
+            try:
+                os.link(aside, self.file)
+            except FileExistsError:
+                pass
+        aside.unlink(missing_ok=True)
+
+    def _beat(self) -> None:
+        import time
+
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                if read_json(self.file).get("token") != self.doc["token"]:
+                    return
+                self.doc = {**self.doc, "time": time.time()}
+                write_bytes(self.file, json.dumps(self.doc).encode())
+            except (OSError, ValueError):
+                return
 
     def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        _HELD.discard(self.doc["token"])
         try:
-            if read_json(self.file) == self.doc:
+            if read_json(self.file).get("token") == self.doc["token"]:
                 remove(self.file)
         except (OSError, ValueError):
             pass

@@ -94,6 +94,8 @@ def test_doctor_names_each_corrupt_stale_or_duplicated_thing(dataset, model_dir,
     (root / ".cache" / "models" / ".train-abc" / "checkpoint").mkdir(parents=True)
     (root / ".cache" / "models" / ".train-abc" / "checkpoint" / "state.json").write_text("{}")
     write_claim(root, dead_pid())
+    stale = root / f".part-x.parquet.tmp-{storage.HOST}-{dead_pid()}-abcdef"
+    stale.write_bytes(b"half")
     capsys.readouterr()
     assert main(["doctor", str(root)]) == 1
     out = capsys.readouterr().out
@@ -106,9 +108,10 @@ def test_doctor_names_each_corrupt_stale_or_duplicated_thing(dataset, model_dir,
     assert has("corrupt", m) and "scheduler_config.json does not match" in out
     assert has("corrupt", f)
     assert has("duplicate-row", root) and has("corrupt-part", root / "part-zz.parquet")
-    assert has("stale-temporary", root / ".cache" / "models" / ".train-abc")
+    assert has("interrupted", root / ".cache" / "models" / ".train-abc")  # a rerun continues it
+    assert has("stale-temporary", stale)
     assert has("stale-claim", tmp_path / ".study.claim.json")
     assert not any(str(good) in line for line in lines)
-    assert lines[-1].endswith("problem(s)")
+    assert "problem(s)" in lines[-1]
     assert main(["doctor", str(dataset)]) == 0 and "0 problem(s)" in capsys.readouterr().out
     assert main(["doctor", str(tmp_path / "nope")]) == 2

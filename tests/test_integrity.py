@@ -40,7 +40,7 @@ def test_a_corrupt_shard_is_named_on_read(small, tmp_path, capsys):
     rc = main(["purify", "--input", str(tmp_path / "d"), "--defense", "jpeg", "--out", str(tmp_path / "o"),
                "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and "part-00001.parquet does not match" in err
+    assert rc == 2 and len(err.splitlines()) == 1 and "part-00001.parquet: does not match" in err
     assert not (tmp_path / "o").exists()
 
 

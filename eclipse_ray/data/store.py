@@ -281,7 +281,7 @@ def verify_dataset(path: str | os.PathLike, require_checksums: bool = True) -> l
     the schema, every shard against its checksum (a shard without one is a problem when required)."""
     try:
         doc = read_meta(path)
-    except (ConfigError, OSError) as e:
+    except (ConfigError, FileNotFoundError) as e:  # other storage errors are raised, never taken as corruption
         return [str(e)]
     problems = []
     for name, info in doc["splits"].items():

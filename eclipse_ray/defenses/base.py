@@ -40,7 +40,7 @@ def purify_in_batches(run: ImagePurifier, train: ImageSet, batch_size: int, desc
     return out
 
 
-def fixed_shape(run: ImagePurifier, rows: int, device: torch.device) -> ImagePurifier:
+def fixed_shape(run: ImagePurifier, rows: int, device: torch.device, parallel: bool = True) -> ImagePurifier:
     """``run`` called on exactly ``rows`` images at a time (the tail padded with copies of its last row,
     whose outputs are dropped), each call on one CPU thread when on the CPU.
 
@@ -74,7 +74,7 @@ def fixed_shape(run: ImagePurifier, rows: int, device: torch.device) -> ImagePur
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            if threads > 1 and len(jobs) > 1:
+            if parallel and threads > 1 and len(jobs) > 1:
                 from concurrent.futures import ThreadPoolExecutor
 
                 with ThreadPoolExecutor(min(threads, len(jobs))) as pool:

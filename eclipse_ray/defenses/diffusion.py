@@ -124,7 +124,7 @@ class DiffusionDefense(DefenseConfig):
             out = purify_batch(unet, coeffs, images, index, plan, seed, bf16=bf16, channels_last=channels_last)
             return self.finish_batch(out, index, seed)
 
-        return fixed_shape(run, self.batch_size, device), model
+        return fixed_shape(run, self.batch_size, device, parallel=not self.compile), model
 
     def image_purifier(self, model_dir: str | Path | None, seed: int) -> ImagePurifier:
         return self.make_purifier(model_dir, seed)[0]

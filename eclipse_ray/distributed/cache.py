@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from eclipse_ray import storage
-from eclipse_ray.config import config_hash, flatten
+from eclipse_ray.config import ConfigError, config_hash, flatten
 from eclipse_ray.data import store
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
@@ -58,19 +58,37 @@ def purified_location(cache_dir: str, key: str) -> str:
     return storage.join(cache_dir, "purified", key)
 
 
-def intact(loc: str) -> bool:
-    """Whether a complete dataset whose every shard matches its checksum is at ``loc``.
+def intact(loc: str, deep: bool = True) -> bool:
+    """Whether a complete dataset is at ``loc``: its ``meta.json`` against the schema and, when ``deep``,
+    every shard against its checksum (one written by an older version, without checksums, is taken as is).
 
-    A corrupt or unverifiable one is moved aside with a warning naming it, so the
-    caller recomputes it.
+    A corrupt one is moved aside with a warning naming it, so the caller recomputes it.
     """
     if not store.is_dataset(loc):
         return False
-    problems = store.verify_dataset(loc)
+    if deep:
+        problems = store.verify_dataset(loc, require_checksums=False)
+    else:
+        try:
+            store.read_meta(loc)
+            problems = []
+        except ConfigError as e:
+            problems = [str(e)]
     if problems:
         storage.quarantine(loc, f"corrupt ({problems[0]})")
         return False
     return True
+
+
+def _read_or_heal(loc: str, read):
+    """``read(loc)`` of a cached dataset, or ``None`` (moved aside) when a checksum or the schema fails."""
+    if not intact(loc, deep=False):
+        return None
+    try:
+        return read(loc)
+    except (storage.CorruptArtifact, ConfigError) as e:
+        storage.quarantine(loc, f"corrupt ({e})")
+        return None
 
 
 def read_poisoned(loc: str, name: str, base_meta: dict | None = None) -> Dataset:
@@ -84,8 +102,9 @@ def cached_attack(attack, data: Dataset, dataset: str, cache_dir: str | os.PathL
     The crafting time is kept in the dataset meta (``craft_seconds``) either way.
     """
     loc = poisons_location(storage.normalize(cache_dir) if cache_dir else cache_root(), dataset, attack)
-    if intact(loc):
-        return read_poisoned(loc, data.name, data.meta)
+    cached = _read_or_heal(loc, lambda lo: read_poisoned(lo, data.name, data.meta))  # one checksummed read
+    if cached is not None:
+        return cached
     t = time.perf_counter()
     poisoned = attack.apply(data)
     meta = {**poisoned.meta, "craft_seconds": poisoned.meta.get("craft_seconds", time.perf_counter() - t)}
@@ -100,8 +119,9 @@ def cached_purify(data: Dataset, attack_flat: dict, defense, seed: int, cache_di
 
     key = purification_key(dataset, attack_flat, defense, seed)
     loc = purified_location(storage.normalize(cache_dir), key)
-    if intact(loc):
-        return store.read_split(loc, "train"), True
+    cached = _read_or_heal(loc, lambda lo: store.read_split(lo, "train"))
+    if cached is not None:
+        return cached, True
     t = time.perf_counter()
     train = data.train
     purified = defense.purify(train, seed, progress=progress, clean=clean_view(train, data.splits.get("originals")))
@@ -125,7 +145,8 @@ def cached_model(tag: bytes, tcfg, src: ImageSet, train_fn, progress: bool = Tru
     h = hashlib.sha256(tag + ref.images.tobytes() + ref.index.tobytes() + config_hash(flatten(tcfg)).encode())
     loc = storage.join(cache_root(), "models", h.hexdigest()[:16])
     if storage.is_file(storage.join(loc, "config.json")):
-        problems = storage.verify_manifest(loc)
+        has_manifest = storage.is_file(storage.join(loc, storage.MANIFEST))
+        problems = storage.verify_manifest(loc) if has_manifest else []  # an older model: taken as is
         if not problems:
             return loc
         storage.quarantine(loc, f"corrupt ({problems[0]})")
@@ -134,13 +155,21 @@ def cached_model(tag: bytes, tcfg, src: ImageSet, train_fn, progress: bool = Tru
     name = h.hexdigest()[:16]
     staging = (Path(storage.normalize(cache_root())) / "models" / f".train-{name}" if not storage.is_uri(loc)
                else storage.local_root() / f"train-{name}")
-    train_fn(tcfg, ref, staging, progress=progress)
+    wait = float(os.environ.get("ECLIPSE_RAY_CLAIM_WAIT", 6 * 3600))
+    with storage.claim(str(staging), "model training", wait_s=wait):  # another process training it: wait
+        if storage.is_file(storage.join(loc, "config.json")):
+            return loc  # published by that process meanwhile
+        train_fn(tcfg, ref, staging, progress=progress)
+        _publish_model(staging, loc)
+    return loc
+
+
+def _publish_model(staging: Path, loc: str) -> None:
     if storage.is_uri(loc):
         storage.copy_tree(staging, loc, last="config.json")
         shutil.rmtree(staging, ignore_errors=True)
     else:
         storage.publish_dir(staging, loc, "config.json")
-    return loc
 
 
 def acc_ref_location(cache_dir: str, key: str) -> str:
@@ -161,7 +190,8 @@ def read_acc_ref(cache_dir: str, key: str) -> float | None:
     try:
         doc = storage.read_json(loc)
         acc = float(doc["test_acc"])
-        ok = doc == acc_ref_doc(acc, key) and 0.0 <= acc <= 1.0
+        legacy = {"test_acc": acc, "config_hash": key}  # written before records carried a checksum
+        ok = doc in (acc_ref_doc(acc, key), legacy) and 0.0 <= acc <= 1.0
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         ok = False
     if not ok:

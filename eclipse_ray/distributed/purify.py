@@ -114,8 +114,8 @@ def plan_units(shard_rows: dict[str, int], request: int, chunk_rows: int,
     return units
 
 
-def purify_unit(req: PurifyRequest, unit: Unit, purifier, shape: tuple[int, int, int]) -> int:
-    """Read, purify, check and write one unit; returns its row count."""
+def purify_unit(req: PurifyRequest, unit: Unit, purifier, shape: tuple[int, int, int]) -> tuple[int, str]:
+    """Read, purify, check and write one unit; returns its row count and the SHA-256 of what it wrote."""
     table = store.read_table(storage.join(req.input, unit.shard), columns=list(store.COLUMNS), sha256=unit.sha256)
     table = table.slice(unit.start, unit.stop - unit.start)
     images = store.decode_images(table.column("image"), shape)
@@ -132,12 +132,12 @@ def purify_unit(req: PurifyRequest, unit: Unit, purifier, shape: tuple[int, int,
     result = table.set_column(table.schema.get_field_index("image"), "image", col).cast(_SCHEMA)
     result = result.replace_schema_metadata({**(table.schema.metadata or {}),
                                              b"purify_seconds": repr(seconds).encode()})
-    store.write_table(req.unit_loc(unit), result)
+    sha = store.write_table(req.unit_loc(unit), result)
     back = store.read_table(req.unit_loc(unit), columns=["index", "label", "poisoned"])
     for c in ("index", "label", "poisoned"):  # the rows on storage are the rows read, in order
         if not back.column(c).equals(table.column(c).cast(_SCHEMA.field(c).type)):
             raise RuntimeError(f"purify: column {c} of {unit.name} does not match its input rows")
-    return len(out)
+    return len(out), sha
 
 
 def unit_seconds(loc: str) -> float:
@@ -166,13 +166,17 @@ class ShardPurifier:
         return self.current[1]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = []
+        names, rows, sums = [], [], []
         for r, shard, a, b, sha in zip(batch["request"], batch["shard"], batch["start"], batch["stop"],
                                        batch["sha256"]):
             unit = Unit(int(r), str(shard), int(a), int(b), str(sha) or None)
-            rows.append(purify_unit(self.requests[unit.request], unit, self.purifier(unit.request),
-                                    self.shapes[unit.request]))
-        return {"request": batch["request"], "rows": np.array(rows)}
+            n, written = purify_unit(self.requests[unit.request], unit, self.purifier(unit.request),
+                                     self.shapes[unit.request])
+            names.append(unit.name)
+            rows.append(n)
+            sums.append(written)
+        return {"request": batch["request"], "name": np.array(names), "rows": np.array(rows),
+                "sha256": np.array(sums)}
 
 
 def make_purifier(req: PurifyRequest):
@@ -184,9 +188,10 @@ def make_purifier(req: PurifyRequest):
 def request_key(input_dir: str, defense: DefenseConfig, model_fp: str, seed: int) -> str:
     """Content hash of what a purification depends on (input shards read one at a time)."""
     doc = store.read_meta(input_dir)
+    sums = doc["splits"]["train"].get("sha256", {})
     h = hashlib.sha256()
-    for shard in doc["splits"]["train"]["shards"]:
-        h.update(hashlib.sha256(storage.read_bytes(storage.join(input_dir, shard))).digest())
+    for shard in doc["splits"]["train"]["shards"]:  # each checked against meta.json here, before any work
+        h.update(bytes.fromhex(storage.sha256(store.read_shard_bytes(input_dir, shard, sums.get(shard)))))
     h.update(json.dumps(flatten(defense, "defense."), sort_keys=True, default=str).encode())
     h.update(f"{model_fp}|{seed}".encode())
     return h.hexdigest()[:16]
@@ -200,10 +205,6 @@ def run_purifications(requests: list[PurifyRequest], *, actors: int = 0, address
         if "train" not in doc["splits"]:
             raise ConfigError(f"{storage.normalize(r.input)} has no train split to purify")
     check_purify_inputs(requests, docs)  # seeds; each model against its images' size
-    for r in {r.input for r in requests}:  # every input shard against its checksum, before any work
-        problems = store.verify_dataset(r, require_checksums=False)
-        if problems:
-            raise storage.CorruptArtifact(storage.normalize(r), problems)
     units: list[Unit] = []
     per_request: list[list[Unit]] = []
     for i, (r, doc) in enumerate(zip(requests, docs)):
@@ -212,19 +213,24 @@ def run_purifications(requests: list[PurifyRequest], *, actors: int = 0, address
         per_request.append(mine)
         done = set(storage.listdir(storage.join(r.work, r.units_dir)))
         units += [u for u in mine if u.name not in done]
+    written: dict[tuple[int, str], str] = {}  # (request, unit name) -> SHA-256 of the unit written now
     if units:
         total = sum(u.stop - u.start for u in units)
         bar = tqdm(total=total, unit="img", desc=f"{desc} ×{actors or 'in-process'}", disable=not progress)
         shapes = [tuple(d["image_shape"]) for d in docs]
         if actors > 0:
-            for rows in _run_ray(requests, shapes, units, actors, address):
+            for request, name, rows, sha in _run_ray(requests, shapes, units, actors, address):
+                written[(request, name)] = sha
                 bar.update(rows)
         else:
             worker = ShardPurifier(requests, shapes, actor=False)
             for u in units:
-                bar.update(purify_unit(requests[u.request], u, worker.purifier(u.request), shapes[u.request]))
+                rows, written[(u.request, u.name)] = purify_unit(requests[u.request], u, worker.purifier(u.request),
+                                                                  shapes[u.request])
+                bar.update(rows)
         bar.close()
-    return [_publish(r, doc, mine, actors, sum(u.request == i for u in units))
+    return [_publish(r, doc, mine, actors, sum(u.request == i for u in units),
+                     {name: sha for (j, name), sha in written.items() if j == i})
             for i, (r, doc, mine) in enumerate(zip(requests, docs, per_request))]
 
 
@@ -246,11 +252,11 @@ def _run_ray(requests: list[PurifyRequest], shapes: list, units: list[Unit], act
                         num_cpus=0 if gpus else 1, batch_size=1, batch_format="numpy",
                         **({"runtime_env": {"env_vars": env}} if env else {}))
     for row in ds.iter_rows():
-        yield int(row["rows"])
+        yield int(row["request"]), str(row["name"]), int(row["rows"]), str(row["sha256"])
 
 
 def _publish(req: PurifyRequest, doc: dict[str, Any], units: list[Unit], actors: int,
-             computed: int) -> dict[str, Any]:
+             computed: int, written: dict[str, str]) -> dict[str, Any]:
     """Check every unit is there with its rows, copy the other splits, write meta.json last, move into place."""
     if store.is_dataset(req.out) and storage.normalize(req.work) != storage.normalize(req.out):
         storage.remove(req.work)  # published meanwhile by another run of the same request: first writer wins
@@ -269,7 +275,8 @@ def _publish(req: PurifyRequest, doc: dict[str, Any], units: list[Unit], actors:
         if name == "train":  # what a trial reading this set reports: the model's settings, the compute time
             meta = {**info.get("meta", {}), "resolved": req.resolved, "purify_seconds": seconds}
             shards = [f"{req.units_dir}/{u.name}" for u in units]
-            sums = {sh: storage.sha256(storage.read_bytes(storage.join(req.work, sh))) for sh in shards}
+            sums = {f"{req.units_dir}/{u.name}": written.get(u.name) or  # units of an earlier run: read once
+                    storage.sha256(storage.read_bytes(req.unit_loc(u))) for u in units}
             splits[name] = {**info, "shards": shards, "sha256": sums, "meta": meta}
         elif req.copy_splits:
             sums = {}

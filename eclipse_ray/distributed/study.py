@@ -133,7 +133,7 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
     # 2. generative models: one task per distinct (dataset, recipe) first, then the rest (cache hits)
     t = time.perf_counter()
     pending = {k: cfg for k, cfg in plan.purifications.items()
-               if not C.intact(C.purified_location(cache_dir, k))}
+               if not C.intact(C.purified_location(cache_dir, k), deep=False)}
     needs = OrderedDict()
     for k, cfg in pending.items():
         if cfg.defense.needs_model:

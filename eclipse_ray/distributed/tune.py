@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from eclipse_ray.results.store import append_rows, read_results
+from eclipse_ray.results.store import CorruptPart, append_rows, read_part
 
 METRIC_KEYS = ("test_acc", "asr", "poison_success", "acc_ref", "purify_psnr_poisoned", "purify_seconds",
                "train_seconds")
@@ -49,11 +49,13 @@ def stored_row(results_dir: str, key: str) -> dict[str, Any] | None:
     leaves those trials out before any is submitted.
     """
     from eclipse_ray import storage
-    from eclipse_ray.data.store import read_table
 
     own = storage.join(results_dir, f"part-{key}.parquet")
     if storage.is_file(own):
-        return read_table(own).to_pandas().iloc[-1].to_dict()
+        try:
+            return read_part(own).iloc[-1].to_dict()
+        except CorruptPart as e:
+            storage.quarantine(own, f"corrupt ({e.detail})")  # the trial runs again and rewrites it
     return None
 
 

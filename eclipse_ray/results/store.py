@@ -46,6 +46,9 @@ class CorruptPart(ValueError):
         super().__init__(f"{location}: {detail}")
         self.location, self.detail = location, detail
 
+    def __reduce__(self):  # picklable across Ray workers
+        return type(self), (self.location, self.detail)
+
 
 def _column(values: list[Any]) -> pa.Array:
     """An arrow column; lists/dicts and mixed types become JSON-ish strings so any row can be stored."""

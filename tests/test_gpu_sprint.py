@@ -1,0 +1,34 @@
+"""The GPU sprint's ``--tiny`` mode: the whole prepared command on digits, on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_tiny_sprint_prints_its_plan_writes_the_table_and_continues(tmp_path):
+    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_sprint.py"), "--tiny", "--results", str(tmp_path / "s")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = first.stdout
+    assert "gpu_sprint plan on CPU" in out and "estimated total" in out
+    assert out.index("estimated total") < out.index("# GPU sprint")  # the plan comes before the work
+    report = (tmp_path / "s" / "report.md").read_text()
+    for name in ("lsp", "em", "eclipse", "jpeg"):
+        assert name in report
+    assert "Purification throughput" in report and "oneshot" in report
+    summary = json.loads(out.strip().splitlines()[-1])
+    again = subprocess.run(cmd + ["--no-throughput"], capture_output=True, text=True, env=env, timeout=900,
+                           cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "stage purify: 0 computed" in again.stdout + again.stderr  # a second call continues: nothing redone
+    assert json.loads(again.stdout.strip().splitlines()[-1])["wall_seconds"] < summary["wall_seconds"]
