@@ -1,4 +1,5 @@
-"""The GPU sprint's ``--tiny`` mode: the whole prepared command on digits, on the CPU."""
+"""The GPU sprint's ``--tiny`` mode: the whole prepared command on digits, on the CPU (≈ 3.5 min on 2 cores,
+most of it Ray and Tune start-up and the tiny UNet on the CPU; hence a slow test)."""
 
 from __future__ import annotations
 
@@ -30,5 +31,6 @@ def test_tiny_sprint_prints_its_plan_writes_the_table_and_continues(tmp_path):
     again = subprocess.run(cmd + ["--no-throughput"], capture_output=True, text=True, env=env, timeout=900,
                            cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "stage purify: 0 computed" in again.stdout + again.stderr  # a second call continues: nothing redone
-    assert json.loads(again.stdout.strip().splitlines()[-1])["wall_seconds"] < summary["wall_seconds"]
+    assert "stage purify:" not in again.stdout + again.stderr  # a second call continues: nothing redone
+    assert json.loads(again.stdout.strip().splitlines()[-1])["wall_seconds"] < summary["wall_seconds"] / 10
+    assert (tmp_path / "s" / "report.md").read_text().split("Wall time")[0] == report.split("Wall time")[0]
