@@ -273,7 +273,7 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("poison", help="write a poisoned dataset (all splits needed to evaluate it)")
     sp.add_argument("--dataset", required=True)
     sp.add_argument("--attack", required=True)
-    sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="attack.* settings")
+    sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="attack.* settings")
     sp.add_argument("--out", required=True, help="new dataset directory")
     common(sp)
     sp.set_defaults(fn=_cmd_poison)
@@ -282,7 +282,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", required=True)
     sp.add_argument("--attack", default="none")
     sp.add_argument("--defense", default="none")
-    sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                     help="dotted settings, e.g. attack.eps=0.0314 victim.epochs=10 seed=1")
     sp.add_argument("--results", default=None, help="results store directory to append the row to")
     sp.add_argument("--no-reference", action="store_true",
@@ -296,7 +296,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="model directory (diffusers layout); rerun to resume")
     sp.add_argument("--recipe", choices=("eclipse", "puregen"), default="eclipse",
                     help="defaults: eclipse (cosine T=4000) or puregen (linear T=1000, t<250)")
-    sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.* settings")
+    sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="train.* settings")
     sp.add_argument("--quiet", action="store_true")
     common(sp)
     sp.set_defaults(fn=_cmd_train_diffusion)
@@ -304,7 +304,7 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("train-ebm", help="train a PureGen EBM (contrastive divergence) on the clean reference set")
     sp.add_argument("--dataset", required=True)
     sp.add_argument("--out", required=True, help="model directory (model.safetensors + config.json); rerun to resume")
-    sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ebm.* settings")
+    sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="ebm.* settings")
     sp.add_argument("--quiet", action="store_true")
     common(sp)
     sp.set_defaults(fn=_cmd_train_ebm)
@@ -313,7 +313,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--input", required=True, help="dataset directory (eclipse-ray poison output)")
     sp.add_argument("--defense", required=True)
     sp.add_argument("--out", required=True, help="new dataset directory; rerun to resume")
-    sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="defense.* settings")
+    sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="defense.* settings")
     sp.add_argument("--actors", type=int, default=0, help="Ray actors (one GPU each if present); 0: in-process")
     sp.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     sp.add_argument("--seed", type=seed_arg, default=0, help="seed of the purification noise (0 ≤ seed < 2**63)")
@@ -349,7 +349,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", required=True)
     sp.add_argument("--attack", default="none")
     sp.add_argument("--out", required=True, help="output directory; rerun the same command to resume")
-    sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                     help="certify.* (sigma, models, alpha …), attack.*, defense.* (denoise), victim.*")
     sp.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     sp.add_argument("--in-process", action="store_true", help="train the models one by one here, without Ray")

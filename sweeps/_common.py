@@ -24,7 +24,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else an embedded Ray)")
     p.add_argument("--results", default=None, help="study directory (default results/<study>-<preset>)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="settings for every trial")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="settings for every trial")
     p.add_argument("--gpus-per-trial", type=float, default=None)
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--data-dir", default=None)
