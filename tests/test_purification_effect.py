@@ -1,12 +1,18 @@
-"""A tiny DDPM trained briefly on clean digits lowers a poison's effect on a fast victim."""
+"""A tiny DDPM trained briefly on clean digits lowers a poison's effect on a fast victim.
+
+About two minutes on 2 cores: it runs with the slow tests (``pytest -m slow``, as CI does), which keeps
+the default run under ten minutes."""
 
 from __future__ import annotations
+
+import pytest
 
 from eclipse_ray.trial import build_config, run_trial
 
 from conftest import QUICK_VICTIM
 
 
+@pytest.mark.slow
 def test_briefly_trained_tiny_ddpm_undoes_lsp(tmp_path, monkeypatch):
     monkeypatch.setenv("ECLIPSE_RAY_CACHE", str(tmp_path / "cache"))
     base = {**QUICK_VICTIM, "defense.train_iterations": "40", "defense.sigma": "0.1"}
