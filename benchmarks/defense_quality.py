@@ -22,6 +22,12 @@ and ``benchmarks/vab_quality.py``'s short-run settings: linear lr schedule,
 CPU settings. The tiny DDPMs (600 iterations each) are trained by the first
 trials that need them. 2 trials run at once, one CPU each.
 
+``--preset full`` (2 CPU cores, one seed): all 50,000/10,000 images of the JPEG re-encoded
+CIFAR-10 (``cifar10-jpeg``), the model-free Table 1 attacks (URP, LSP, AR, OPS) and BadNets,
+Blend, SIG at their Table 1 rates, plus clean data, against ``none``, ``jpeg``, ``gray``,
+``eclipse`` and ``denoise`` with the subset's purifier and victim settings (tiny DDPM trained
+600 iterations on the defender's 2,000-image clean set; width-16 fast victim, 6 epochs).
+
 ``--preset cifar10`` (GPUs, full CIFAR-10): the paper UNet and ResNet-18 for 80
 epochs, published purifier settings (full reverse chains), crafted poisons at
 their published settings, V&B at full length, seeds 0 1 2 each purified anew.
@@ -81,16 +87,22 @@ DEFENSE_SETTINGS = {
                         "defense.train_mcmc_steps": "20"},
         "vab": {"defense.epoch_scale": "0.05", **dict(kv.split("=", 1) for kv in VAB_CPU)},
     },
+    "full": {},
     "cifar10": {"puregen-ebm": {"defense.train_preset": "paper", "defense.train_iterations": "30000"}},
 }
-ATTACK_SETTINGS = {"subset": CPU_CRAFTING, "cifar10": {a: {"attack.arch": "resnet18"} for a in ("em", "rem", "tap")}}
-SHARED = {"subset": {"purify_seed": "0"}, "cifar10": {}}
+DEFENSE_SETTINGS["full"] = {d: DEFENSE_SETTINGS["subset"][d] for d in ("eclipse", "denoise")}
+ATTACK_SETTINGS = {"subset": CPU_CRAFTING, "full": {}, "cifar10": {a: {"attack.arch": "resnet18"} for a in ("em", "rem", "tap")}}
+SHARED = {"subset": {"purify_seed": "0"}, "full": {"purify_seed": "0"}, "cifar10": {}}
+FULL_ATTACKS = ("none", "urp", "lsp", "ar", "ops", "badnets", "blend", "sig")
+FULL_DEFENSES = ("none", "jpeg", "gray", "eclipse", "denoise")
 FIRST = [("none", "none"), ("lsp", "eclipse"), ("lsp", "puregen-ddpm"), ("lsp", "puregen-ebm"), ("em", "none"),
          ("tap", "none"), ("rem", "none")]  # the trials that build the shared models/poisons go first
 
 
-def cells() -> list[tuple[str, str]]:
+def cells(preset: str = "subset") -> list[tuple[str, str]]:
     """Every (attack, defense) of the study, those that build cached artifacts first."""
+    if preset == "full":
+        return [(a, d) for a in FULL_ATTACKS for d in FULL_DEFENSES]
     grid = [(a, d) for a in ("none", *AVAILABILITY, *BACKDOORS) for d in PURIFIERS]
     grid += [(a, "vab") for a in BACKDOORS]
     return FIRST + [c for c in grid if c not in FIRST]
@@ -101,7 +113,7 @@ def build_specs(preset_name: str, seeds: list[int], dataset: str | None = None) 
     ds = dataset or preset["dataset"]
     specs = []
     for seed in seeds:  # seed-major: the second seed finds every purification cached
-        for attack, defense in cells():
+        for attack, defense in cells(preset_name):
             extra = {**SHARED[preset_name], **ATTACK_SETTINGS[preset_name].get(attack, {}),
                      **DEFENSE_SETTINGS[preset_name].get(defense, {})}
             specs.append(spec(ds, attack, defense, trial_settings(preset, defense, extra, seed)))
@@ -140,8 +152,8 @@ def write_reference(df: pd.DataFrame, out: Path, wall_seconds: float | None) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", choices=("subset", "cifar10"), default="subset")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 (subset), 0 1 2 (cifar10)")
+    p.add_argument("--preset", choices=("subset", "full", "cifar10"), default="subset")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 (subset), 0 (full), 0 1 2 (cifar10)")
     p.add_argument("--dataset", default=None, help="override the preset's dataset")
     p.add_argument("--results", default=None, help="study store (default results/defense_quality-<preset>)")
     p.add_argument("--reference", default=None, help="published summary (default results/reference/<preset>)")
@@ -155,7 +167,7 @@ def main() -> None:
                    help="run only these defenses' cells (e.g. after changing their settings); the report "
                         "still covers every cell")
     args = p.parse_args()
-    seeds = args.seeds or ([0, 1] if args.preset == "subset" else [0, 1, 2])
+    seeds = args.seeds or {"subset": [0, 1], "full": [0]}.get(args.preset, [0, 1, 2])
     study = storage.normalize(args.results or f"results/defense_quality-{args.preset}")
     reference = Path(args.reference or f"results/reference/{args.preset}")
     wall = None
@@ -174,7 +186,7 @@ def main() -> None:
         todo = [s for s in specs if args.only is None or s["defense"] in args.only]
         print(f"defense_quality: {len(todo)} trials -> {study}", flush=True)
         t = time.perf_counter()
-        concurrent = args.concurrent or (2 if args.preset == "subset" else None)
+        concurrent = args.concurrent or (2 if args.preset in ("subset", "full") else None)
         run_study(study, todo, address=args.address, cpus_per_trial=1.0, gpus_per_trial=gpus,
                   max_concurrent=concurrent, data_dir=args.data_dir)
         wall = time.perf_counter() - t if args.only is None else None  # a partial rerun is not the study's time
