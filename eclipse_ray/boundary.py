@@ -22,6 +22,24 @@ def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
     return len(rest) != len(argv) or os.environ.get("ECLIPSE_RAY_DEBUG", "") not in ("", "0"), rest
 
 
+def plugins_requested(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the files of every ``--plugin PATH`` / ``--plugin=PATH`` anywhere on the line, argv without them)."""
+    paths: list[str] = []
+    rest: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a == "--plugin":
+            value = next(it, None)
+            if value is None or value.startswith("--"):
+                raise ConfigError("--plugin needs the path of a Python file")
+            paths.append(value)
+        elif a.startswith("--plugin="):
+            paths.append(a.split("=", 1)[1])
+        else:
+            rest.append(a)
+    return paths, rest
+
+
 def root_cause(e: BaseException) -> BaseException:
     """The exception that started it: through Ray's task/actor/trial wrappers and ``raise … from``."""
     seen = set()

@@ -22,27 +22,35 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from eclipse_ray import storage
-from eclipse_ray.boundary import debug_requested, guarded
+from eclipse_ray.boundary import debug_requested, guarded, plugins_requested
 from eclipse_ray.config import ConfigError, seed_arg, split_overrides
+from eclipse_ray.registry import use_plugins
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
     from eclipse_ray.attacks import ATTACKS
-    from eclipse_ray.data.sources import DESCRIPTIONS
+    from eclipse_ray.data.sources import descriptions
     from eclipse_ray.defenses import DEFENSES
+    from eclipse_ray.victim.nets import VICTIMS
     from eclipse_ray.victim.train import VictimConfig
 
     print("datasets (--dataset):")
-    for name, text in DESCRIPTIONS.items():
+    for name, text in descriptions().items():
         print(f"  {name:<14} {text}")
     for title, reg in (("attacks (--attack)", ATTACKS), ("defenses (--defense)", DEFENSES)):
         print(f"\n{title}:")
         for name in reg:
             cls = reg[name]
             kind = f" [{cls.kind}]" if getattr(cls, "kind", None) not in (None, "none") else ""
-            print(f"  {name:<14} {cls.summary}{kind}")
+            origin = f" ({reg.origin[name]})" if name in reg.origin else ""
+            print(f"  {name:<14} {cls.summary}{kind}{origin}")
             for fname, tname, default, help_text in cls.describe():
                 print(f"      {reg.section}.{fname}={_fmt(default)}  ({tname}) {help_text}")
+    print("\nvictim networks (--set victim.arch=NAME):")
+    for name in VICTIMS:
+        doc = (VICTIMS[name].__doc__ or "").strip().splitlines()
+        origin = f" ({VICTIMS.origin[name]})" if name in VICTIMS.origin else ""
+        print(f"  {name:<14} {doc[0] if doc else ''}{origin}")
     print("\nvictim settings (--set victim.KEY=VALUE):")
     for fname, tname, default, help_text in VictimConfig.describe():
         print(f"      victim.{fname}={_fmt(default)}  ({tname}) {help_text}")
@@ -245,6 +253,15 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return report(args.dir, as_json=args.json)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("eclipse_ray")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _refuse_existing(out: str) -> None:
     """Refuse an output location (local path or URI) that holds anything, before any work."""
     if storage.is_file(out) or storage.listdir(out):
@@ -254,6 +271,10 @@ def _refuse_existing(out: str) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eclipse-ray", description="Purify poisoned image datasets and measure it.")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
+    p.add_argument("--plugin", metavar="FILE.py", action="append", default=[],
+                   help="load attacks, defenses, victims or datasets from this Python file (anywhere on the line; "
+                        "repeatable); installed plugins (entry points) load by themselves")
+    p.add_argument("--version", action="version", version=f"eclipse-ray {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -361,8 +382,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
-    args = parser().parse_args(argv)
-    return guarded("eclipse-ray", lambda: args.fn(args), debug)
+
+    def go() -> Any:
+        plugins, rest = plugins_requested(argv)
+        args = parser().parse_args(rest)
+        use_plugins(plugins)  # a broken plugin file: one line naming it
+        return args.fn(args)
+
+    return guarded("eclipse-ray", go, debug)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 
 class ConfigError(ValueError):
@@ -62,7 +62,7 @@ def setting(
     gt: float | None = None,
     le: float | None = None,
     lt: float | None = None,
-    choices: tuple[Any, ...] | None = None,
+    choices: tuple[Any, ...] | Callable[[], Iterable[Any]] | None = None,
 ) -> Any:
     """Declare a config field with help text and a valid range."""
     meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
@@ -176,16 +176,23 @@ class Config:
             if _allows_none(tp):
                 tname += " | none"
             help_text = f.metadata.get("help", "")
-            if f.metadata.get("choices"):
-                help_text += f" (one of {', '.join(map(str, f.metadata['choices']))})"
+            choices = _choices(f.metadata)
+            if choices:
+                help_text += f" (one of {', '.join(map(str, choices))})"
             out.append((f.name, tname, f.default, help_text))
         return out
+
+
+def _choices(meta: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """A setting's allowed values: a tuple, or a function giving them (a registry open to plugins)."""
+    choices = meta.get("choices")
+    return tuple(choices()) if callable(choices) else choices
 
 
 def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
     if value is None:
         return
-    choices = meta.get("choices")
+    choices = _choices(meta)
     if choices is not None and value not in choices:
         raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(str, choices))}")
     checks = (("ge", lambda v, b: v >= b, "≥"), ("gt", lambda v, b: v > b, ">"),

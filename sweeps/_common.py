@@ -10,12 +10,14 @@ import time
 from typing import Any, Callable
 
 from eclipse_ray import storage
-from eclipse_ray.boundary import debug_requested, guarded
+from eclipse_ray.boundary import debug_requested, guarded, plugins_requested
 from eclipse_ray.config import split_overrides
 from eclipse_ray.distributed.study import run_study
-from eclipse_ray.distributed.tune import cache_counts
+from eclipse_ray.distributed.tune import cache_counts, spec
 from eclipse_ray.presets import PRESETS, trial_settings  # noqa: F401  (trial_settings: for the sweep scripts)
+from eclipse_ray.registry import use_plugins
 from eclipse_ray.results.report import write_report
+
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
@@ -28,16 +30,44 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, default=None)
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--defense", nargs="+", action="extend", default=[], metavar="NAME",
+                   help="also run these defenses (at their defaults and --set) on every attack, seed and attack "
+                        "setting of the grid, e.g. a plugin's")
+    p.add_argument("--plugin", metavar="FILE.py", action="append", default=[],
+                   help="load attacks, defenses, victims or datasets from this Python file (repeatable)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
+
+
+def with_defenses(specs: list[dict], defenses: list[str], preset: dict[str, Any], user: dict[str, str]) -> list[dict]:
+    """``specs`` plus, for every (dataset, attack, seed, attack settings) among them, a trial of each of
+    ``defenses`` not already there."""
+    have = {(s["dataset"], s["attack"], s["defense"], s["set"].get("seed"),
+             tuple(sorted((k, v) for k, v in s["set"].items() if k.startswith("attack.")))) for s in specs}
+    out = list(specs)
+    for s in specs:
+        attack_set = {k: v for k, v in s["set"].items() if k.startswith("attack.")}
+        for d in defenses:
+            key = (s["dataset"], s["attack"], d, s["set"].get("seed"), tuple(sorted(attack_set.items())))
+            if key not in have:
+                have.add(key)
+                out.append(spec(s["dataset"], s["attack"], d,
+                                trial_settings(preset, d, attack_set, int(s["set"].get("seed", 0)), user)))
+    return out
 
 
 def main(study: str, description: str, build: Callable[[dict[str, Any], argparse.Namespace], list[dict]]) -> None:
     """Parse, run the study, print its summary; every error one line ``PROG: error: …`` and exit 2."""
     debug, argv = debug_requested(sys.argv[1:])
-    args = parser(description).parse_args(argv)
     prog = os.path.basename(sys.argv[0])
-    sys.exit(guarded(prog, lambda: _run(study, args, build), debug))
+
+    def go() -> None:
+        plugins, rest = plugins_requested(argv)
+        args = parser(description).parse_args(rest)
+        use_plugins(plugins)
+        _run(study, args, build)
+
+    sys.exit(guarded(prog, go, debug))
 
 
 def _run(study: str, args: argparse.Namespace, build) -> None:
@@ -45,7 +75,7 @@ def _run(study: str, args: argparse.Namespace, build) -> None:
     if args.dataset:
         preset["dataset"] = args.dataset
     args.user = split_overrides(args.set)
-    specs = build(preset, args)
+    specs = with_defenses(build(preset, args), args.defense, preset, args.user)
     study_dir = storage.normalize(args.results or f"results/{study}-{args.preset}")
     gpus = args.gpus_per_trial
     if gpus is None:

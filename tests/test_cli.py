@@ -69,12 +69,32 @@ def test_show_writes_a_png(tmp_path, capsys):
     assert rc == 0 and (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_list_names_every_attack_and_defense(capsys):
+def test_list_names_every_registered_entry_and_setting(capsys):
+    from eclipse_ray.attacks import ATTACKS
+    from eclipse_ray.data.sources import descriptions
+    from eclipse_ray.defenses import DEFENSES
+    from eclipse_ray.victim.nets import VICTIMS
+
     rc, out, _ = run_cli(capsys, "list")
     assert rc == 0
-    for name in ("urp", "lsp", "ar", "ops", "badnets", "blend", "sig", "jpeg", "gray", "bitdepth", "blur",
-                 "compensation", "digits", "npz:PATH", "victim.arch", "attack.eps=0.0313725"):
-        assert name in out
+    lines = out.splitlines()
+    for reg in (ATTACKS, DEFENSES):
+        assert len(list(reg)) >= 11
+        for name in reg:
+            assert any(ln.startswith(f"  {name} ") for ln in lines), name
+            for field, *_ in reg[name].describe():
+                assert any(ln.strip().startswith(f"{reg.section}.{field}=") for ln in lines), (name, field)
+    for name in [*descriptions(), *VICTIMS]:
+        assert any(ln.startswith(f"  {name} ") for ln in lines), name
+    assert "attack.eps=0.0313725" in out  # URP's 8/255
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"eclipse-ray {version('eclipse_ray')}"
 
 
 BAD = [

@@ -18,6 +18,6 @@ from eclipse_ray.registry import Registry
 
 ATTACKS: Registry[AttackConfig] = Registry("attack", [NoAttack, URP, LSP, AR, OPS, BadNets, Blend, SIG, WaNet,
                                                 GradientMatching, BullseyePolytope, Narcissus, EM, REM, TAP,
-                                                EMAdaptive])
+                                                EMAdaptive], group="eclipse_ray.attacks", kind=AttackConfig)
 
 __all__ = ["ATTACKS", "AttackConfig", "AVAILABILITY", "BACKDOOR", "NONE", "TARGETED"]

@@ -16,6 +16,7 @@ import os
 import tarfile
 import warnings
 import zlib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Union
@@ -25,6 +26,7 @@ import numpy as np
 from eclipse_ray.config import ConfigError
 from eclipse_ray.data.imageset import ImageSet, classes_from_labels, validate_arrays
 from eclipse_ray.data.store import read_dataset
+from eclipse_ray.registry import Registry
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -143,27 +145,35 @@ def load_npz(path: str | Path) -> Dataset:
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
     if missing:
         raise ConfigError(f"npz:{path}: missing array(s) {', '.join(missing)}")
+    return from_arrays(f"npz:{path}", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                       arrays.get("classes"))
+
+
+def from_arrays(src: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                classes: Iterable[Any] | None = None) -> Dataset:
+    """A dataset named ``src`` from uint8 NHWC (or grayscale NHW / NHW1) images and integer labels 0..C-1,
+    every class present in the training split unless ``classes`` declares C; validated as any source."""
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     for split in ("train", "test"):
         x = arrays[f"x_{split}"]
         if x.ndim == 3 and x.dtype == np.uint8:  # grayscale NHW
             arrays[f"x_{split}"] = np.repeat(x[..., None], 3, axis=-1)
         elif x.ndim == 4 and x.shape[-1] == 1 and x.dtype == np.uint8:
             arrays[f"x_{split}"] = np.repeat(x, 3, axis=-1)
-    if "classes" in arrays:
-        classes = tuple(str(c) for c in arrays["classes"])
+    if classes is not None:
+        classes = tuple(str(c) for c in classes)
     else:
         y = np.asarray(arrays["y_train"])
         if y.size == 0 or not np.issubdtype(y.dtype, np.number):
-            raise ConfigError(f"npz:{path}: y_train is empty or not numeric")
-        n_cls = classes_from_labels(y, len(y), f"npz:{path} y_train")  # bounded before any per-class work
+            raise ConfigError(f"{src}: y_train is empty or not numeric")
+        n_cls = classes_from_labels(y, len(y), f"{src} y_train")  # bounded before any per-class work
         if n_cls > 0 and np.issubdtype(y.dtype, np.integer):
             present = np.unique(y[y >= 0])
             if len(present) != n_cls:
                 gaps = sorted(set(range(n_cls)) - set(present.tolist()))[:5]
-                raise ConfigError(f"npz:{path}: labels must be 0..C-1 with every class present; "
+                raise ConfigError(f"{src}: labels must be 0..C-1 with every class present; "
                                   f"classes {gaps} have no training image (store a 'classes' array to declare C)")
         classes = tuple(str(c) for c in range(max(n_cls, 1)))
-    src = f"npz:{path}"
     out = {}
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], np.asarray(arrays[f"y_{split}"])
@@ -394,11 +404,27 @@ DESCRIPTIONS = {
 }
 
 
+# Dataset sources from plugins: NAME (or NAME:ARG) -> f(arg, data_dir) -> Dataset with train and test
+# splits; the first line of its docstring is its ``eclipse-ray list`` entry.
+DATASETS: Registry = Registry("dataset", {}, group="eclipse_ray.datasets")
+
+
+def descriptions() -> dict[str, str]:
+    """Every dataset spec form with its one-line description (built-ins, then plugins)."""
+    out = dict(DESCRIPTIONS)
+    for name in DATASETS:
+        doc = (DATASETS[name].__doc__ or "").strip().splitlines()
+        out[f"{name}[:ARG]"] = (doc[0] if doc else "") + f" ({DATASETS.origin.get(name, 'plugin')})"
+    return out
+
+
 def load_dataset(spec: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:
     """Load a dataset from its spec string (see ``eclipse-ray list``)."""
     if spec in NAMED:
         return NAMED[spec](Path(data_dir) if data_dir else default_data_dir(), download)
     kind, sep, rest = spec.partition(":")
+    if kind not in PREFIXED and kind in DATASETS:
+        return _from_plugin(spec, kind, rest, Path(data_dir) if data_dir else default_data_dir())
     if sep and kind in PREFIXED:
         if not rest:
             raise ConfigError(f"dataset {spec!r}: give a path after '{kind}:'")
@@ -407,4 +433,14 @@ def load_dataset(spec: str, data_dir: str | Path | None = None, download: bool =
         return PREFIXED[kind](rest)
     if Path(spec).is_dir() and (Path(spec) / "meta.json").is_file():
         return load_parquet(spec)
-    raise ConfigError(f"unknown dataset {spec!r} (known: {', '.join(DESCRIPTIONS)})")
+    raise ConfigError(f"unknown dataset {spec!r} (known: {', '.join(descriptions())})")
+
+
+def _from_plugin(spec: str, name: str, arg: str, data_dir: Path) -> Dataset:
+    data = DATASETS[name](arg, data_dir)
+    if not isinstance(data, Dataset):
+        raise ConfigError(f"dataset {spec!r}: its plugin returned {type(data).__name__}, not a Dataset")
+    for need in ("train", "test"):
+        if need not in data.splits:
+            raise ConfigError(f"dataset {spec!r}: needs a {need!r} split (has {', '.join(data.splits)})")
+    return dataclasses.replace(data, name=spec) if data.name != spec else data

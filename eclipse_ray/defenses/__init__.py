@@ -11,6 +11,7 @@ from eclipse_ray.defenses.vab import VaB
 from eclipse_ray.registry import Registry
 
 DEFENSES: Registry[DefenseConfig] = Registry("defense", [NoDefense, JPEG, Gray, BitDepth, Blur, Compensation,
-                                                         Eclipse, PureGenDDPM, Denoise, VaB, PureGenEBM])
+                                                         Eclipse, PureGenDDPM, Denoise, VaB, PureGenEBM],
+                                        group="eclipse_ray.defenses", kind=DefenseConfig)
 
 __all__ = ["DEFENSES", "DefenseConfig"]

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from eclipse_ray.registry import Registry
+
 
 class ConvGroup(nn.Module):
     def __init__(self, cin: int, cout: int) -> None:
@@ -119,6 +121,22 @@ class ResNet18(nn.Module):
         return self.classify(self.features(x))
 
 
+def fast_net(num_classes: int, width: int) -> nn.Module:
+    """airbench-style fast net (whitened 2x2 stem, 3 conv groups; victim.width sets its channels)"""
+    return FastNet(num_classes, width=width)
+
+
+def resnet18(num_classes: int, width: int) -> nn.Module:
+    """ResNet-18, CIFAR variant (ECLIPSE's victim; victim.width unused)"""
+    return ResNet18(num_classes)
+
+
+# victim.arch -> f(num_classes, width) -> a fresh network taking float NCHW images in [0, 1] after the
+# trainer's per-channel normalisation. A plugin's factory may carry ``recipe`` (the training defaults
+# of victim/train.py's RECIPES); without one it trains with the fast net's recipe.
+VICTIMS: Registry = Registry("victim.arch", {"fast": fast_net, "resnet18": resnet18}, group="eclipse_ray.victims")
+
+
 def build_net(arch: str, num_classes: int, width: int) -> nn.Module:
     """A fresh ``arch`` network with channels-last weights.
 
@@ -126,10 +144,7 @@ def build_net(arch: str, num_classes: int, width: int) -> nn.Module:
     trains ≈ 1.3–1.5× faster on one CPU thread (batch 128), and it is the layout
     GPUs prefer under mixed precision. Inputs may stay NCHW.
     """
-    if arch == "fast":
-        net: nn.Module = FastNet(num_classes, width=width)
-    elif arch == "resnet18":
-        net = ResNet18(num_classes)
-    else:
-        raise ValueError(f"unknown victim.arch {arch!r}")
+    net = VICTIMS[arch](num_classes, width)
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"victim.arch {arch!r}: its factory returned {type(net).__name__}, not a torch module")
     return net.to(memory_format=torch.channels_last)

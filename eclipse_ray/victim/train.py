@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eclipse_ray.config import Config, ConfigError, setting
-from eclipse_ray.victim.nets import FastNet, build_net
+from eclipse_ray.victim.nets import VICTIMS, FastNet, build_net
 
 # A per-batch training transform: float [0,1] NCHW batch and a generator in, batch out.
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -40,7 +40,7 @@ RECIPES = {
 @dataclass(frozen=True)
 class VictimConfig(Config):
     section: ClassVar[str] = "victim"
-    arch: str = setting("fast", "victim network", choices=("fast", "resnet18"))
+    arch: str = setting("fast", "victim network", choices=lambda: tuple(VICTIMS))
     epochs: int = setting(10, "training epochs", ge=1)
     batch_size: int = setting(128, "batch size", ge=1)
     lr: float | None = setting(None, "peak learning rate (none: recipe's, fast 0.2, resnet18 0.1)", gt=0.0)
@@ -57,7 +57,8 @@ class VictimConfig(Config):
 
     def resolved(self) -> "VictimConfig":
         """This config with every ``none`` replaced by the arch's recipe value."""
-        fill = {k: v for k, v in RECIPES[self.arch].items() if getattr(self, k) is None}
+        recipe = RECIPES.get(self.arch) or getattr(VICTIMS[self.arch], "recipe", RECIPES["fast"])
+        fill = {k: v for k, v in recipe.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **fill)
 
 
