@@ -185,20 +185,23 @@ def _cmd_results(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from eclipse_ray.results.pareto import pareto, summarize
-    from eclipse_ray.results.report import SUMMARY_COLS, plot_pareto, write_report
+    from eclipse_ray.results.html import labelled
+    from eclipse_ray.results.report import plot_pareto, summary_columns, write_report
     from eclipse_ray.results.store import read_results
 
     df = read_results(args.study)
     if df.empty:
         raise ConfigError(f"{args.study}: no results store there (no part-*.parquet)")
+    df = labelled(df)  # datasets by short name and fingerprint
+    cols = summary_columns(df)
     pd.set_option("display.width", 200)
     pd.set_option("display.max_columns", 20)
     if args.action == "summary":
         s = summarize(df)
-        print(s[[c for c in SUMMARY_COLS if c in s.columns]].to_string(index=False))
+        print(s[[c for c in cols if c in s.columns]].to_string(index=False))
     elif args.action == "pareto":
         p = pareto(df)
-        print(p[p["on_front"]][[c for c in SUMMARY_COLS if c in p.columns]].to_string(index=False))
+        print(p[p["on_front"]][[c for c in cols if c in p.columns]].to_string(index=False))
     elif args.action == "plot":
         import tempfile
 
@@ -209,7 +212,8 @@ def _cmd_results(args: argparse.Namespace) -> None:
                 storage.write_bytes(dest, path.read_bytes())
         print(f"wrote {dest}" if path else "nothing to plot (no poison_success values)")
     else:
-        print(f"wrote {write_report(args.study, args.out)}")
+        report = write_report(args.study, args.out, args.cache)
+        print(f"wrote {report} and {report.removesuffix('.md')}.html")
 
 
 def _cmd_certify(args: argparse.Namespace) -> None:
@@ -345,6 +349,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("action", choices=("summary", "pareto", "plot", "report"))
     sp.add_argument("study", help="results store directory (results/<study>)")
     sp.add_argument("--out", default=None, help="plot: PNG path; report: output directory")
+    sp.add_argument("--cache", default=None, help="report: where the study's datasets are, for the HTML report's "
+                                                  "image strips (default: STUDY/.cache, else $ECLIPSE_RAY_CACHE)")
     sp.set_defaults(fn=_cmd_results)
 
     sp = sub.add_parser("doctor", help="list what under a study, cache or output directory is corrupt, stale or "

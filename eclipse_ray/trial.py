@@ -18,7 +18,7 @@ import numpy as np
 from eclipse_ray.attacks import ATTACKS, AVAILABILITY, BACKDOOR, TARGETED, AttackConfig
 from eclipse_ray.config import ConfigError, check_seed, config_hash, flatten, parse_value, with_overrides
 from eclipse_ray.data.imageset import ImageSet, check_same_samples
-from eclipse_ray.data.sources import Dataset, load_dataset
+from eclipse_ray.data.sources import Dataset, dataset_label, load_dataset
 from eclipse_ray.defenses import DEFENSES, DefenseConfig
 from eclipse_ray.provenance import provenance
 from eclipse_ray.results.store import append_rows
@@ -188,7 +188,8 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
             loss = metrics.relative_accuracy_loss(m["test_acc"], m["acc_ref"])
             m["poison_success" if kind == AVAILABILITY else "clean_cost"] = loss
 
-    row: dict[str, Any] = {**cfg.flat(), "attack.kind": kind, "n_train": len(train),
+    row: dict[str, Any] = {**cfg.flat(), "dataset_label": dataset_label(cfg.dataset, data.meta),
+                           "attack.kind": kind, "n_train": len(train),
                            "n_poisoned": int(train.poisoned.sum()), "n_test": len(data.test), **m,
                            "attack_seconds": t_attack, "craft_seconds": data.meta.get("craft_seconds"), "purify_seconds": t_purify, "train_seconds": t_train,
                            "seconds": time.perf_counter() - t0,

@@ -145,8 +145,10 @@ def load_npz(path: str | Path) -> Dataset:
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
     if missing:
         raise ConfigError(f"npz:{path}: missing array(s) {', '.join(missing)}")
-    return from_arrays(f"npz:{path}", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+    data = from_arrays(f"npz:{path}", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                        arrays.get("classes"))
+    data.meta["sha256"] = _sha256(path)  # the content fingerprint in rows and reports (dataset_label)
+    return data
 
 
 def from_arrays(src: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
@@ -379,7 +381,8 @@ def load_parquet(path: str | Path) -> Dataset:
     for need in ("train", "test"):
         if need not in splits:
             raise ConfigError(f"parquet:{path}: needs a {need!r} split (has {', '.join(splits)})")
-    return Dataset(f"parquet:{path}", splits, meta)
+    doc = Path(path) / "meta.json"  # lists every shard's checksum: a fingerprint of the content
+    return Dataset(f"parquet:{path}", splits, {**meta, **({"content_sha256": _sha256(doc)} if doc.is_file() else {})})
 
 
 NAMED: dict[str, Callable[[Path, bool], Dataset]] = {
@@ -407,6 +410,21 @@ DESCRIPTIONS = {
 # Dataset sources from plugins: NAME (or NAME:ARG) -> f(arg, data_dir) -> Dataset with train and test
 # splits; the first line of its docstring is its ``eclipse-ray list`` entry.
 DATASETS: Registry = Registry("dataset", {}, group="eclipse_ray.datasets")
+
+
+def short_name(spec: str) -> str:
+    """A dataset spec without the machine's paths: ``npz:/a/b/cifar10_subset.npz`` -> ``cifar10_subset.npz``."""
+    kind, sep, rest = spec.partition(":")
+    if spec in NAMED or not (sep and kind in PREFIXED) and not ("/" in spec or os.sep in spec):
+        return spec
+    return Path((rest if sep and kind in PREFIXED else spec).rstrip("/\\")).name or spec
+
+
+def dataset_label(spec: str, meta: dict[str, Any]) -> str:
+    """How rows, plots and reports name a dataset: its short name and, where known, a content fingerprint
+    (``cifar10_subset.npz@7d6674d8``), never one machine's absolute path."""
+    digest = meta.get("sha256") or meta.get("archive_sha256") or meta.get("content_sha256")
+    return f"{short_name(spec)}@{str(digest)[:8]}" if digest else short_name(spec)
 
 
 def descriptions() -> dict[str, str]:

@@ -74,7 +74,7 @@ def _stage_line(name: str, computed: int, reused: int, seconds: float) -> None:
     print(f"stage {name}: {computed} computed, {reused} reused, {seconds:.1f} s", flush=True)
 
 
-def _make_poison(cfg, cache_dir: str, data_dir: str | None) -> str:
+def make_poison(cfg, cache_dir: str, data_dir: str | None) -> str:
     from eclipse_ray.data.sources import load_dataset
 
     data = load_dataset(cfg.dataset, data_dir)
@@ -126,8 +126,8 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
     todo = [cfg for key, cfg in plan.poisons.items()
             if not C.intact(storage.join(cache_dir, "poisons", key))]
     crafted = [cfg for cfg in todo if cfg.attack.crafted]  # crafting trains surrogates: a GPU where there is one
-    _run_tasks(_make_poison, [(cfg, cache_dir, data_dir) for cfg in todo if not cfg.attack.crafted], {"num_cpus": 1})
-    _run_tasks(_make_poison, [(cfg, cache_dir, data_dir) for cfg in crafted], res)
+    _run_tasks(make_poison, [(cfg, cache_dir, data_dir) for cfg in todo if not cfg.attack.crafted], {"num_cpus": 1})
+    _run_tasks(make_poison, [(cfg, cache_dir, data_dir) for cfg in crafted], res)
     _stage_line("poisons", len(todo), len(plan.poisons) - len(todo), time.perf_counter() - t)
 
     # 2. generative models: one task per distinct (dataset, recipe) first, then the rest (cache hits)
@@ -179,7 +179,7 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
             if key not in in_plan and C.read_acc_ref(cache_dir, key) is None]
     if refs:
         missing = [cfg for cfg in refs if not C.intact(C.poisons_location(cache_dir, cfg.dataset, cfg.attack))]
-        _run_tasks(_make_poison, [(cfg, cache_dir, data_dir) for cfg in missing], {"num_cpus": 1})
+        _run_tasks(make_poison, [(cfg, cache_dir, data_dir) for cfg in missing], {"num_cpus": 1})
         _run_tasks(_make_reference, [(cfg, cache_dir) for cfg in refs], res)
     _stage_line("references", len(refs), len(plan.references) - len(refs), time.perf_counter() - t)
 

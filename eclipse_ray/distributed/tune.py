@@ -69,7 +69,8 @@ def run_spec(trial: dict[str, Any], results_dir: str, cache_dir: str, data_dir: 
     from eclipse_ray import storage
     from eclipse_ray.config import flatten
     from eclipse_ray.data.store import is_dataset
-    from eclipse_ray.distributed.cache import cached_purify, poisons_location, read_poisoned
+    from eclipse_ray.distributed.cache import (cached_purify, poison_key, poisons_location, purification_key,
+                                               read_poisoned)
     from eclipse_ray.trial import build_config, prepare, run_trial
 
     cfg = build_config(trial["dataset"], trial["attack"], trial["defense"], trial["set"])
@@ -87,6 +88,10 @@ def run_spec(trial: dict[str, Any], results_dir: str, cache_dir: str, data_dir: 
                                          cache_dir, cfg.dataset)
     row = run_trial(cfg, data=data, purified_train=purified, cache_dir=cache_dir, progress=False)
     row["purify_reused"] = reused if purify_reused is None or not reused else purify_reused
+    row["poison_key"] = poison_key(cfg.dataset, cfg.attack)  # where the report finds the images of this row
+    if cfg.defense.purifies:
+        row["purification_key"] = purification_key(cfg.dataset, flatten(cfg.attack, "attack."), cfg.defense,
+                                                   cfg.defense_seed)
     append_rows(results_dir, [row], name=key)
     return row
 

@@ -13,8 +13,8 @@ import pandas as pd
 GROUP = ("dataset", "attack.name", "defense.name")
 LEVELS = ("defense.sigma", "defense.t_star", "defense.sampler", "defense.steps", "defense.model_calls",
           "attack.rate", "attack.eps", "defense.quality")
-METRICS = ("test_acc", "poison_success", "asr", "acc_ref", "purify_psnr_poisoned", "purify_psnr_clean",
-           "purify_seconds", "train_seconds")
+METRICS = ("test_acc", "poison_success", "asr", "asr_any", "target_success", "acc_ref", "clean_cost",
+           "purify_psnr_poisoned", "purify_psnr_clean", "purify_seconds", "train_seconds")
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:

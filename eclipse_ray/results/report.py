@@ -18,6 +18,7 @@ import pandas as pd
 
 from eclipse_ray import storage
 from eclipse_ray.figures import save_png
+from eclipse_ray.results.html import labelled, varying_settings, write_html
 from eclipse_ray.results.pareto import pareto, point_label, summarize
 from eclipse_ray.results.store import read_results
 
@@ -103,16 +104,31 @@ def _table(df: pd.DataFrame, cols: list[str]) -> str:
 
 SUMMARY_COLS = ["dataset", "attack.name", "defense.name", "defense.sigma", "defense.t_star", "defense.sampler",
                 "defense.model_calls", "seeds", "test_acc_mean", "test_acc_std", "poison_success_mean",
-                "poison_success_std", "asr_mean", "purify_psnr_poisoned_mean", "purify_seconds_mean"]
+                "poison_success_std", "asr_mean", "target_success_mean", "clean_cost_mean", "purify_psnr_poisoned_mean",
+                "purify_seconds_mean"]
 
 
-def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> str:
-    """``report.md``, ``pareto.png`` and ``sigma.png`` for the store at ``study_dir`` (local path or URI)."""
+def summary_columns(df: pd.DataFrame) -> list[str]:
+    """The summary table's columns: what names a config (every setting that varies within one
+    (dataset, attack, defense) included), then seeds and the metrics present."""
+    cols = ["dataset", "attack.name", "defense.name", *varying_settings(df), "seeds"]
+    return cols + [c for c in SUMMARY_COLS if c not in cols and c not in ("defense.sigma", "defense.t_star",
+                                                                        "defense.sampler", "defense.model_calls")]
+
+
+def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 cache_dir: str | None = None) -> str:
+    """``report.md``, ``report.html``, ``pareto.png`` and ``sigma.png`` for the store at ``study_dir``
+    (local path or URI); ``cache_dir``: where the study's datasets are (default: its own ``.cache``, else
+    ``$ECLIPSE_RAY_CACHE``), for the HTML report's image strips."""
     study = storage.normalize(study_dir)
     out = storage.normalize(out_dir) if out_dir else study
-    df = read_results(study)
-    if df.empty:
+    raw = read_results(study)
+    if raw.empty:
         raise FileNotFoundError(f"{study}: no results (no part-*.parquet files)")
+    write_html(study, raw, out, cache_dir)
+    df = labelled(raw)
+    cols = summary_columns(df)
     with tempfile.TemporaryDirectory(prefix="eclipse_ray-report-") as tmp:
         png = plot_pareto(df, Path(tmp) / "pareto.png")
         sigma_png = plot_sigma(df, Path(tmp) / "sigma.png")
@@ -124,10 +140,11 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     front = p[p["on_front"]] if "on_front" in p else p.iloc[0:0]
     text = [f"# Results: {study.rstrip('/').rsplit('/', 1)[-1]}", "",
             f"{len(df)} trials, {s.shape[0]} configurations, seeds {sorted(df['seed'].unique().tolist())}.", "",
-            "## Summary (mean and std over seeds)", "", _table(s, SUMMARY_COLS), "",
+            "## Summary (mean and std over seeds)", "", _table(s, cols), "",
             "## Pareto frontier per (dataset, attack)", "",
             "Higher `test_acc`, lower `poison_success` (ASR for backdoors; relative accuracy loss for "
-            "availability poisons).", "", _table(front, SUMMARY_COLS), ""]
+            "availability poisons).", "", _table(front, cols), "",
+            "Interactive version (hover, sort, filter, image strips): [report.html](report.html).", ""]
     if png is not None:
         text += ["## Plot", "", f"![Pareto]({png.name})", ""]
     if sigma_png is not None:

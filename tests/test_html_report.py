@@ -1,0 +1,81 @@
+"""``report.html``: self-contained, every varying setting a column, datasets named without paths, image strips
+from the stored datasets, and it works in a real browser (headless Chromium: plots, table, sort, filter)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eclipse_ray.data.sources import load_digits
+from eclipse_ray.distributed.study import compile_plan, make_poison
+from eclipse_ray.distributed.tune import run_spec, spec
+from eclipse_ray.results.report import write_report
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Three real trials (rows and stored datasets) on a digits copy kept in an .npz under a temp path."""
+    tmp = tmp_path_factory.mktemp("html")
+    d = load_digits()
+    npz = tmp / "somewhere" / "deep" / "mydigits.npz"
+    npz.parent.mkdir(parents=True)
+    np.savez(npz, x_train=d.train.images, y_train=d.train.labels, x_test=d.test.images, y_test=d.test.labels)
+    base = {"victim.epochs": "1", "victim.width": "8", "seed": "0"}
+    study, cache = tmp / "study", tmp / "study" / ".cache"
+    specs = [spec(f"npz:{npz}", attack, defense, {**base, **extra}) for attack, defense, extra in (
+        ("badnets", "jpeg", {"attack.rate": "0.05"}), ("badnets", "jpeg", {"attack.rate": "0.2"}), ("lsp", "none", {}))]
+    for planned in compile_plan(specs).poisons.values():  # the study's poisons stage, in-process
+        make_poison(planned, str(cache), None)
+    for s in specs:
+        run_spec(s, str(study), str(cache))
+    write_report(study)
+    return tmp, study
+
+
+def test_report_names_every_varying_setting_and_no_path(study):
+    tmp, study = study
+    md, page = (study / "report.md").read_text(), (study / "report.html").read_text()
+    assert "attack.rate" in md.splitlines()[6]  # the summary table's header: the two rates are told apart
+    assert str(tmp) not in md and str(tmp) not in page and "/somewhere/" not in page
+    assert re.search(r"mydigits\.npz@[0-9a-f]{8}", page)
+    # self-contained: nothing fetched from anywhere
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)|url\((https?:|//)""", page)
+    assert page.count("<svg") == 2 and page.count('<img alt="') == 3  # Pareto per attack; a strip per config
+    assert page.count("data:image/png;base64,") == 3
+    assert "badnets · jpeg attack.rate=0.05" in page and "badnets · jpeg attack.rate=0.2" in page
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium (Debian: apt-get install chromium)")
+def test_report_renders_in_a_headless_browser(study):
+    _, study = study
+    url = (study / "report.html").as_uri()
+
+    def dom(fragment: str) -> tuple[str, str]:
+        p = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                            "--v=0", "--virtual-time-budget=5000", "--dump-dom", f"{url}#{fragment}"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return p.stdout, p.stderr
+
+    page, log = dom("filter=badnets&sort=attack.rate&desc=1")
+    assert 'data-ready="1"' in page and "data-error" not in page  # the script ran to its end, no error
+    assert not re.search(r"Uncaught|CONSOLE.*[Ee]rror", log)
+    assert 'id="count">2 of 3 rows' in page  # filtered
+    table = page[page.index('id="summary"'):]
+    body = table[table.index("<tbody>"):table.index("</tbody>")]
+    rates = re.findall(r"<tr><td>[^<]*</td><td>badnets</td><td>jpeg</td><td>([0-9.]+)</td>", body)
+    assert rates == ["0.2", "0.05"]  # sorted, descending
+    assert 'class="desc"' in page and page.count("<circle") == 3
+    page, _ = dom("sort=test_acc_mean")
+    assert 'id="count">3 of 3 rows' in page and 'class="asc"' in page
+    shot = study / "report.png"
+    subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600",
+                    f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
+    assert shot.stat().st_size > 20_000 and Path(shot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
