@@ -13,7 +13,7 @@ from eclipse_ray import storage
 from eclipse_ray.boundary import debug_requested, guarded, plugins_requested
 from eclipse_ray.config import split_overrides
 from eclipse_ray.distributed.study import run_study
-from eclipse_ray.distributed.tune import cache_counts, spec
+from eclipse_ray.distributed.tune import LOGGERS, cache_counts, spec
 from eclipse_ray.presets import PRESETS, trial_settings  # noqa: F401  (trial_settings: for the sweep scripts)
 from eclipse_ray.registry import use_plugins
 from eclipse_ray.results.report import write_report
@@ -35,6 +35,9 @@ def parser(description: str) -> argparse.ArgumentParser:
                         "setting of the grid, e.g. a plugin's")
     p.add_argument("--plugin", metavar="FILE.py", action="append", default=[],
                    help="load attacks, defenses, victims or datasets from this Python file (repeatable)")
+    p.add_argument("--tune-logger", action="append", default=[], choices=LOGGERS, metavar="NAME",
+                   help=f"Ray Tune logger callback ({', '.join(LOGGERS)}; repeatable), in place of Tune's automatic "
+                        "CSV/JSON/TensorBoard ones; mlflow reads $MLFLOW_TRACKING_URI, wandb $WANDB_PROJECT")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
@@ -89,7 +92,7 @@ def _run(study: str, args: argparse.Namespace, build) -> None:
     print(f"{study}: {len(specs)} trials -> {study_dir}", flush=True)
     with storage.claim(study_dir, "the study"):
         df = run_study(study_dir, specs, address=args.address, cpus_per_trial=args.cpus_per_trial,
-                       gpus_per_trial=gpus, data_dir=args.data_dir)
+                       gpus_per_trial=gpus, data_dir=args.data_dir, loggers=args.tune_logger or None)
     computed, reused = cache_counts(df)
     report = write_report(study_dir)
     print(json.dumps({"study": str(study_dir), "rows": len(df), "purifications_computed": computed,

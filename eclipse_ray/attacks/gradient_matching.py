@@ -15,7 +15,7 @@ augmentation of the poisons while crafting (here random horizontal flips);
 ``restarts`` independent runs, keeping the one with the lowest final matching
 loss (measured without augmentation). Published defaults: ε = 16/255 in the
 authors' code and PureGen, 8/255 in the poisoning benchmark; 250 iterations,
-8 restarts, τ = 0.1. Default here ε = 8/255 (DESIGN §4); set ``attack.eps``
+8 restarts, τ = 0.1. Default here ε = 8/255 (docs/design.md §4); set ``attack.eps``
 to 16/255 for PureGen's setting.
 
 Deviations: the surrogate is our fast net (a single model, no ensemble, eval

@@ -9,7 +9,7 @@
   perturbation norm marked when the clean originals are known;
 * ``certify.json`` — the config, the resolved σ, counts, timings, the table.
 
-Reading a radius (Hong et al. §5.3 of DESIGN.md): R bounds the ℓ2 norm of the
+Reading a radius (Hong et al. docs/design.md §5.3): R bounds the ℓ2 norm of the
 change to the *whole* training set (pixels on [0,1], labels fixed); k poisons
 of norm ε each change it by √k·ε, so R covers ⌊(R/ε)²⌋ of them.
 """

@@ -5,7 +5,7 @@ callable and ``REDUCE`` calls it, so ``pickle.load`` on a downloaded poison
 file can run ``os.system``. Poisons made with other tools (the "Just how toxic"
 benchmark, ECLIPSE, BackdoorBench) ship as pickles, so eclipse_ray reads them
 only through :class:`RestrictedUnpickler`, which admits plain data and nothing
-else (DESIGN §3, §10):
+else (docs/design.md §3, §10):
 
 * builtins: numbers, strings, bytes, bytearray, lists, tuples, dicts, sets;
 * ``collections.OrderedDict``;

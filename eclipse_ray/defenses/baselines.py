@@ -1,4 +1,4 @@
-"""Model-free baseline purifiers (DESIGN §5.5): JPEG, grayscale, bit-depth reduction, Gaussian blur.
+"""Model-free baseline purifiers (docs/design.md §5.5): JPEG, grayscale, bit-depth reduction, Gaussian blur.
 
 ISS (Liu et al., ICML 2023) showed that JPEG at quality 10 (ISS-J) and
 grayscale (ISS-G) squeeze out most availability poisons; APBench uses them as

@@ -1,4 +1,4 @@
-"""Noise schedules and the one noise unit all samplers share (DESIGN §5.0).
+"""Noise schedules and the one noise unit all samplers share (docs/design.md §5.0).
 
 A purifier's noise is σ in pixel units ([0,1] scale): ``x_noisy = x + σ·n``.
 A diffusion model works on [-1,1] with cumulative product ᾱ, so after ``t``

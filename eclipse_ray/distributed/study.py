@@ -199,7 +199,7 @@ def _count_models(cache_dir: str) -> int:
 def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, address: str | None = None,
               cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_failures: int = 2,
               cache_dir: str | os.PathLike | None = None, data_dir: str | None = None,
-              max_concurrent: int | None = None, actors: int | None = None):
+              max_concurrent: int | None = None, actors: int | None = None, loggers: list[str] | None = None):
     """Compile ``specs``, compute their artifacts stage by stage, then run the victim trials on Tune."""
     import ray
 
@@ -211,6 +211,10 @@ def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, addr
         cache_dir = os.environ.get("ECLIPSE_RAY_CACHE") or storage.join(study, ".cache")
     cache = storage.normalize(cache_dir)
     plan = compile_plan(specs)  # every setting checked before any work
+    if loggers:
+        from eclipse_ray.distributed.tune import tune_loggers
+
+        tune_loggers(loggers, "check")  # an unknown logger or a missing package: before any work
     done = read_results(study)
     stored = set(done["config_hash"]) if not done.empty and "config_hash" in done else set()
     todo = [tr for tr in plan.trials if tr.cfg.hash() not in stored]
@@ -236,7 +240,7 @@ def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, addr
             if group:
                 run_trials(study, [(tr.spec, tr.purify_reused) for tr in group], cache, data_dir=data_dir,
                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                           max_failures=max_failures, max_concurrent=max_concurrent)
+                           max_failures=max_failures, max_concurrent=max_concurrent, loggers=loggers)
         stored = read_results(study)
         missing = [tr for tr in todo if stored.empty or tr.cfg.hash() not in set(stored["config_hash"])]
         if missing:  # Tune returns early when interrupted: say so rather than report a partial study

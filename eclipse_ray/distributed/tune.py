@@ -123,31 +123,117 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
                  runtime_env={"env_vars": env} if env else None)
 
 
+def tuner_inputs(study_dir: str, specs: list[dict[str, Any]], cache_dir: str | None = None, *,
+                 cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, data_dir: str | None = None,
+                 purify_reused: list[bool | None] | None = None) -> tuple[Any, dict[str, Any]]:
+    """(trainable, param_space) of victim trials, for people who drive Ray Tune themselves::
+
+        from ray import tune
+        from eclipse_ray.distributed.tune import spec, tuner_inputs
+
+        specs = [spec("digits", "lsp", d, {"victim.epochs": "4"}) for d in ("none", "jpeg")]
+        trainable, space = tuner_inputs("results/mine", specs)
+        grid = tune.Tuner(trainable, param_space=space,
+                          tune_config=tune.TuneConfig(metric="test_acc", mode="max")).fit()
+        grid.get_best_result().metrics, grid.get_dataframe()
+
+    Each trial reports :data:`METRIC_KEYS` and appends its full row to the parquet store at
+    ``study_dir`` (read it with :func:`eclipse_ray.results.store.read_results`); ``cache_dir``
+    (default ``<study_dir>/.cache``) holds poisoned and purified sets and models, computed by the
+    trial that first needs them (:func:`eclipse_ray.distributed.study.run_study` computes them once,
+    stage by stage, before any trial). The param space is a grid over ``specs``.
+    """
+    from ray import tune
+
+    from eclipse_ray import storage
+
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # keep relative dataset paths meaningful
+    study = storage.normalize(study_dir)
+    cache = storage.normalize(cache_dir) if cache_dir else storage.join(study, ".cache")
+    reused = purify_reused or [None] * len(specs)
+    fn = tune.with_resources(tune.with_parameters(trainable, results_dir=study, cache_dir=cache,
+                                                  data_dir=data_dir, env=storage.env()),
+                             {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    return fn, {"trial": tune.grid_search([{"spec": s, "purify_reused": r} for s, r in zip(specs, reused)])}
+
+
+LOGGERS = ("csv", "json", "tensorboard", "mlflow", "wandb")
+
+
+def tune_loggers(names: list[str], experiment: str) -> list[Any]:
+    """Ray Tune's logger callbacks by name (``csv``, ``json``, ``tensorboard``, ``mlflow``: tracking URI
+    from ``$MLFLOW_TRACKING_URI``; ``wandb``: project from ``$WANDB_PROJECT``, default eclipse_ray).
+    A name that is unknown, or whose package is missing, is a one-line error before any work."""
+    from eclipse_ray.config import ConfigError
+
+    out = []
+    for name in dict.fromkeys(names):
+        if name not in LOGGERS:
+            raise ConfigError(f"--tune-logger {name}: unknown (one of {', '.join(LOGGERS)})")
+        need = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}.get(name)
+        if need:
+            try:
+                __import__(need)
+            except ImportError:
+                raise ConfigError(f"--tune-logger {name}: needs the {need} package (pip install {need})") from None
+        if name in ("csv", "json", "tensorboard"):
+            from ray.tune import logger
+
+            out.append({"csv": logger.CSVLoggerCallback, "json": logger.JsonLoggerCallback,
+                        "tensorboard": logger.TBXLoggerCallback}[name]())
+        elif name == "mlflow":
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            out.append(MLflowLoggerCallback(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
+                                            experiment_name=experiment))
+        else:
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            out.append(WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT", "eclipse_ray"), group=experiment))
+    return out
+
+
 def run_trials(study_dir: str, trials: list[tuple[dict[str, Any], bool | None]], cache_dir: str, *,
                cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_failures: int = 2,
-               data_dir: str | None = None, max_concurrent: int | None = None) -> None:
-    """Victim trials as one Tune experiment (state under ``<study>/_tune``); a lost trial is rerun elsewhere."""
+               data_dir: str | None = None, max_concurrent: int | None = None,
+               loggers: list[str] | None = None) -> None:
+    """Victim trials as one Tune experiment (state under ``<study>/_tune``); a lost trial is rerun elsewhere.
+
+    ``loggers``: Tune logger callbacks by name (:func:`tune_loggers`), in place of Tune's automatic
+    CSV/JSON/TensorBoard ones; ``None``: Tune's automatic ones."""
     from ray import tune
 
     from eclipse_ray import storage
     from eclipse_ray.config import config_hash
 
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # keep relative dataset paths meaningful
-    specs = [{"spec": s, "purify_reused": r} for s, r in trials]
-    fn = tune.with_resources(tune.with_parameters(trainable, results_dir=study_dir, cache_dir=cache_dir,
-                                                  data_dir=data_dir, env=storage.env()),
-                             {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    fn, space = tuner_inputs(study_dir, [s for s, _ in trials], cache_dir, cpus_per_trial=cpus_per_trial,
+                             gpus_per_trial=gpus_per_trial, data_dir=data_dir,
+                             purify_reused=[r for _, r in trials])
     name = f"trials-{config_hash({'specs': [s for s, _ in trials]}, 8)}-{time.strftime('%Y%m%dT%H%M%S')}"
+    callbacks = tune_loggers(loggers, storage.normalize(study_dir).rstrip("/").rsplit("/", 1)[-1]) \
+        if loggers else None
     tuner = tune.Tuner(
         fn,
-        param_space={"trial": tune.grid_search(specs)},
+        param_space=space,
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
-        run_config=tune.RunConfig(name=name, storage_path=storage.join(study_dir, "_tune"),
+        run_config=tune.RunConfig(name=name, storage_path=storage.join(study_dir, "_tune"), callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=max_failures), verbose=1))
-    grid = tuner.fit()
+    auto = os.environ.get(AUTO_LOGGERS)
+    if loggers:  # exactly the loggers asked for
+        os.environ[AUTO_LOGGERS] = "1"
+    try:
+        grid = tuner.fit()
+    finally:
+        if loggers and auto is None:
+            del os.environ[AUTO_LOGGERS]
+        elif loggers:
+            os.environ[AUTO_LOGGERS] = auto
     errors = [r.error for r in grid if r.error is not None]
     if errors:
         raise RuntimeError(f"{len(errors)} trial(s) failed; first: {errors[0]}")
+
+
+AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 
 
 def cache_counts(df: pd.DataFrame) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Seed-aggregated tables and Pareto frontiers of accuracy against poison success (DESIGN §8).
+"""Seed-aggregated tables and Pareto frontiers of accuracy against poison success (docs/design.md §8).
 
 A defense config is a point (mean ``test_acc``, mean ``poison_success``) over
 its seeds; per (dataset, attack) the frontier keeps the configs no other config

@@ -30,7 +30,7 @@ def plot_pareto(df: pd.DataFrame, path: str | Path, x: str = "test_acc", y: str 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    p = pareto(df, x, y)
+    p = pareto(labelled(df), x, y)  # panels named by dataset label, never a path
     if p.empty or f"{y}_mean" not in p:
         return None
     panels = list(p.groupby(["dataset", "attack.name"]))
@@ -66,7 +66,7 @@ def plot_sigma(df: pd.DataFrame, path: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = summarize(df)
+    s = summarize(labelled(df))
     if s.empty or "defense.sigma" not in s or s["defense.sigma"].dropna().nunique() < 3:
         return None
     panels = list(s.groupby(["dataset", "attack.name"]))
@@ -80,7 +80,7 @@ def plot_sigma(df: pd.DataFrame, path: str | Path) -> Path | None:
             else:
                 ax.axhline(d["test_acc_mean"].iloc[0], ls="--" if name == "none" else ":", lw=1.2,
                            color="grey" if name == "none" else "black", label=f"{name} (no σ)")
-        ax.set_title(f"{Path(str(dataset)).name} · {'clean data' if attack == 'none' else attack}", fontsize=9)
+        ax.set_title(f"{dataset} · {'clean data' if attack == 'none' else attack}", fontsize=9)
         ax.set_xlabel("σ × 255 (noise added before denoising)")
         ax.set_ylabel("test_acc")
         ax.grid(alpha=0.3)

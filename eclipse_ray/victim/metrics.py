@@ -1,4 +1,4 @@
-"""Trial metrics (DESIGN §6): accuracy, attack success, poison success and purification fidelity.
+"""Trial metrics (docs/design.md §6): accuracy, attack success, poison success and purification fidelity.
 
 * ``test_acc`` — accuracy on the clean test set.
 * ``asr`` — backdoors: share of triggered non-target test images classified as the target.

@@ -1,4 +1,4 @@
-"""Importers for poisons made with other tools (DESIGN §3): APBench, "Just how toxic", BackdoorBench, ECLIPSE, npz.
+"""Importers for poisons made with other tools (docs/design.md §3): APBench, "Just how toxic", BackdoorBench, ECLIPSE, npz.
 
 Each importer turns one foreign on-disk format into a :class:`~eclipse_ray.data.sources.Dataset`
 (``train``, ``test``, plus ``test_triggered`` / ``targets`` / ``originals`` where
