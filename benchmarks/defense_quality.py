@@ -55,6 +55,7 @@ from eclipse_ray import storage
 from eclipse_ray.distributed.study import run_study
 from eclipse_ray.distributed.tune import cache_counts, spec
 from eclipse_ray.presets import PRESETS, trial_settings
+from eclipse_ray.results.html import labelled
 from eclipse_ray.results.report import plot_pareto
 from eclipse_ray.results.store import read_results
 from eclipse_ray.results.table import (
@@ -73,7 +74,7 @@ from vab_quality import CPU_SETTINGS as VAB_CPU  # noqa: E402
 AVAILABILITY = ("urp", "lsp", "ar", "ops", "em", "rem", "tap")
 BACKDOORS = ("badnets", "blend", "sig", "wanet")
 PURIFIERS = ("none", "jpeg", "gray", "eclipse", "puregen-ddpm", "denoise", "puregen-ebm")
-ROW_COLUMNS = ["attack.name", "attack.kind", "defense.name", "seed", "test_acc", "asr", "asr_any", "poison_success",
+ROW_COLUMNS = ["dataset", "attack.name", "attack.kind", "defense.name", "seed", "test_acc", "asr", "asr_any", "poison_success",
                "acc_ref", "clean_cost", "purify_psnr_poisoned", "purify_psnr_clean", "vab_precision", "vab_recall",
                "craft_seconds", "purify_seconds", "train_seconds", "seconds", "purify_reused", "config_hash"]
 
@@ -122,6 +123,7 @@ def build_specs(preset_name: str, seeds: list[int], dataset: str | None = None) 
 
 def write_reference(df: pd.DataFrame, out: Path, wall_seconds: float | None) -> Path:
     """rows.parquet, report.md (Table 1, clean cost, won-back) and pareto PNGs into ``out``."""
+    df = labelled(df)  # datasets by short name and content fingerprint, never a path
     out.mkdir(parents=True, exist_ok=True)
     df[[c for c in ROW_COLUMNS if c in df]].to_parquet(out / "rows.parquet", index=False)
     avail_png = plot_pareto(df[df["attack.name"].isin(AVAILABILITY)], out / "pareto_availability.png")

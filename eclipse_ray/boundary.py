@@ -28,13 +28,14 @@ def plugins_requested(argv: list[str]) -> tuple[list[str], list[str]]:
     rest: list[str] = []
     it = iter(argv)
     for a in it:
-        if a == "--plugin":
-            value = next(it, None)
-            if value is None or value.startswith("--"):
+        if a == "--":  # what follows is not ours
+            rest += [a, *it]
+            break
+        if a == "--plugin" or a.startswith("--plugin="):
+            value = next(it, None) if a == "--plugin" else a.split("=", 1)[1]
+            if not value or value.startswith("--"):
                 raise ConfigError("--plugin needs the path of a Python file")
             paths.append(value)
-        elif a.startswith("--plugin="):
-            paths.append(a.split("=", 1)[1])
         else:
             rest.append(a)
     return paths, rest

@@ -273,7 +273,8 @@ def _refuse_existing(out: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="eclipse-ray", description="Purify poisoned image datasets and measure it.")
+    p = argparse.ArgumentParser(prog="eclipse-ray", description="Purify poisoned image datasets and measure it.",
+                                allow_abbrev=False)  # no --plug for --plugin: it is read before parsing
     p.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
     p.add_argument("--plugin", metavar="FILE.py", action="append", default=[],
                    help="load attacks, defenses, victims or datasets from this Python file (anywhere on the line; "

@@ -31,7 +31,8 @@ T = TypeVar("T")
 PLUGINS_ENV = "ECLIPSE_RAY_PLUGINS"
 _REGISTRIES: dict[str, "Registry[Any]"] = {}  # entry-point group -> registry
 _loaded: dict[str, str] = {}  # plugin file (resolved) -> module name
-_searched: set[str] = set()  # entry-point groups already loaded
+_given: dict[str, str] = {}  # plugin file as given -> module name (a later chdir must not matter)
+_searched: set[int] = set()  # registries whose entry points are loaded (by id)
 _origin_stack: list[str] = []  # the plugin being loaded (named in its entries' origin)
 
 
@@ -43,13 +44,18 @@ class Registry(Generic[T]):
     """
 
     def __init__(self, section: str, entries: Iterable[Any] | Mapping[str, Any], *, group: str,
-                 kind: type | None = None) -> None:
+                 kind: type | None = None, reserved: Iterable[str] = ()) -> None:
         self.section, self.group, self.kind = section, group, kind
+        self.reserved = frozenset(reserved)  # names of built-ins kept elsewhere (a plugin may not take them)
         self._entries: dict[str, T] = {}
         self.origin: dict[str, str] = {}  # name -> plugin it came from (built-ins absent)
         items = entries.items() if isinstance(entries, Mapping) else ((None, e) for e in entries)
-        for name, entry in items:
-            self.register(entry, name)
+        loading, _origin_stack[:] = list(_origin_stack), []  # built-ins, even when a plugin imports us first
+        try:
+            for name, entry in items:
+                self.register(entry, name)
+        finally:
+            _origin_stack[:] = loading
         _REGISTRIES[group] = self
 
     def register(self, entry: T, name: str | None = None, origin: str | None = None) -> T:
@@ -61,7 +67,13 @@ class Registry(Generic[T]):
         key = name or getattr(entry, "name", None)
         if not key or not isinstance(key, str):
             raise ConfigError(f"{self.section} plugin {entry!r}: has no name")
+        if self.kind is not None and key != getattr(entry, "name", None):
+            raise ConfigError(f"{self.section} {entry.__name__}: registered as {key!r} but named "
+                              f"{getattr(entry, 'name', None)!r} (rows and hashes use its name)")
         where = origin or (_origin_stack[-1] if _origin_stack else None)
+        if key in self.reserved:
+            raise ConfigError(f"{self.section} {key!r} registered twice" + (f" (by {where})" if where else "")
+                              + ": a built-in has that name")
         if key in self._entries and self._entries[key] is not entry:
             raise ConfigError(f"{self.section} {key!r} registered twice" + (f" (by {where})" if where else ""))
         self._entries[key] = entry
@@ -90,15 +102,21 @@ class Registry(Generic[T]):
 
 
 def discover() -> None:
-    """Load the installed plugins of every registry not yet searched, then the ``$ECLIPSE_RAY_PLUGINS``
-    files not yet loaded (once per process; again only for what is new)."""
+    """Load the ``$ECLIPSE_RAY_PLUGINS`` files not yet loaded, then the installed plugins of every registry
+    not yet searched (once per process; again only for what is new) — the driver's order, so a worker
+    ends with the same entries. A listed file a worker cannot load is a warning: the built-ins keep working."""
+    for path in plugin_paths():
+        if path not in _given:
+            try:
+                load_plugin_file(path)
+            except ConfigError as e:
+                _given[path] = ""
+                print(f"eclipse-ray: warning: {e}", file=sys.stderr, flush=True)
     for group, registry in list(_REGISTRIES.items()):
-        if group not in _searched:
-            _searched.add(group)
+        if id(registry) not in _searched:
+            _searched.add(id(registry))
             for ep in entry_points(group=group):
                 _load_entry_point(registry, ep)
-    for path in plugin_paths():
-        load_plugin_file(path)
 
 
 def plugin_paths() -> list[str]:
@@ -129,11 +147,14 @@ def load_plugin_file(path: str | os.PathLike) -> str:
     Its classes are pickled by value, so Ray ships them to workers with the task.
     """
     given = os.fspath(path)
+    if given in _given:
+        return _given[given]
     file = Path(given)
     if file.suffix != ".py" or not file.is_file():
         raise ConfigError(f"--plugin {given}: no such Python file")
     key = str(file.resolve())
     if key in _loaded:
+        _given[given] = _loaded[key]
         return _loaded[key]
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     name = f"eclipse_ray_plugin_{''.join(c if c.isalnum() else '_' for c in file.stem)}_{digest}"
@@ -152,6 +173,7 @@ def load_plugin_file(path: str | os.PathLike) -> str:
     finally:
         _origin_stack.pop()
     _by_value(module)
+    _given[given] = name
     return name
 
 

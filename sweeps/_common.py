@@ -20,7 +20,7 @@ from eclipse_ray.results.report import write_report
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(description=description, allow_abbrev=False)
     p.add_argument("--preset", choices=tuple(PRESETS), default="smoke")
     p.add_argument("--dataset", default=None, help="override the preset's dataset")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else an embedded Ray)")

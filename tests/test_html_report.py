@@ -52,6 +52,28 @@ def test_report_names_every_varying_setting_and_no_path(study):
     assert "badnets · jpeg attack.rate=0.05" in page and "badnets · jpeg attack.rate=0.2" in page
 
 
+def test_labels_keep_different_datasets_apart(tmp_path):
+    import pandas as pd
+
+    from eclipse_ray.data.sources import load_dataset
+    from eclipse_ray.data.store import write_dataset
+    from eclipse_ray.results.html import labelled
+
+    df = pd.DataFrame({"dataset": ["folder:/a/train", "folder:/b/train", "folder:/a/train", "digits"],
+                       "attack.name": "lsp"})
+    names = labelled(df)["dataset"].tolist()
+    assert names[0] == names[2] != names[1] and names[0].startswith("train~") and names[3] == "digits"
+    assert labelled(labelled(df))["dataset"].tolist() == names  # idempotent
+    # a dataset directory is fingerprinted by its own content, not by the source it was made from
+    d = load_digits()
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x_train=d.train.images, y_train=d.train.labels, x_test=d.test.images, y_test=d.test.labels)
+    src = load_dataset(f"npz:{npz}")
+    write_dataset(tmp_path / "copy", src.splits, src.meta)
+    copy = load_dataset(f"parquet:{tmp_path / 'copy'}")
+    assert copy.meta["fingerprint"] != src.meta["fingerprint"] and len(copy.meta["fingerprint"]) == 64
+
+
 @pytest.mark.skipif(BROWSER is None, reason="no Chromium (Debian: apt-get install chromium)")
 def test_report_renders_in_a_headless_browser(study):
     _, study = study

@@ -118,13 +118,25 @@ def test_list_shows_plugin_entries_with_their_settings(plugin, tmp_path):
     assert "stripes" in out and "attack.eps=0.0627451" in out and "(plugin my_plugin.py)" in out
     assert "median" in out and "defense.size=3" in out and "(plugin my_defense.py)" in out
     assert "tiny " in out and "blobs[:ARG]" in out
-    assert "jpeg" in out and "eclipse" in out  # built-ins still there
+    assert "jpeg" in out and "eclipse" in out  # built-ins still there, and not named as a plugin's
+    assert [ln.split()[0] for ln in out.splitlines() if "(plugin " in ln] == ["blobs[:ARG]", "stripes", "median",
+                                                                             "tiny"]
+    # a plugin file given by a relative path keeps working after the process changes directory (Tune workers may)
+    code = ("import os; from eclipse_ray.registry import use_plugins; from eclipse_ray.defenses import DEFENSES; "
+            "use_plugins(['my_defense.py']); os.chdir('/'); print('jpeg' in DEFENSES, 'median' in DEFENSES)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.stdout.split() == ["True", "True"], p.stderr[-2000:]
+    # --plugin is never abbreviated (it is read before the parser): --plug is refused, not ignored
+    assert _run(["--plug", "my_defense.py", "list"], tmp_path, check=False).returncode == 2
 
 
 def test_a_trial_with_plugin_attack_defense_victim_and_dataset(plugin, tmp_path):
     """The example package installed (its defense by entry point), the rest from a --plugin file."""
     _, env = _install_example(tmp_path)
     assert "(plugin my_defense)" in _run(["list"], tmp_path, env).stdout
+    # installed and given as a file too: the file wins (loaded first everywhere), the entry point is a warning
+    both = _run(["--plugin", "my_defense.py", "list"], tmp_path, env)
+    assert "(plugin my_defense.py)" in both.stdout and "registered twice" in both.stderr
     res = tmp_path / "res"
     p = _run(["--plugin", str(plugin), "run", "--dataset", "blobs:20", "--attack", "stripes", "--defense", "median",
               "--set", "victim.arch=tiny", "victim.epochs=2", "defense.size=5", "--results", str(res), "--quiet"],
@@ -180,6 +192,11 @@ def test_broken_plugins(tmp_path):
     p = _run(["--plugin", "clash.py", "list"], tmp_path, check=False)
     assert p.returncode == 2 and p.stderr.strip() == \
         "eclipse-ray: error: --plugin clash.py: defense 'jpeg' registered twice (by plugin clash.py)"
+    (tmp_path / "npz.py").write_text("from eclipse_ray.data.sources import DATASETS\n"
+                                     "DATASETS.register(lambda arg, data_dir: None, 'npz')\n")
+    p = _run(["--plugin", "npz.py", "list"], tmp_path, check=False)
+    assert p.returncode == 2 and "dataset 'npz' registered twice (by plugin npz.py): a built-in has that name" \
+        in p.stderr
     # a broken installed plugin: a one-line warning, and the built-ins keep working
     site = tmp_path / "site"
     dist = site / "broken_plugin-0.1.dist-info"

@@ -147,7 +147,7 @@ def load_npz(path: str | Path) -> Dataset:
         raise ConfigError(f"npz:{path}: missing array(s) {', '.join(missing)}")
     data = from_arrays(f"npz:{path}", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                        arrays.get("classes"))
-    data.meta["sha256"] = _sha256(path)  # the content fingerprint in rows and reports (dataset_label)
+    data.meta["fingerprint"] = _sha256(path)  # the content fingerprint in rows and reports (dataset_label)
     return data
 
 
@@ -352,7 +352,7 @@ def load_folder(path: str | Path, cache_dir: str | Path | None = None) -> Datase
     if not path.is_file():
         raise ConfigError(f"folder:{path}: no such directory or archive")
     arrays, classes, digest = _read_archive(path, src, cache_dir)
-    return _tree_dataset(src, arrays, classes, {"archive_sha256": digest})
+    return _tree_dataset(src, arrays, classes, {"archive_sha256": digest, "fingerprint": digest})
 
 
 def cifar10_jpeg_path() -> Path:
@@ -371,7 +371,7 @@ def load_cifar10_jpeg(cache_dir: str | Path | None = None) -> Dataset:
         raise ConfigError(f"cifar10-jpeg: {path} has class folders {', '.join(classes)}, "
                           f"expected CIFAR-10's {', '.join(CIFAR10_CLASSES)}")
     return _tree_dataset("cifar10-jpeg", arrays, classes, {
-        "archive": str(path), "archive_sha256": digest, "jpeg_quality": 75, "chroma_subsampling": "4:2:0",
+        "archive": str(path), "archive_sha256": digest, "fingerprint": digest, "jpeg_quality": 75, "chroma_subsampling": "4:2:0",
         "note": "CIFAR-10 re-encoded as JPEG (quality 75, 4:2:0), lossy: not the original pixels"})
 
 
@@ -382,7 +382,7 @@ def load_parquet(path: str | Path) -> Dataset:
         if need not in splits:
             raise ConfigError(f"parquet:{path}: needs a {need!r} split (has {', '.join(splits)})")
     doc = Path(path) / "meta.json"  # lists every shard's checksum: a fingerprint of the content
-    return Dataset(f"parquet:{path}", splits, {**meta, **({"content_sha256": _sha256(doc)} if doc.is_file() else {})})
+    return Dataset(f"parquet:{path}", splits, {**meta, "fingerprint": _sha256(doc) if doc.is_file() else None})
 
 
 NAMED: dict[str, Callable[[Path, bool], Dataset]] = {
@@ -409,7 +409,7 @@ DESCRIPTIONS = {
 
 # Dataset sources from plugins: NAME (or NAME:ARG) -> f(arg, data_dir) -> Dataset with train and test
 # splits; the first line of its docstring is its ``eclipse-ray list`` entry.
-DATASETS: Registry = Registry("dataset", {}, group="eclipse_ray.datasets")
+DATASETS: Registry = Registry("dataset", {}, group="eclipse_ray.datasets", reserved=[*NAMED, *PREFIXED])
 
 
 def short_name(spec: str) -> str:
@@ -422,8 +422,8 @@ def short_name(spec: str) -> str:
 
 def dataset_label(spec: str, meta: dict[str, Any]) -> str:
     """How rows, plots and reports name a dataset: its short name and, where known, a content fingerprint
-    (``cifar10_subset.npz@7d6674d8``), never one machine's absolute path."""
-    digest = meta.get("sha256") or meta.get("archive_sha256") or meta.get("content_sha256")
+    (``cifar10_subset.npz@b407fc95``), never one machine's absolute path."""
+    digest = meta.get("fingerprint")
     return f"{short_name(spec)}@{str(digest)[:8]}" if digest else short_name(spec)
 
 

@@ -149,8 +149,10 @@ def tuner_inputs(study_dir: str, specs: list[dict[str, Any]], cache_dir: str | N
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # keep relative dataset paths meaningful
     study = storage.normalize(study_dir)
-    cache = storage.normalize(cache_dir) if cache_dir else storage.join(study, ".cache")
-    reused = purify_reused or [None] * len(specs)
+    cache = storage.normalize(cache_dir or os.environ.get("ECLIPSE_RAY_CACHE") or storage.join(study, ".cache"))
+    reused = purify_reused if purify_reused is not None else [None] * len(specs)
+    if len(reused) != len(specs):
+        raise ValueError(f"purify_reused has {len(reused)} entries for {len(specs)} specs")
     fn = tune.with_resources(tune.with_parameters(trainable, results_dir=study, cache_dir=cache,
                                                   data_dir=data_dir, env=storage.env()),
                              {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
@@ -158,6 +160,7 @@ def tuner_inputs(study_dir: str, specs: list[dict[str, Any]], cache_dir: str | N
 
 
 LOGGERS = ("csv", "json", "tensorboard", "mlflow", "wandb")
+AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"  # Tune's switch for its automatic CSV/JSON/TensorBoard loggers
 
 
 def tune_loggers(names: list[str], experiment: str) -> list[Any]:
@@ -200,7 +203,9 @@ def run_trials(study_dir: str, trials: list[tuple[dict[str, Any], bool | None]],
     """Victim trials as one Tune experiment (state under ``<study>/_tune``); a lost trial is rerun elsewhere.
 
     ``loggers``: Tune logger callbacks by name (:func:`tune_loggers`), in place of Tune's automatic
-    CSV/JSON/TensorBoard ones; ``None``: Tune's automatic ones."""
+    CSV/JSON/TensorBoard ones; ``None``: Tune's own choice (its automatic ones unless
+    ``$TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`` is 1). Sets ``RAY_CHDIR_TO_TRIAL_DIR=0`` unless given
+    (relative dataset paths stay meaningful in trials)."""
     from ray import tune
 
     from eclipse_ray import storage
@@ -232,8 +237,6 @@ def run_trials(study_dir: str, trials: list[tuple[dict[str, Any], bool | None]],
     if errors:
         raise RuntimeError(f"{len(errors)} trial(s) failed; first: {errors[0]}")
 
-
-AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 
 
 def cache_counts(df: pd.DataFrame) -> tuple[int, int]:

@@ -18,6 +18,7 @@ the table and part of each point's label; datasets are named by
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import os
@@ -42,8 +43,14 @@ def labelled(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with ``dataset`` replaced by its portable label (``dataset_label`` where rows carry it)."""
     df = df.copy()
     if "dataset" in df:
-        short = df["dataset"].astype(str).map(short_name)
-        df["dataset"] = df["dataset_label"].fillna(short) if "dataset_label" in df else short
+        raw = df["dataset"].astype(str)
+        short = raw.map(short_name)
+        label = df["dataset_label"].fillna(short) if "dataset_label" in df else short
+        pairs = pd.DataFrame({"raw": raw, "label": label}).drop_duplicates()
+        clash = pairs["label"].duplicated(keep=False)  # two datasets, one name: keep them apart
+        fix = {r: f"{lab}~{hashlib.sha256(r.encode()).hexdigest()[:4]}"
+               for r, lab in zip(pairs.loc[clash, "raw"], pairs.loc[clash, "label"])}
+        df["dataset"] = [fix.get(r, lab) for r, lab in zip(raw, label)]
     return df.drop(columns=["dataset_label"], errors="ignore")
 
 
@@ -60,7 +67,7 @@ def varying_settings(df: pd.DataFrame) -> list[str]:
 
 
 def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
+    if v is None or (isinstance(v, float) and np.isnan(v)) or v in ("None", "nan", "<NA>"):
         return ""
     if isinstance(v, (float, np.floating)):
         return f"{v:.4g}"
@@ -142,6 +149,7 @@ def sigma_svgs(s: pd.DataFrame, varying: list[str]) -> list[tuple[str, str]]:
         return []
     others = [k for k in varying if k != "defense.sigma"]
     out = []
+    s = s[np.isfinite(s["test_acc_mean"].astype(float))]
     for (dataset, attack), g in s.groupby(["dataset", "attack.name"]):
         with_sigma = g[g["defense.sigma"].notna()]
         if with_sigma.empty:
@@ -193,35 +201,53 @@ def image_strips(df: pd.DataFrame, cache: str | None, varying: list[str], n: int
     if cache is None or "poison_key" not in df:
         return []
     out = []
-    stored = df.dropna(subset=["poison_key"])
+    stored = df.dropna(subset=["poison_key"]).copy()
+    stored["purification_key"] = stored.get("purification_key", pd.Series(index=stored.index, dtype=object))
     config = stored[["dataset", "attack.name", "defense.name", *varying]].astype(str)
-    first = stored[~config.duplicated()]  # one strip per configuration (its first seed)
-    for _, r in first.sort_values(["dataset", "attack.name", "defense.name", *varying]).iterrows():
-        ploc = storage.join(cache, "poisons", str(r["poison_key"]))
-        key = r.get("purification_key")
-        qloc = storage.join(cache, "purified", str(key)) if isinstance(key, str) else None
-        if not is_dataset(ploc) or (qloc is not None and not is_dataset(qloc)):
-            continue
-        train = read_split(ploc, "train")
-        rows = np.flatnonzero(train.poisoned)[:n]
-        rows = rows if len(rows) else np.arange(min(n, len(train)))
-        shown = [train.images[rows]]
-        names = ["poisoned" if train.poisoned.any() else "training"]
-        if qloc is not None:
-            purified = read_split(qloc, "train")
-            pos = {int(i): j for j, i in enumerate(purified.index)}
-            shown.append(purified.images[[pos[int(i)] for i in train.index[rows]]])
-            names.append("purified")
-        if train.poisoned.any() and "originals" in _splits(ploc):
-            orig = read_split(ploc, "originals")
-            pos = {int(i): j for j, i in enumerate(orig.index)}
-            if all(int(i) in pos for i in train.index[rows]):
-                shown.append(orig.images[[pos[int(i)] for i in train.index[rows]]])
-                names.append("clean")
+    first = stored[~config.duplicated()].sort_values(["dataset", "attack.name", "defense.name", *varying])
+    first = first[~first[["poison_key", "purification_key"]].astype(str).duplicated()]  # same images: once
+    splits: dict[tuple[str, str], Any] = {}
+
+    def split(loc: str, name: str):
+        if (loc, name) not in splits:
+            splits[(loc, name)] = read_split(loc, name)
+        return splits[(loc, name)]
+
+    for _, r in first.iterrows():
         title = f"{r['dataset']} · {r['attack.name']} · {_config_text(r, varying)}"
-        out.append((title, f'<img alt="{html.escape(title)}" src="{_png_uri(shown)}">'
-                           f'<div class="rows">rows: {" / ".join(names)}</div>'))
+        try:
+            shown, names = _strip(cache, r, n, split)
+        except Exception as e:  # noqa: BLE001 — a damaged artifact costs its strip, not the report
+            out.append((title, f'<p class="rows">no images: {html.escape(type(e).__name__)}: '
+                               f'{html.escape(str(e)[:200])}</p>'))
+            continue
+        if shown:
+            out.append((title, f'<img alt="{html.escape(title)}" src="{_png_uri(shown)}">'
+                               f'<div class="rows">rows: {" / ".join(names)}</div>'))
     return out
+
+
+def _strip(cache: str, r: pd.Series, n: int, split) -> tuple[list[np.ndarray], list[str]]:
+    """The rows of one strip: the first ``n`` poisoned samples, purified and clean, aligned by index."""
+    ploc = storage.join(cache, "poisons", str(r["poison_key"]))
+    key = r.get("purification_key")
+    qloc = storage.join(cache, "purified", str(key)) if isinstance(key, str) else None
+    if not is_dataset(ploc) or (qloc is not None and not is_dataset(qloc)):
+        return [], []
+    train = split(ploc, "train")
+    rows = np.flatnonzero(train.poisoned)[:n]
+    rows = rows if len(rows) else np.arange(min(n, len(train)))
+    ids = [int(i) for i in train.index[rows]]
+    shown, names = [train.images[rows]], ["poisoned" if train.poisoned.any() else "training"]
+    others = ([(qloc, "train", "purified")] if qloc is not None else []) + (
+        [(ploc, "originals", "clean")] if train.poisoned.any() and "originals" in _splits(ploc) else [])
+    for loc, name, label in others:
+        s = split(loc, name)
+        pos = {int(i): j for j, i in enumerate(s.index)}
+        if all(i in pos for i in ids):
+            shown.append(s.images[[pos[i] for i in ids]])
+            names.append(label)
+    return shown, names
 
 
 def _splits(loc: str) -> list[str]:
@@ -284,12 +310,10 @@ def render(df: pd.DataFrame, title: str, cache: str | None = None) -> str:
             f"<style>{CSS}</style></head><body>{''.join(body)}<script>{JS}</script></body></html>")
 
 
-def default_cache(study: str) -> str | None:
-    """The cache a study's artifacts are in: ``<study>/.cache``, else ``$ECLIPSE_RAY_CACHE``."""
-    own = storage.join(study, ".cache")
-    if storage.exists(storage.join(own, "poisons")):
-        return own
-    return os.environ.get("ECLIPSE_RAY_CACHE") or None
+def default_cache(study: str) -> str:
+    """The cache a study's artifacts are in, as :func:`eclipse_ray.distributed.study.run_study` chose it:
+    ``$ECLIPSE_RAY_CACHE`` when set, else ``<study>/.cache``."""
+    return os.environ.get("ECLIPSE_RAY_CACHE") or storage.join(study, ".cache")
 
 
 def write_html(study: str, df: pd.DataFrame, out: str, cache: str | None = None) -> str:
@@ -323,7 +347,8 @@ JS = """
   function apply(){
     var rows = Array.prototype.slice.call(body.rows), words = state.filter.toLowerCase().split(/\\s+/).filter(Boolean);
     var shown = 0;
-    rows.forEach(function(r){ var t = r.textContent.toLowerCase();
+    rows.forEach(function(r){
+      var t = Array.prototype.map.call(r.cells, function(c){ return c.textContent; }).join('\t').toLowerCase();
       var ok = words.every(function(w){ return t.indexOf(w) >= 0; }); r.style.display = ok ? '' : 'none';
       if (ok) shown++; });
     var i = heads.findIndex(function(h){ return h.dataset.col === state.sort; });
@@ -344,8 +369,10 @@ JS = """
             + '&desc=' + (state.desc ? 1 : 0) : '');
     if (location.hash.slice(1) !== h) history.replaceState(null, '', '#' + h);
   }
-  location.hash.slice(1).split('&').forEach(function(kv){ var p = kv.split('='), v = decodeURIComponent(p[1] || '');
-    if (p[0] === 'filter') state.filter = v; if (p[0] === 'sort') state.sort = v; if (p[0] === 'desc') state.desc = v === '1'; });
+  location.hash.slice(1).split('&').forEach(function(kv){
+    var i = kv.indexOf('='), k = i < 0 ? kv : kv.slice(0, i), v = i < 0 ? '' : kv.slice(i + 1);
+    try { v = decodeURIComponent(v); } catch (e) { /* a hand-edited hash: keep it as typed */ }
+    if (k === 'filter') state.filter = v; if (k === 'sort') state.sort = v; if (k === 'desc') state.desc = v === '1'; });
   input.value = state.filter;
   input.addEventListener('input', function(){ state.filter = input.value; apply(); });
   heads.forEach(function(h){ h.addEventListener('click', function(){

@@ -126,7 +126,6 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     raw = read_results(study)
     if raw.empty:
         raise FileNotFoundError(f"{study}: no results (no part-*.parquet files)")
-    write_html(study, raw, out, cache_dir)
     df = labelled(raw)
     cols = summary_columns(df)
     with tempfile.TemporaryDirectory(prefix="eclipse_ray-report-") as tmp:
@@ -151,4 +150,5 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
         text += ["## Accuracy against σ", "", f"![sigma]({sigma_png.name})", ""]
     path = storage.join(out, "report.md")
     storage.write_bytes(path, "\n".join(text).encode())
+    write_html(study, raw, out, cache_dir)
     return path

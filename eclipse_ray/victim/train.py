@@ -57,7 +57,7 @@ class VictimConfig(Config):
 
     def resolved(self) -> "VictimConfig":
         """This config with every ``none`` replaced by the arch's recipe value."""
-        recipe = RECIPES.get(self.arch) or getattr(VICTIMS[self.arch], "recipe", RECIPES["fast"])
+        recipe = RECIPES.get(self.arch) or {**RECIPES["fast"], **getattr(VICTIMS[self.arch], "recipe", {})}
         fill = {k: v for k, v in recipe.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **fill)
 
