@@ -57,7 +57,7 @@ from eclipse_ray.distributed.tune import cache_counts, spec
 from eclipse_ray.presets import PRESETS, trial_settings
 from eclipse_ray.results.html import labelled
 from eclipse_ray.results.report import plot_pareto
-from eclipse_ray.results.store import read_results
+from eclipse_ray.result_store import read_results
 from eclipse_ray.results.table import (
     best_backdoor,
     clean_cost,

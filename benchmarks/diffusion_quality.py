@@ -17,7 +17,7 @@ import argparse
 import time
 
 from eclipse_ray.presets import SUBSET_NPZ as DEFAULT_NPZ
-from eclipse_ray.results.store import read_results
+from eclipse_ray.result_store import read_results
 from eclipse_ray.trial import build_config, run_trial
 
 ONESHOT = {"defense.sampler": "oneshot"}

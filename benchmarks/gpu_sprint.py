@@ -42,7 +42,7 @@ from pathlib import Path
 from eclipse_ray import storage
 from eclipse_ray.distributed.study import run_study
 from eclipse_ray.distributed.tune import spec
-from eclipse_ray.results.store import read_results
+from eclipse_ray.result_store import read_results
 from eclipse_ray.results.table import defense_table, markdown
 from eclipse_ray.trial import build_config
 

@@ -38,7 +38,7 @@ import time
 import torch
 
 from eclipse_ray.presets import SUBSET_NPZ as DEFAULT_NPZ
-from eclipse_ray.results.store import read_results
+from eclipse_ray.result_store import read_results
 from eclipse_ray.trial import build_config, prepare, run_trial
 
 EM_CPU = {"attack.width": "16", "attack.pgd_steps": "5", "attack.step": str(2 / 255), "attack.max_rounds": "6"}

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from eclipse_ray.presets import SUBSET_NPZ
-from eclipse_ray.results.store import read_results
+from eclipse_ray.result_store import read_results
 from eclipse_ray.trial import build_config, run_trial, summary
 
 DATASET = f"npz:{SUBSET_NPZ}"

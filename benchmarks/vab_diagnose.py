@@ -34,7 +34,7 @@ import torch
 from eclipse_ray.defenses import vab
 from eclipse_ray.presets import SUBSET_NPZ
 from eclipse_ray.trial import build_config, prepare
-from eclipse_ray.victim.train import to_tensor
+from eclipse_ray.tensors import to_tensor
 
 sys.path.insert(0, str(Path(__file__).parent))
 from vab_quality import CPU_SETTINGS  # noqa: E402

@@ -95,7 +95,7 @@ def _cmd_poison(args: argparse.Namespace) -> None:
 def _cmd_run(args: argparse.Namespace) -> None:
     from eclipse_ray.trial import build_config, run_trial, summary
 
-    from eclipse_ray.distributed.cache import cache_root
+    from eclipse_ray.data.cache import cache_root
 
     cfg = build_config(args.dataset, args.attack, args.defense, split_overrides(args.set))
     if args.results:
@@ -133,8 +133,8 @@ def _training_setup(args: argparse.Namespace, cfg: Any) -> tuple[Path, Any]:
     """(output directory, the defender's clean reference set) for train-diffusion / train-ebm."""
     from eclipse_ray.checkpoint import claim_out
     from eclipse_ray.data.sources import load_dataset
-    from eclipse_ray.diffusion.train import clean_reference_rows
-    from eclipse_ray.victim.metrics import clean_view
+    from eclipse_ray.data.sources import clean_reference_rows
+    from eclipse_ray.data.imageset import clean_view
 
     out = Path(args.out)
     claim_out(out, cfg, "config.json" if hasattr(cfg, "mcmc_steps") else "eclipse_ray.json")
@@ -187,7 +187,7 @@ def _cmd_results(args: argparse.Namespace) -> None:
     from eclipse_ray.results.pareto import pareto, summarize
     from eclipse_ray.results.html import labelled
     from eclipse_ray.results.report import plot_pareto, summary_columns, write_report
-    from eclipse_ray.results.store import read_results
+    from eclipse_ray.result_store import read_results
 
     df = read_results(args.study)
     if df.empty:

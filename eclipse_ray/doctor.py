@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 
 from eclipse_ray import storage
 from eclipse_ray.data import store
-from eclipse_ray.distributed import cache
-from eclipse_ray.results.store import verify_results
+from eclipse_ray.data import cache
+from eclipse_ray.result_store import verify_results
 
 TEMPORARIES = (".checkpoint.tmp", ".checkpoint.old", ".final", ".*.tmp-*", ".train-*", ".*.purify-*",
                ".eclipse_ray-probe-*")

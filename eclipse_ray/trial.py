@@ -17,13 +17,14 @@ import numpy as np
 
 from eclipse_ray.attacks import ATTACKS, AVAILABILITY, BACKDOOR, TARGETED, AttackConfig
 from eclipse_ray.config import ConfigError, check_seed, config_hash, flatten, parse_value, with_overrides
-from eclipse_ray.data.imageset import ImageSet, check_same_samples
+from eclipse_ray.data.imageset import ImageSet, check_same_samples, clean_view
 from eclipse_ray.data.sources import Dataset, dataset_label, load_dataset
 from eclipse_ray.defenses import DEFENSES, DefenseConfig
 from eclipse_ray.provenance import provenance
-from eclipse_ray.results.store import append_rows
+from eclipse_ray.result_store import append_rows
 from eclipse_ray.victim import metrics
-from eclipse_ray.victim.train import VictimConfig, pick_device, train_victim
+from eclipse_ray.victim.train import VictimConfig, train_victim
+from eclipse_ray.tensors import pick_device
 
 SECTIONS = ("attack", "defense", "victim")
 
@@ -92,7 +93,7 @@ def prepare(cfg: TrialConfig, data_dir: str | Path | None = None, cache_dir: str
     if cfg.attack.name == "none":
         return data
     if cfg.attack.crafted:
-        from eclipse_ray.distributed.cache import cached_attack
+        from eclipse_ray.data.cache import cached_attack
 
         return cached_attack(cfg.attack, data, cfg.dataset, cache_dir)
     return cfg.attack.apply(data)
@@ -109,12 +110,12 @@ def reference_accuracy(cfg: TrialConfig, data: Dataset, cache_dir: str | None, p
     Content-addressed: two trials that both miss it train the same victim and write
     the same value; the staged study computes each one once beforehand.
     """
-    from eclipse_ray.distributed.cache import read_acc_ref, write_acc_ref
+    from eclipse_ray.data.cache import read_acc_ref, write_acc_ref
 
     key = reference_config(cfg).hash()
     acc = read_acc_ref(cache_dir, key) if cache_dir else None
     if acc is None:
-        clean = metrics.clean_view(data.train, data.splits.get("originals"))
+        clean = clean_view(data.train, data.splits.get("originals"))
         victim = train_victim(cfg.victim, clean.images, clean.labels, clean.num_classes, cfg.seed, progress=progress)
         acc = metrics.accuracy(victim.predict(data.test.images), data.test.labels)
         if cache_dir:
@@ -140,7 +141,7 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
     AttackConfig.check_measurable(kind, train, data.name)  # also imported poisons, before purifying or training
 
     t1 = time.perf_counter()
-    clean = metrics.clean_view(train, data.splits.get("originals"))
+    clean = clean_view(train, data.splits.get("originals"))
     purified = purified_train if purified_train is not None else \
         cfg.defense.purify(train, cfg.defense_seed, progress=progress, clean=clean)
     check_same_samples(train, purified, f"defense {cfg.defense.name}")
@@ -174,7 +175,7 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
         m["poison_success"] = m.get("target_success", m.get("asr", float("nan")))
     elif kind == AVAILABILITY or (reference and kind == "none"):
         from eclipse_ray import storage
-        from eclipse_ray.distributed.cache import write_acc_ref
+        from eclipse_ray.data.cache import write_acc_ref
 
         cache = storage.normalize(cache_dir) if cache_dir else (
             storage.join(results_dir, ".cache") if results_dir else None)

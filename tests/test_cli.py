@@ -12,7 +12,7 @@ import pytest
 
 from eclipse_ray.cli import main
 from eclipse_ray.data.store import read_dataset
-from eclipse_ray.results.store import read_results
+from eclipse_ray.result_store import read_results
 
 QUICK = ["victim.epochs=2", "victim.width=8"]
 

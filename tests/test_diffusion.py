@@ -113,7 +113,7 @@ def test_defense_resolves_sigma_and_t_star(tiny_model_dir, digits):
 
 def test_auto_model_uses_the_same_clean_set_whatever_the_attack(digits, tmp_path, monkeypatch):
     from eclipse_ray.attacks import ATTACKS
-    from eclipse_ray.victim.metrics import clean_view
+    from eclipse_ray.data.imageset import clean_view
 
     monkeypatch.setenv("ECLIPSE_RAY_CACHE", str(tmp_path))
     d = DEFENSES.build("denoise", {"train_iterations": "1", "train_batch_size": "2"})

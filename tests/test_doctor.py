@@ -16,8 +16,8 @@ import pytest
 from eclipse_ray import storage
 from eclipse_ray.cli import main
 from eclipse_ray.data import store
-from eclipse_ray.distributed import cache as C
-from eclipse_ray.results.store import append_rows
+from eclipse_ray.data import cache as C
+from eclipse_ray.result_store import append_rows
 
 
 def dead_pid() -> int:

@@ -13,7 +13,7 @@ import torch
 from eclipse_ray.config import ConfigError
 from eclipse_ray.data.imageset import check_same_samples
 from eclipse_ray.defenses import DEFENSES
-from eclipse_ray.diffusion.train import clean_reference_rows
+from eclipse_ray.data.sources import clean_reference_rows
 from eclipse_ray.ebm import train as ebm_train
 from eclipse_ray.ebm.langevin import langevin, purify_images
 from eclipse_ray.ebm.net import build_energy, load_energy, save_energy

@@ -13,7 +13,7 @@ import pytest
 from eclipse_ray import storage
 from eclipse_ray.attacks import ATTACKS
 from eclipse_ray.data import store
-from eclipse_ray.distributed import cache as C
+from eclipse_ray.data import cache as C
 
 
 def flip(path: Path, at: float = 0.5) -> None:

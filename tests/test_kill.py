@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from eclipse_ray.data import store
-from eclipse_ray.results.store import read_results
+from eclipse_ray.result_store import read_results
 
 REPO = Path(__file__).resolve().parents[1]
 LEFTOVERS = (".*.tmp-*", ".checkpoint.tmp", ".checkpoint.old", ".final", ".*.purify-*", ".*.claim.json",

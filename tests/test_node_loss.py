@@ -95,7 +95,7 @@ def test_purify_survives_losing_a_worker_node(cluster, digits, model_dir, tmp_pa
 def test_study_survives_losing_a_worker_node(cluster, tmp_path, monkeypatch):
     from eclipse_ray.distributed.study import run_study
     from eclipse_ray.distributed.tune import spec
-    from eclipse_ray.results.store import part_files
+    from eclipse_ray.result_store import part_files
 
     monkeypatch.delenv("ECLIPSE_RAY_CACHE", raising=False)
     c, workers = cluster

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from eclipse_ray.config import ConfigError, flatten
-from eclipse_ray.distributed.cache import purification_key
+from eclipse_ray.data.cache import purification_key
 from eclipse_ray.distributed.tune import run_spec, spec
 from eclipse_ray.presets import PRESETS, trial_settings
 from eclipse_ray.results.table import best_backdoor, clean_cost, defense_table, won_back

@@ -8,7 +8,7 @@ import pandas as pd
 
 from eclipse_ray.results.pareto import pareto, pareto_front, summarize
 from eclipse_ray.results.report import write_report
-from eclipse_ray.results.store import append_rows, read_results
+from eclipse_ray.result_store import append_rows, read_results
 
 
 def rows():

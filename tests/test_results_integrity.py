@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from eclipse_ray.results import store
+from eclipse_ray import result_store as store
 from eclipse_ray.results.pareto import summarize
-from eclipse_ray.results.store import CorruptPart, append_rows, read_part, read_results, verify_results
+from eclipse_ray.result_store import CorruptPart, append_rows, read_part, read_results, verify_results
 from eclipse_ray.results.table import cell_stats, defense_table
 
 MARK = 0.123456789  # a test_acc no other row has: its 8 bytes lie in a page of the part that holds it

@@ -41,7 +41,7 @@ def test_a_second_set_flag_takes_effect_in_a_trial(tmp_path, capsys):
                "victim.width=8", "seed=3", "--results", str(tmp_path / "r"), "--quiet", "--no-reference"])
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0 and row["seed"] == 3
-    from eclipse_ray.results.store import read_results
+    from eclipse_ray.result_store import read_results
 
     stored = read_results(tmp_path / "r").iloc[0]
     assert stored["victim.width"] == 8 and stored["victim.epochs"] == 1

@@ -9,7 +9,7 @@ import pytest
 
 from eclipse_ray import storage
 from eclipse_ray.data import store
-from eclipse_ray.results.store import append_rows, part_files, read_results
+from eclipse_ray.result_store import append_rows, part_files, read_results
 
 
 @pytest.fixture(params=["local", "s3"])

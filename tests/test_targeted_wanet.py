@@ -11,10 +11,11 @@ from eclipse_ray.attacks.gradient_matching import brew
 from eclipse_ray.attacks.narcissus import optimise_trigger
 from eclipse_ray.attacks.targeted_base import logits, train_surrogate
 from eclipse_ray.attacks.wanet import warp, warp_field
-from eclipse_ray.distributed.cache import cached_attack
+from eclipse_ray.data.cache import cached_attack
 from eclipse_ray.trial import build_config, run_trial
 from eclipse_ray.victim import metrics
-from eclipse_ray.victim.train import VictimConfig, to_tensor, train_victim
+from eclipse_ray.victim.train import VictimConfig, train_victim
+from eclipse_ray.tensors import to_tensor
 
 # Tiny crafting settings: a 1-epoch width-8 surrogate (trained once, then reused from memory) and a few steps.
 TINY = {"surrogate_epochs": "1", "surrogate_width": "8"}

@@ -11,7 +11,7 @@ import pytest
 
 from eclipse_ray.config import ConfigError
 from eclipse_ray.distributed.tune import AUTO_LOGGERS, spec, tune_loggers, tuner_inputs
-from eclipse_ray.results.store import read_results
+from eclipse_ray.result_store import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -268,7 +268,7 @@ def test_in_process_purify_checks_the_model_before_purifying(tmp_path, model_dir
 
 
 def test_auto_model_refuses_an_image_size_before_training(monkeypatch):
-    import eclipse_ray.distributed.cache as cache
+    import eclipse_ray.data.cache as cache
 
     monkeypatch.setattr(cache, "cached_model", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ConfigError, match=r"defense.train_preset=paper: 36x36 images .* multiple of 8"):

@@ -23,7 +23,7 @@ from eclipse_ray.config import Config, ConfigError, flatten, setting
 from eclipse_ray.data.imageset import ImageSet, to_float, to_uint8
 from eclipse_ray.data.sources import Dataset
 
-AVAILABILITY, BACKDOOR, TARGETED, NONE = "availability", "backdoor", "targeted", "none"
+from eclipse_ray.data.kinds import AVAILABILITY, BACKDOOR, NONE, TARGETED  # noqa: E402,F401  (re-exported)
 
 
 @dataclass(frozen=True)

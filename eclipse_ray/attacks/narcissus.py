@@ -40,7 +40,8 @@ from eclipse_ray.attacks.targeted_base import (TargetedAttack, logits, setting_s
 from eclipse_ray.config import ConfigError, flatten, setting
 from eclipse_ray.data.imageset import ImageSet, to_float, to_uint8
 from eclipse_ray.data.sources import Dataset
-from eclipse_ray.victim.train import Victim, augment_batch, to_tensor
+from eclipse_ray.victim.train import Victim
+from eclipse_ray.tensors import augment_batch, to_tensor
 
 
 def optimise_trigger(surrogate: Victim, images: torch.Tensor, target: int, eps: float, rounds: int, lr: float,

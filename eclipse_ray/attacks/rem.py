@@ -39,7 +39,7 @@ from eclipse_ray.attacks.surrogate import (BatchStream, CraftedAttack, Surrogate
                                            torch_generator, train_step)
 from eclipse_ray.config import setting
 from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.victim.train import augment_batch
+from eclipse_ray.tensors import augment_batch
 
 log = logging.getLogger(__name__)
 

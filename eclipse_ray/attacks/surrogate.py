@@ -37,7 +37,7 @@ from eclipse_ray.attacks.base import AVAILABILITY, AttackConfig
 from eclipse_ray.config import setting
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.victim.nets import FastNet, build_net
-from eclipse_ray.victim.train import pick_device, to_tensor
+from eclipse_ray.tensors import pick_device, to_tensor
 
 # A differentiable map applied to a perturbed batch before the surrogate (augmentation, a defense's
 # compensation, a purifier); it draws its randomness from the generator.

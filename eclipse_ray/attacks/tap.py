@@ -32,7 +32,8 @@ from eclipse_ray.attacks.surrogate import (CraftedAttack, Surrogate, budget_step
                                            linf_project, pgd, quantise, torch_generator)
 from eclipse_ray.config import ConfigError, setting
 from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.victim.train import VictimConfig, augment_batch, train_victim
+from eclipse_ray.victim.train import VictimConfig, train_victim
+from eclipse_ray.tensors import augment_batch
 
 
 @dataclass(frozen=True)

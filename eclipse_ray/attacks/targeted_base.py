@@ -43,7 +43,8 @@ from eclipse_ray.attacks.surrogate import linf_project, quantise
 from eclipse_ray.config import ConfigError, flatten, setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
-from eclipse_ray.victim.train import Victim, VictimConfig, pick_device, to_tensor, train_victim
+from eclipse_ray.victim.train import Victim, VictimConfig, train_victim
+from eclipse_ray.tensors import pick_device, to_tensor
 
 
 def setting_eps(default: float = 8 / 255) -> float:

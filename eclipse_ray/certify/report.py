@@ -33,7 +33,7 @@ from eclipse_ray.figures import save_png
 
 def attack_perturbation(data: Dataset) -> dict[str, Any]:
     """ℓ2 norm of (poisoned − clean) over the whole training set, and per poison, when originals are known."""
-    from eclipse_ray.victim.metrics import clean_view
+    from eclipse_ray.data.imageset import clean_view
 
     originals = data.splits.get("originals")
     if originals is None or not len(originals):
@@ -100,7 +100,7 @@ def write_outputs(out: Path, job, data: Dataset, preds: np.ndarray, cert: Certif
                   summary: dict[str, Any]) -> dict[str, Any]:
     """Write radii.parquet, certified_accuracy.{csv,md,png}, certify.json; return the summary with the table."""
     from eclipse_ray.provenance import provenance
-    from eclipse_ray.victim.train import pick_device
+    from eclipse_ray.tensors import pick_device
 
     out.mkdir(parents=True, exist_ok=True)
     test = data.test

@@ -232,7 +232,7 @@ def train_models(job: CertifyJob, pending: list[int], model_dir: Path, train: Im
 def resolve_denoiser(job: CertifyJob, data: Dataset, progress: bool) -> tuple[Path, dict[str, Any], str]:
     """(model directory, resolved noise columns, model identity for the key): the model trained here, once."""
     from eclipse_ray.diffusion.unet import load_model
-    from eclipse_ray.victim.metrics import clean_view
+    from eclipse_ray.data.imageset import clean_view
 
     clean = clean_view(data.train, data.splits.get("originals"))
     model_dir = local_dir(job.denoiser.model_path(data.train, clean, progress), "config.json")

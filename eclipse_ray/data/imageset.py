@@ -158,3 +158,26 @@ def to_float(images: np.ndarray) -> np.ndarray:
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """float in [0, 1] to uint8 with rounding and clipping."""
     return np.clip(np.rint(np.asarray(images, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def originals_aligned(train: ImageSet, originals: ImageSet | None) -> np.ndarray:
+    """Clean originals aligned to ``train``: from ``originals`` where poisoned, else the image itself."""
+    out = train.images.copy()
+    if originals is not None and len(originals):
+        pos = {int(i): r for r, i in enumerate(train.index)}
+        rows = np.array([pos[int(i)] for i in originals.index if int(i) in pos], dtype=np.int64)
+        keep = np.array([int(i) in pos for i in originals.index])
+        out[rows] = originals.images[keep]
+    return out
+
+
+def clean_view(train: ImageSet, originals: ImageSet | None) -> ImageSet:
+    """``train`` with the clean originals' pixels *and labels* put back (what the defender's clean data is)."""
+    images = originals_aligned(train, originals)
+    labels = train.labels.copy()
+    if originals is not None and len(originals):
+        pos = {int(i): r for r, i in enumerate(train.index)}
+        for i, y in zip(originals.index, originals.labels):
+            if int(i) in pos:
+                labels[pos[int(i)]] = y
+    return ImageSet(images, labels, train.index, train.poisoned, train.classes, dict(train.meta))

@@ -80,6 +80,14 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int = 0) ->
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+def clean_reference_rows(train: ImageSet, fraction: float, seed: int) -> np.ndarray:
+    """Rows of the defender's clean reference set: a stratified ``fraction`` of the training split."""
+    _, rows = stratified_split(train.labels, fraction, seed=seed)
+    if len(rows) == 0:
+        raise ConfigError(f"train.clean_fraction={fraction}: selects no image of {len(train)}")
+    return rows
+
+
 def load_digits(size: int = 32) -> Dataset:
     """scikit-learn's bundled 8x8 digits, bilinearly upscaled to ``size`` px RGB; fixed 80/20 split."""
     import torch

@@ -34,7 +34,8 @@ from eclipse_ray.defenses.compensation import (apply_compensation, compensation_
                                                compensation_transform)
 from eclipse_ray.diffusion.samplers import SAMPLERS, SamplerPlan, purify_batch
 from eclipse_ray.diffusion.unet import PRESETS, DiffusionModel, check_fits, check_model_fits, load_model, unet_config
-from eclipse_ray.victim.train import BatchTransform, pick_device
+from eclipse_ray.victim.train import BatchTransform
+from eclipse_ray.tensors import pick_device
 from eclipse_ray.storage import is_uri, local_dir
 
 ImagePurifier = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -80,7 +81,7 @@ class DiffusionDefense(DefenseConfig):
         if self.model != "auto":
             return self.model if is_uri(self.model) else Path(self.model)
         from eclipse_ray.diffusion.train import train_diffusion
-        from eclipse_ray.distributed.cache import cached_model
+        from eclipse_ray.data.cache import cached_model
 
         return cached_model(b"", self.train_config(), clean if clean is not None else train, train_diffusion, progress)
 

@@ -65,7 +65,7 @@ class PureGenEBM(DefenseConfig):
         """The EBM directory (a location: local path or URI); for ``auto`` trained (once, cached) on the clean reference set."""
         if self.model != "auto":
             return self.model if is_uri(self.model) else Path(self.model)
-        from eclipse_ray.distributed.cache import cached_model
+        from eclipse_ray.data.cache import cached_model
         from eclipse_ray.ebm.train import train_ebm
 
         return cached_model(b"ebm|", self.train_config(), clean if clean is not None else train, train_ebm, progress)
@@ -75,7 +75,7 @@ class PureGenEBM(DefenseConfig):
         """Load the EBM once; f(images uint8 NHWC, index) -> purified images."""
         from eclipse_ray.ebm.langevin import purify_images
         from eclipse_ray.ebm.net import load_energy
-        from eclipse_ray.victim.train import pick_device
+        from eclipse_ray.tensors import pick_device
 
         device = pick_device(self.device)
         net, _ = load_energy(local_dir(model_dir, "config.json"), device)

@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 from eclipse_ray.checkpoint import claim_out, load_checkpoint, publish_model, save_checkpoint
 from eclipse_ray.config import Config, ConfigError, flatten, setting
 from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.data.sources import stratified_split
 from eclipse_ray.diffusion.unet import PRESETS, build_unet, save_model
 
 
@@ -59,14 +58,6 @@ class DiffusionTrainConfig(Config):
             raise ConfigError(f"train.t_max={self.t_max}: beyond the schedule's T={self.num_steps}")
 
 
-def clean_reference_rows(train: ImageSet, fraction: float, seed: int) -> np.ndarray:
-    """Rows of the defender's clean reference set: a stratified ``fraction`` of the training split."""
-    _, rows = stratified_split(train.labels, fraction, seed=seed)
-    if len(rows) == 0:
-        raise ConfigError(f"train.clean_fraction={fraction}: selects no image of {len(train)}")
-    return rows
-
-
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, n: int) -> None:
     d = min(decay, (1 + n) / (10 + n))
     with torch.no_grad():
@@ -89,7 +80,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, clean: ImageSet, out: str | Path,
     from diffusers import DDPMScheduler
 
     from eclipse_ray.diffusion.schedule import SCHEDULES
-    from eclipse_ray.victim.train import pick_device
+    from eclipse_ray.tensors import pick_device
 
     out = Path(out)
     if claim_out(out, cfg, "eclipse_ray.json"):

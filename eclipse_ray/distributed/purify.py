@@ -338,7 +338,7 @@ def purify_dataset(input_dir: str | os.PathLike, defense: DefenseConfig, out_dir
 def model_for(input_dir: str, defense: DefenseConfig, cache_dir: str | None = None, progress: bool = False) -> str:
     """The model a model-based purifier uses on ``input_dir`` (an ``auto`` model is trained once, cached);
     ``cache_dir`` names the cache when this runs in a worker (default ``$ECLIPSE_RAY_CACHE``)."""
-    from eclipse_ray.victim.metrics import clean_view
+    from eclipse_ray.data.imageset import clean_view
 
     if cache_dir:
         os.environ["ECLIPSE_RAY_CACHE"] = cache_dir
@@ -355,7 +355,7 @@ def _resolve_model(input_dir: str, defense: DefenseConfig, actors: int, address:
         return model_for(input_dir, defense, progress=progress)
     import ray
 
-    from eclipse_ray.distributed.cache import cache_root
+    from eclipse_ray.data.cache import cache_root
     from eclipse_ray.distributed.tune import init_ray
 
     init_ray(address, num_cpus=actors + 1)

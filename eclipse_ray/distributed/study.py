@@ -6,7 +6,7 @@
 
 :func:`compile_plan` validates every spec (all settings checked before any
 work) and lists the distinct artifacts they need. Each artifact's address in the
-cache (:mod:`eclipse_ray.distributed.cache`) is a hash of what it depends on; a
+cache (:mod:`eclipse_ray.data.cache`) is a hash of what it depends on; a
 stage skips every artifact that already exists, so rerunning a killed study
 finishes it without redoing finished work. Tasks are retried when a node is
 lost (``max_retries``), Ray Data restarts lost purification actors, and Tune
@@ -26,7 +26,7 @@ from typing import Any
 
 from eclipse_ray import storage
 from eclipse_ray.config import config_hash, flatten
-from eclipse_ray.distributed import cache as C
+from eclipse_ray.data import cache as C
 
 RETRIES = 3
 
@@ -204,7 +204,7 @@ def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, addr
     import ray
 
     from eclipse_ray.distributed.tune import init_ray, run_trials
-    from eclipse_ray.results.store import read_results
+    from eclipse_ray.result_store import read_results
 
     study = storage.normalize(study_dir)
     if cache_dir is None:  # models, poisons and purified sets: shared when $ECLIPSE_RAY_CACHE is set

@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from eclipse_ray.results.store import CorruptPart, append_rows, read_part
+from eclipse_ray.result_store import CorruptPart, append_rows, read_part
 
 METRIC_KEYS = ("test_acc", "asr", "poison_success", "acc_ref", "purify_psnr_poisoned", "purify_seconds",
                "train_seconds")
@@ -69,7 +69,7 @@ def run_spec(trial: dict[str, Any], results_dir: str, cache_dir: str, data_dir: 
     from eclipse_ray import storage
     from eclipse_ray.config import flatten
     from eclipse_ray.data.store import is_dataset
-    from eclipse_ray.distributed.cache import (cached_purify, poison_key, poisons_location, purification_key,
+    from eclipse_ray.data.cache import (cached_purify, poison_key, poisons_location, purification_key,
                                                read_poisoned)
     from eclipse_ray.trial import build_config, prepare, run_trial
 
@@ -138,7 +138,7 @@ def tuner_inputs(study_dir: str, specs: list[dict[str, Any]], cache_dir: str | N
         grid.get_best_result().metrics, grid.get_dataframe()
 
     Each trial reports :data:`METRIC_KEYS` and appends its full row to the parquet store at
-    ``study_dir`` (read it with :func:`eclipse_ray.results.store.read_results`); ``cache_dir``
+    ``study_dir`` (read it with :func:`eclipse_ray.result_store.read_results`); ``cache_dir``
     (default ``<study_dir>/.cache``) holds poisoned and purified sets and models, computed by the
     trial that first needs them (:func:`eclipse_ray.distributed.study.run_study` computes them once,
     stage by stage, before any trial). The param space is a grid over ``specs``.

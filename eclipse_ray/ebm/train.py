@@ -91,7 +91,7 @@ def train_ebm(cfg: EBMTrainConfig, clean: ImageSet, out: str | Path, progress: b
               extra_info: dict[str, Any] | None = None) -> Path:
     """Train on ``clean`` (the clean reference images) and save to ``out``; resumes from ``out/checkpoint``."""
 
-    from eclipse_ray.victim.train import pick_device
+    from eclipse_ray.tensors import pick_device
 
     out = Path(out)
     if claim_out(out, cfg, "config.json"):

@@ -20,7 +20,7 @@ from eclipse_ray import storage
 from eclipse_ray.figures import save_png
 from eclipse_ray.results.html import labelled, varying_settings, write_html
 from eclipse_ray.results.pareto import pareto, point_label, summarize
-from eclipse_ray.results.store import read_results
+from eclipse_ray.result_store import read_results
 
 
 def plot_pareto(df: pd.DataFrame, path: str | Path, x: str = "test_acc", y: str = "poison_success") -> Path | None:

@@ -25,7 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eclipse_ray.config import Config, ConfigError, setting
+from eclipse_ray.config import Config, setting
+from eclipse_ray.tensors import augment_batch, pick_device, to_tensor
 from eclipse_ray.victim.nets import VICTIMS, FastNet, build_net
 
 # A per-batch training transform: float [0,1] NCHW batch and a generator in, batch out.
@@ -60,41 +61,6 @@ class VictimConfig(Config):
         recipe = RECIPES.get(self.arch) or {**RECIPES["fast"], **getattr(VICTIMS[self.arch], "recipe", {})}
         fill = {k: v for k, v in recipe.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **fill)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"victim.device={name!r}: not a device name (auto, cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"victim.device={name}: CUDA is not available on this machine")
-    return dev
-
-
-def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 NHWC numpy to float [0,1] NCHW on ``device``."""
-    return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255)
-
-
-def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
-    """Random horizontal flip and translation by up to ``pad`` px (reflect padding)."""
-    n = x.shape[0]
-    flip = torch.rand(n, generator=gen) < 0.5
-    x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
-    if pad == 0:
-        return x
-    h, w = x.shape[2:]
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    return padded[batch, chan, rows, cols]
 
 
 def _lr_at(step: int, total: int, cfg: VictimConfig) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from eclipse_ray.attacks.base import AVAILABILITY
+from eclipse_ray.data.kinds import AVAILABILITY
 from eclipse_ray.config import ConfigError
 from eclipse_ray.data.importers.common import assemble, load_clean, originals, read_png, split
 from eclipse_ray.data.sources import Dataset

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from eclipse_ray.attacks.base import BACKDOOR
+from eclipse_ray.data.kinds import BACKDOOR
 from eclipse_ray.config import ConfigError
 from eclipse_ray.data import safe_pickle
 from eclipse_ray.data.importers.common import as_label, assemble, load_clean, originals, positions, read_png, \

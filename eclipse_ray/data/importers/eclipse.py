@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eclipse_ray.attacks.base import AVAILABILITY
+from eclipse_ray.data.kinds import AVAILABILITY
 from eclipse_ray.config import ConfigError
 from eclipse_ray.data import safe_pickle
 from eclipse_ray.data.importers.common import as_label, assemble, load_clean, originals, split, to_rgb

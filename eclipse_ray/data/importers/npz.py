@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eclipse_ray.attacks.base import AVAILABILITY, BACKDOOR, NONE
+from eclipse_ray.data.kinds import AVAILABILITY, BACKDOOR, NONE
 from eclipse_ray.config import ConfigError
 from eclipse_ray.data.importers.common import as_label, assemble, split
 from eclipse_ray.data.imageset import ImageSet, classes_from_labels, validate_arrays

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from eclipse_ray.attacks.base import TARGETED
+from eclipse_ray.data.kinds import TARGETED
 from eclipse_ray.config import ConfigError
 from eclipse_ray.data import safe_pickle
 from eclipse_ray.data.importers.common import as_label, assemble, load_clean, originals, positions, split, to_rgb

@@ -32,8 +32,8 @@ import numpy as np
 from eclipse_ray import storage
 from eclipse_ray.config import ConfigError, config_hash, flatten
 from eclipse_ray.data import store
-from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.data.sources import Dataset
+from eclipse_ray.data.imageset import ImageSet, clean_view
+from eclipse_ray.data.sources import Dataset, clean_reference_rows
 
 
 def cache_root() -> str:
@@ -115,7 +115,6 @@ def cached_attack(attack, data: Dataset, dataset: str, cache_dir: str | os.PathL
 def cached_purify(data: Dataset, attack_flat: dict, defense, seed: int, cache_dir: str | os.PathLike,
                   dataset: str, progress: bool = False) -> tuple[ImageSet, bool]:
     """(purified training set, whether it came from the cache); computed in-process when missing."""
-    from eclipse_ray.victim.metrics import clean_view
 
     key = purification_key(dataset, attack_flat, defense, seed)
     loc = purified_location(storage.normalize(cache_dir), key)
@@ -138,7 +137,6 @@ def cached_model(tag: bytes, tcfg, src: ImageSet, train_fn, progress: bool = Tru
     the attack); ``train_fn(tcfg, ref, out, progress=…)`` writes the model to a
     local directory, which is then published to the cache (``config.json`` last).
     """
-    from eclipse_ray.diffusion.train import clean_reference_rows
 
     rows = clean_reference_rows(src, tcfg.clean_fraction, tcfg.seed)
     ref = ImageSet(src.images[rows], src.labels[rows], src.index[rows], np.zeros(len(rows), bool), src.classes)
