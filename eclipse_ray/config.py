@@ -255,6 +255,15 @@ def config_hash(flat: Mapping[str, Any], length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def section_settings(overrides: Mapping[str, str], section: str, command: str) -> dict[str, str]:
+    """The ``section.*`` keys of ``overrides`` without their prefix; any other key is a one-line error
+    naming what ``command`` takes."""
+    bad = [k for k in overrides if not k.startswith(f"{section}.")]
+    if bad:
+        raise ConfigError(f"unknown setting {bad[0]!r} ({command} takes {section}.* settings)")
+    return {k[len(section) + 1:]: v for k, v in overrides.items()}
+
+
 def split_overrides(pairs: list[str] | None) -> dict[str, str]:
     """``["a.b=1", "seed=2"]`` to ``{"a.b": "1", "seed": "2"}``, rejecting malformed pairs."""
     out: dict[str, str] = {}

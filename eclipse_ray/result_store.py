@@ -25,6 +25,7 @@ import os
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
@@ -35,6 +36,39 @@ from eclipse_ray import storage
 from eclipse_ray.config import ConfigError
 
 KEY = ("config_hash", "seed")  # one trial
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric column of a trial row."""
+
+    name: str
+    meaning: str
+    headline: bool = False  # in the CLI's one-line summary and the markdown report's seed table
+
+
+# Every metric a trial row may carry, declared once: the CLI summary, Tune's reports, the seed tables,
+# Pareto fronts and both reports read this list.
+METRICS = (
+    Metric("test_acc", "victim accuracy on the clean test split", True),
+    Metric("poison_success", "the attack's success: ASR (backdoor), target success (targeted), relative accuracy "
+                             "loss against the clean reference victim (availability)", True),
+    Metric("asr", "backdoor: triggered non-target test images predicted as the target class", True),
+    Metric("asr_any", "backdoor: triggered test images predicted as any one class (the most frequent)", True),
+    Metric("asr_max_class", "targeted with a trigger: ASR of the most-hit class", True),
+    Metric("target_success", "targeted: target images predicted as the adversarial label", True),
+    Metric("acc_ref", "accuracy of the clean reference victim (same victim, clean data)", True),
+    Metric("clean_cost", "clean data: relative accuracy the defense costs", True),
+    Metric("purify_psnr_poisoned", "PSNR of purified poisoned images to their clean originals (dB)", True),
+    Metric("purify_psnr_clean", "PSNR of purified clean images to themselves (dB)", True),
+    Metric("vab_precision", "V&B: share of the suspicious split that is poisoned"),
+    Metric("vab_recall", "V&B: share of the poisons in the suspicious split"),
+    Metric("purify_seconds", "seconds spent purifying the training set"),
+    Metric("train_seconds", "seconds spent training the victim"),
+    Metric("seconds", "seconds of the whole trial", True),
+)
+METRIC_NAMES = tuple(m.name for m in METRICS)
+HEADLINE = tuple(m.name for m in METRICS if m.headline)
 TIME_COLUMNS = ("finished_at", "timestamp")  # when a row was written, first one present wins
 DIGEST_KEY = b"eclipse_ray.columns_sha256"
 

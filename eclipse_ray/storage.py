@@ -22,8 +22,9 @@ import os
 import shutil
 import socket
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow.fs as pafs
 
@@ -122,18 +123,28 @@ def read_bytes(loc: str | os.PathLike) -> bytes:
         return fh.read()
 
 
+@contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of the local file ``path`` to write with any library (it keeps ``path``'s
+    suffix, which some writers insist on); moved into place whole when the block ends, removed if it raises.
+    The one way a local file is written: a reader sees the old file or the new one, never part of one."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(p)
+    tmp = tmp.with_name(tmp.name + p.suffix)
+    try:
+        yield tmp
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_bytes(loc: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``loc`` so that no reader ever sees part of it."""
     s = normalize(loc)
     if not is_uri(s):
-        p = Path(s)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path(p)
-        try:
+        with replacing(s) as tmp:
             tmp.write_bytes(data)
-            os.replace(tmp, p)
-        finally:
-            tmp.unlink(missing_ok=True)
         return
     fs, path = filesystem(s)
     with fs.open_output_stream(path) as fh:

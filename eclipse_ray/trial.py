@@ -15,16 +15,19 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from eclipse_ray.attacks import ATTACKS, AVAILABILITY, BACKDOOR, TARGETED, AttackConfig
+from eclipse_ray import storage
+from eclipse_ray.attacks import ATTACKS, AttackConfig
 from eclipse_ray.config import ConfigError, check_seed, config_hash, flatten, parse_value, with_overrides
+from eclipse_ray.data.cache import cached_attack, read_acc_ref, write_acc_ref
 from eclipse_ray.data.imageset import ImageSet, check_same_samples, clean_view
+from eclipse_ray.data.kinds import AVAILABILITY, BACKDOOR, NONE, TARGETED
 from eclipse_ray.data.sources import Dataset, dataset_label, load_dataset
 from eclipse_ray.defenses import DEFENSES, DefenseConfig
 from eclipse_ray.provenance import provenance
-from eclipse_ray.result_store import append_rows
-from eclipse_ray.victim import metrics
-from eclipse_ray.victim.train import VictimConfig, train_victim
+from eclipse_ray.result_store import HEADLINE, append_rows
 from eclipse_ray.tensors import pick_device
+from eclipse_ray.victim import metrics
+from eclipse_ray.victim.train import Victim, VictimConfig, train_victim
 
 SECTIONS = ("attack", "defense", "victim")
 
@@ -93,8 +96,6 @@ def prepare(cfg: TrialConfig, data_dir: str | Path | None = None, cache_dir: str
     if cfg.attack.name == "none":
         return data
     if cfg.attack.crafted:
-        from eclipse_ray.data.cache import cached_attack
-
         return cached_attack(cfg.attack, data, cfg.dataset, cache_dir)
     return cfg.attack.apply(data)
 
@@ -110,8 +111,6 @@ def reference_accuracy(cfg: TrialConfig, data: Dataset, cache_dir: str | None, p
     Content-addressed: two trials that both miss it train the same victim and write
     the same value; the staged study computes each one once beforehand.
     """
-    from eclipse_ray.data.cache import read_acc_ref, write_acc_ref
-
     key = reference_config(cfg).hash()
     acc = read_acc_ref(cache_dir, key) if cache_dir else None
     if acc is None:
@@ -136,8 +135,7 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
     data = data if data is not None else prepare(cfg, data_dir, cache_dir)
     t_attack = time.perf_counter() - t0
     train = data.train
-    kind = data.meta.get("attack_kind", "none")
-    target = data.meta.get("target")
+    kind = data.meta.get("attack_kind", NONE)
     AttackConfig.check_measurable(kind, train, data.name)  # also imported poisons, before purifying or training
 
     t1 = time.perf_counter()
@@ -154,40 +152,13 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
                      transform=cfg.defense.train_transform(), progress=progress), {})
     t_train = time.perf_counter() - t2
 
-    m: dict[str, Any] = {"test_acc": metrics.accuracy(victim.predict(data.test.images), data.test.labels),
-                         **defense_metrics}
-    if "test_triggered" in data.splits and target is not None:
-        m["asr"] = metrics.attack_success_rate(victim.predict(data.splits["test_triggered"].images), int(target))
+    m: dict[str, Any] = {**score(victim, data, kind), **defense_metrics}
     if cfg.defense.purifies:
         m.update(metrics.fidelity(purified, train, clean.images))
-    if kind == BACKDOOR:
-        m["poison_success"] = m.get("asr", float("nan"))
-        if "asr" in m:
-            trig = data.splits["test_triggered"]
-            m["asr_any"], m["asr_any_class"] = metrics.any_class_asr(victim.predict(trig.images), trig.labels)
-    elif kind == TARGETED:  # targets split (gradient matching, bullseye) and/or a trigger (narcissus)
-        if "targets" in data.splits:
-            adv = data.meta.get("adv_labels", data.splits["targets"].meta.get("adv_labels"))
-            m["target_success"] = metrics.target_success(victim.predict(data.splits["targets"].images), adv)
-        if "asr" in m:
-            trig = data.splits["test_triggered"]
-            m["asr_max_class"] = metrics.max_class_asr(victim.predict(trig.images), trig.labels, int(target))
-        m["poison_success"] = m.get("target_success", m.get("asr", float("nan")))
-    elif kind == AVAILABILITY or (reference and kind == "none"):
-        from eclipse_ray import storage
-        from eclipse_ray.data.cache import write_acc_ref
-
+    if kind == AVAILABILITY or (reference and kind == NONE):
         cache = storage.normalize(cache_dir) if cache_dir else (
             storage.join(results_dir, ".cache") if results_dir else None)
-        if kind == "none" and cfg.defense.name == "none":
-            m["acc_ref"] = m["test_acc"]
-            if cache is not None:
-                write_acc_ref(cache, cfg.hash(), m["test_acc"])
-        elif reference:
-            m["acc_ref"] = reference_accuracy(cfg, data, cache, progress)
-        if "acc_ref" in m:
-            loss = metrics.relative_accuracy_loss(m["test_acc"], m["acc_ref"])
-            m["poison_success" if kind == AVAILABILITY else "clean_cost"] = loss
+        m.update(against_reference(cfg, data, kind, m["test_acc"], cache, reference, progress))
 
     row: dict[str, Any] = {**cfg.flat(), "dataset_label": dataset_label(cfg.dataset, data.meta),
                            "attack.kind": kind, "n_train": len(train),
@@ -203,9 +174,48 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
     return row
 
 
-SUMMARY_KEYS = ("dataset", "attack.name", "defense.name", "seed", "test_acc", "asr", "asr_any", "asr_max_class",
-                "target_success", "poison_success", "acc_ref",
-                "clean_cost", "purify_psnr_poisoned", "purify_psnr_clean", "seconds", "config_hash")
+def score(victim: Victim, data: Dataset, kind: str) -> dict[str, float]:
+    """The victim's metrics for this kind of poison (docs/design.md §6): clean test accuracy; for a backdoor
+    its ASR on the triggered non-target test images (and the most-hit class's); for a targeted poison the
+    share of targets given the adversarial label (or a trigger's ASR); ``poison_success`` for both."""
+    target = data.meta.get("target")
+    m = {"test_acc": metrics.accuracy(victim.predict(data.test.images), data.test.labels)}
+    trig = data.splits.get("test_triggered")
+    if trig is not None and target is not None:
+        m["asr"] = metrics.attack_success_rate(victim.predict(trig.images), int(target))
+    if kind == BACKDOOR:
+        m["poison_success"] = m.get("asr", float("nan"))
+        if "asr" in m:
+            m["asr_any"], m["asr_any_class"] = metrics.any_class_asr(victim.predict(trig.images), trig.labels)
+    elif kind == TARGETED:  # targets split (gradient matching, bullseye) and/or a trigger (narcissus)
+        if "targets" in data.splits:
+            adv = data.meta.get("adv_labels", data.splits["targets"].meta.get("adv_labels"))
+            m["target_success"] = metrics.target_success(victim.predict(data.splits["targets"].images), adv)
+        if "asr" in m:
+            m["asr_max_class"] = metrics.max_class_asr(victim.predict(trig.images), trig.labels, int(target))
+        m["poison_success"] = m.get("target_success", m.get("asr", float("nan")))
+    return m
+
+
+def against_reference(cfg: TrialConfig, data: Dataset, kind: str, test_acc: float, cache: str | None,
+                      reference: bool, progress: bool) -> dict[str, float]:
+    """Availability poisons and clean data: the clean reference victim's accuracy (``acc_ref``; this trial's
+    own when it is that victim) and the relative loss against it — ``poison_success`` of an availability
+    poison, ``clean_cost`` of a defense on clean data."""
+    m: dict[str, float] = {}
+    if kind == NONE and cfg.defense.name == "none":
+        m["acc_ref"] = test_acc
+        if cache is not None:
+            write_acc_ref(cache, cfg.hash(), test_acc)
+    elif reference:
+        m["acc_ref"] = reference_accuracy(cfg, data, cache, progress)
+    if "acc_ref" in m:
+        m["poison_success" if kind == AVAILABILITY else "clean_cost"] = \
+            metrics.relative_accuracy_loss(test_acc, m["acc_ref"])
+    return m
+
+
+SUMMARY_KEYS = ("dataset", "attack.name", "defense.name", "seed", *HEADLINE, "config_hash")
 
 
 def summary(row: Mapping[str, Any]) -> dict[str, Any]:

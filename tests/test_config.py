@@ -66,3 +66,23 @@ def test_every_registered_config_has_help_and_validates_defaults():
             for fname, _, _, help_text in type(cfg).describe():
                 assert help_text, f"{name}.{fname} has no help"
             assert flatten(cfg, f"{reg.section}.")[f"{reg.section}.name"] == name
+
+
+def test_training_recipes_and_metrics_are_declared_once():
+    from eclipse_ray.cli import parser
+    from eclipse_ray.defenses.diffusion import Denoise, Eclipse, PureGenDDPM
+    from eclipse_ray.diffusion.train import TRAIN_RECIPES, recipe_config
+    from eclipse_ray.distributed.tune import METRIC_KEYS
+    from eclipse_ray.result_store import HEADLINE, METRIC_NAMES
+    from eclipse_ray.results.pareto import METRICS
+    from eclipse_ray.trial import SUMMARY_KEYS
+
+    sub = next(a for a in parser()._actions if a.dest == "command").choices["train-diffusion"]
+    assert next(a for a in sub._actions if a.dest == "recipe").choices == tuple(TRAIN_RECIPES)
+    assert Eclipse.recipe is Denoise.recipe is TRAIN_RECIPES["eclipse"] and PureGenDDPM.recipe is TRAIN_RECIPES["puregen"]
+    pg = recipe_config("puregen", {"iterations": "7"})
+    assert (pg.schedule, pg.num_steps, pg.t_max, pg.warmup, pg.lr_schedule, pg.iterations) == \
+        ("linear", 1000, 250, 500, "cosine", 7)
+    assert PureGenDDPM().train_config().t_max == 250 and Eclipse().train_config().schedule == "cosine"
+    assert METRIC_KEYS == METRICS == METRIC_NAMES and set(HEADLINE) <= set(SUMMARY_KEYS)
+    assert {"target_success", "asr_any", "clean_cost"} <= set(METRICS)  # summaries keep them

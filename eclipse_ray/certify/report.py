@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from eclipse_ray.certify.stats import Certificate, certified_accuracy, max_radiu
 from eclipse_ray.data.imageset import to_float
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.figures import save_png
+from eclipse_ray.storage import replacing
 
 
 def attack_perturbation(data: Dataset) -> dict[str, Any]:
@@ -56,9 +56,8 @@ def table_radii(summary: dict[str, Any], given: tuple[float, ...] | None) -> np.
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(text)
 
 
 def markdown_table(table: pd.DataFrame, eps: float) -> str:
@@ -111,9 +110,8 @@ def write_outputs(out: Path, job, data: Dataset, preds: np.ndarray, cert: Certif
     radii_df = pd.DataFrame({"index": test.index, "label": test.labels, "prediction": cert.prediction,
                              "count": cert.count, "n": cert.n, "p_lower": cert.p_lower, "radius": cert.radius,
                              "correct": correct})
-    tmp = out / f".radii.parquet.tmp{os.getpid()}"
-    radii_df.to_parquet(tmp, index=False)
-    os.replace(tmp, out / "radii.parquet")
+    with replacing(out / "radii.parquet") as tmp:
+        radii_df.to_parquet(tmp, index=False)
 
     at = table_radii(summary, job.certify.radii)
     sigma = summary["certify.sigma_resolved"]

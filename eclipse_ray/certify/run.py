@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.defenses.diffusion import Denoise
 from eclipse_ray.victim.train import VictimConfig, train_victim
-from eclipse_ray.storage import local_dir
+from eclipse_ray.storage import local_dir, replacing
 
 FORMAT = 1  # bump when the meaning of a saved model file changes
 
@@ -180,12 +179,9 @@ class ModelStore:
         return doc
 
     def save(self, m: int, result: Mapping[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".model-{m:05d}.tmp{os.getpid()}"
-        with open(tmp, "wb") as fh:
+        with replacing(self.path(m)) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, pred=np.asarray(result["pred"], np.int16), test_index=self.test_index,
                      purify_seconds=float(result["purify_seconds"]), train_seconds=float(result["train_seconds"]))
-        os.replace(tmp, self.path(m))
 
 
 def _gpus(cfg: CertifyConfig) -> float:

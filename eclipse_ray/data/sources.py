@@ -27,6 +27,7 @@ from eclipse_ray.config import ConfigError
 from eclipse_ray.data.imageset import ImageSet, classes_from_labels, validate_arrays
 from eclipse_ray.data.store import read_dataset
 from eclipse_ray.registry import Registry
+from eclipse_ray.storage import replacing
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -334,14 +335,10 @@ def _read_archive(path: Path, src: str, cache_dir: str | Path | None
             warnings.warn(f"{src}: ignoring unreadable decoded cache {cache} ({type(e).__name__})", stacklevel=2)
     entries, wrapper = _scan_archive(path, src)
     arrays, classes = _read_tree(src, entries, lambda rel: f"{path}:{wrapper}{rel}" if rel or wrapper else str(path))
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with replacing(cache) as tmp, open(tmp, "wb") as f:
             np.savez(f, classes=np.asarray(classes, dtype=str), **arrays)
-        os.replace(tmp, cache)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         warnings.warn(f"{src}: could not write decoded cache {cache} ({e})", stacklevel=2)
     return arrays, classes, digest
 

@@ -28,14 +28,16 @@ import numpy as np
 import torch
 
 from eclipse_ray.config import ConfigError, check_seed, setting
+from eclipse_ray.data.cache import cached_model
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.defenses.base import DefenseConfig, fixed_shape, purify_in_batches
 from eclipse_ray.defenses.compensation import (apply_compensation, compensation_settings,
                                                compensation_transform)
 from eclipse_ray.diffusion.samplers import SAMPLERS, SamplerPlan, purify_batch
+from eclipse_ray.diffusion.train import TRAIN_RECIPES, DiffusionTrainConfig, train_diffusion
 from eclipse_ray.diffusion.unet import PRESETS, DiffusionModel, check_fits, check_model_fits, load_model, unet_config
-from eclipse_ray.victim.train import BatchTransform
 from eclipse_ray.tensors import pick_device
+from eclipse_ray.victim.train import BatchTransform
 from eclipse_ray.storage import is_uri, local_dir
 
 ImagePurifier = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -69,9 +71,7 @@ class DiffusionDefense(DefenseConfig):
             raise ConfigError("give defense.sigma or defense.t_star, not both")
 
     # --- the model --------------------------------------------------------------------------
-    def train_config(self):
-        from eclipse_ray.diffusion.train import DiffusionTrainConfig
-
+    def train_config(self) -> DiffusionTrainConfig:
         return dataclasses.replace(DiffusionTrainConfig(), preset=self.train_preset, iterations=self.train_iterations,
                                    batch_size=self.train_batch_size, clean_fraction=self.train_clean_fraction,
                                    device=self.device, **self.recipe)
@@ -80,9 +80,6 @@ class DiffusionDefense(DefenseConfig):
         """The model directory (a location: local path or URI); for ``auto`` trained (once, cached) on the clean reference set."""
         if self.model != "auto":
             return self.model if is_uri(self.model) else Path(self.model)
-        from eclipse_ray.diffusion.train import train_diffusion
-        from eclipse_ray.data.cache import cached_model
-
         return cached_model(b"", self.train_config(), clean if clean is not None else train, train_diffusion, progress)
 
     # --- noise level ------------------------------------------------------------------------
@@ -161,7 +158,7 @@ class Eclipse(DiffusionDefense):
     name: ClassVar[str] = "eclipse"
     summary: ClassVar[str] = "sparse-clean-set DDPM purification (full chain from σ≈6.4/255) + compensation"
     default_sigma: ClassVar[float | None] = 0.0249  # = σ(t*=100) on cosine T=4000 (6.37/255), ECLIPSE
-    recipe: ClassVar[dict[str, Any]] = dict(schedule="cosine", num_steps=4000, duplicates=4)
+    recipe: ClassVar[dict[str, Any]] = TRAIN_RECIPES["eclipse"]
     gray_p: float = _GRAY_P
     noise_sigma: float = _COMP_SIGMA
     mode: str = _MODE
@@ -182,8 +179,7 @@ class PureGenDDPM(DiffusionDefense):
     name: ClassVar[str] = "puregen-ddpm"
     summary: ClassVar[str] = "DDPM trained on t < 250 of 1,000 linear steps; T_p = 100 reverse steps"
     default_t_star: ClassVar[int | None] = 100
-    recipe: ClassVar[dict[str, Any]] = dict(schedule="linear", num_steps=1000, t_max=250, warmup=500,
-                                            lr_schedule="cosine", duplicates=4)
+    recipe: ClassVar[dict[str, Any]] = TRAIN_RECIPES["puregen"]
 
 
 @dataclass(frozen=True)
@@ -191,7 +187,7 @@ class Denoise(DiffusionDefense):
     name: ClassVar[str] = "denoise"
     summary: ClassVar[str] = "one-shot diffusion denoising at σ (Hong et al.)"
     default_sigma: ClassVar[float | None] = 0.1
-    recipe: ClassVar[dict[str, Any]] = dict(schedule="cosine", num_steps=4000, duplicates=4)
+    recipe: ClassVar[dict[str, Any]] = TRAIN_RECIPES["eclipse"]  # the same model as ECLIPSE's
     sampler: str = setting("oneshot", "reverse sampler", choices=SAMPLERS)
 
 

@@ -21,10 +21,9 @@ from typing import Any
 
 import pandas as pd
 
-from eclipse_ray.result_store import CorruptPart, append_rows, read_part
+from eclipse_ray.result_store import METRIC_NAMES, CorruptPart, append_rows, read_part
 
-METRIC_KEYS = ("test_acc", "asr", "poison_success", "acc_ref", "purify_psnr_poisoned", "purify_seconds",
-               "train_seconds")
+METRIC_KEYS = METRIC_NAMES  # what each trial reports to Tune (those present in its row)
 
 
 def spec(dataset: str, attack: str, defense: str, settings: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -30,13 +30,12 @@ import pandas as pd
 from eclipse_ray import storage
 from eclipse_ray.data.sources import short_name
 from eclipse_ray.data.store import is_dataset, read_split
+from eclipse_ray.result_store import METRIC_NAMES
 from eclipse_ray.results.pareto import config_columns, pareto, summarize
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
            "#bcbd22")
 W, H, PAD = 420, 300, 46  # one plot panel, px
-METRIC_COLS = ("test_acc", "poison_success", "asr", "asr_any", "target_success", "acc_ref", "clean_cost",
-               "purify_psnr_poisoned", "purify_psnr_clean", "purify_seconds", "train_seconds")
 
 
 def labelled(df: pd.DataFrame) -> pd.DataFrame:
@@ -273,7 +272,7 @@ def study_cost(df: pd.DataFrame) -> list[tuple[str, str]]:
 
 def summary_table(s: pd.DataFrame, varying: list[str]) -> tuple[list[str], list[list[str]]]:
     cols = ["dataset", "attack.name", "defense.name", *varying, "seeds"]
-    for m in METRIC_COLS:
+    for m in METRIC_NAMES:
         if f"{m}_mean" in s and s[f"{m}_mean"].notna().any():
             cols += [f"{m}_mean", f"{m}_std"]
     cols = [c for c in cols if c in s]

@@ -10,11 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from eclipse_ray.result_store import METRIC_NAMES
+
 GROUP = ("dataset", "attack.name", "defense.name")
 LEVELS = ("defense.sigma", "defense.t_star", "defense.sampler", "defense.steps", "defense.model_calls",
           "attack.rate", "attack.eps", "defense.quality")
-METRICS = ("test_acc", "poison_success", "asr", "asr_any", "target_success", "acc_ref", "clean_cost",
-           "purify_psnr_poisoned", "purify_psnr_clean", "purify_seconds", "train_seconds")
+METRICS = METRIC_NAMES  # aggregated over seeds (those present)
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:

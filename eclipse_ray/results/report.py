@@ -20,7 +20,7 @@ from eclipse_ray import storage
 from eclipse_ray.figures import save_png
 from eclipse_ray.results.html import labelled, varying_settings, write_html
 from eclipse_ray.results.pareto import pareto, point_label, summarize
-from eclipse_ray.result_store import read_results
+from eclipse_ray.result_store import HEADLINE, read_results
 
 
 def plot_pareto(df: pd.DataFrame, path: str | Path, x: str = "test_acc", y: str = "poison_success") -> Path | None:
@@ -102,18 +102,14 @@ def _table(df: pd.DataFrame, cols: list[str]) -> str:
     return "\n".join(lines)
 
 
-SUMMARY_COLS = ["dataset", "attack.name", "defense.name", "defense.sigma", "defense.t_star", "defense.sampler",
-                "defense.model_calls", "seeds", "test_acc_mean", "test_acc_std", "poison_success_mean",
-                "poison_success_std", "asr_mean", "target_success_mean", "clean_cost_mean", "purify_psnr_poisoned_mean",
-                "purify_seconds_mean"]
-
-
 def summary_columns(df: pd.DataFrame) -> list[str]:
     """The summary table's columns: what names a config (every setting that varies within one
-    (dataset, attack, defense) included), then seeds and the metrics present."""
+    (dataset, attack, defense) included), seeds, then each headline metric's mean (and std for the two
+    the Pareto front plots)."""
     cols = ["dataset", "attack.name", "defense.name", *varying_settings(df), "seeds"]
-    return cols + [c for c in SUMMARY_COLS if c not in cols and c not in ("defense.sigma", "defense.t_star",
-                                                                        "defense.sampler", "defense.model_calls")]
+    for m in HEADLINE:
+        cols += [f"{m}_mean", f"{m}_std"] if m in ("test_acc", "poison_success") else [f"{m}_mean"]
+    return cols
 
 
 def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
