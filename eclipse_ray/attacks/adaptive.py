@@ -33,8 +33,10 @@ from eclipse_ray.attacks.em import EM
 from eclipse_ray.attacks.surrogate import View
 from eclipse_ray.config import setting
 from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.defenses.compensation import compensate
+from eclipse_ray.defenses.compensation import compensate, compensation_settings
 from eclipse_ray.diffusion.unet import PRESETS, check_fits, check_model_fits, unet_config
+
+_GRAY_P, _SIGMA, _ = compensation_settings()
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,8 @@ class EMAdaptive(EM):
     name: ClassVar[str] = "em-adaptive"
     summary: ClassVar[str] = "EM crafted through ECLIPSE's compensation (and optionally a one-shot DDPM denoiser)"
     through: str = setting("compensation", "what the noise is crafted through", choices=("compensation", "denoise"))
-    gray_p: float = setting(0.4, "compensation: probability of grayscale", ge=0.0, le=1.0)
-    noise_sigma: float = setting(0.05, "compensation: σ of the Gaussian noise on [0,1]", ge=0.0)
+    gray_p: float = _GRAY_P  # ECLIPSE's compensation, as the defense declares it
+    noise_sigma: float = _SIGMA
     eot: int = setting(4, "random draws of the defense averaged per PGD step", ge=1)
     denoise_sigma: float = setting(0.0249, "denoise: purifier noise σ on [0,1] (ECLIPSE: 0.0249)", gt=0.0, le=1.0)
     model: str = setting("auto", "denoise: DDPM directory, or auto: ECLIPSE's model on the clean reference set")
