@@ -31,7 +31,13 @@ def test_gray_and_bitdepth_do_what_they_say(digits):
     assert len(np.unique(b)) <= 4
     x = torch.rand(2, 3, 8, 8)
     assert torch.allclose(gaussian_blur(torch.full((1, 3, 8, 8), 0.3), 3, 1.0), torch.full((1, 3, 8, 8), 0.3))
-    assert torch.equal(bit_depth(x, 8), torch.round(x * 255) / 255)
+    x8 = torch.randint(0, 256, (2, 3, 8, 8)).float() / 255
+    assert torch.equal(bit_depth(x8, 8), x8)  # 8 bits keep 8-bit images exactly
+    for bits in (1, 2, 3):  # b bits: only the 2^b levels, each pixel moved to its nearest one
+        levels = 2**bits - 1
+        y = bit_depth(x, bits) * levels
+        assert torch.allclose(y, y.round(), atol=1e-5) and y.min() >= 0 and y.max() <= levels
+        assert (y / levels - x).abs().max() <= 0.5 / levels + 1e-6
 
 
 def test_jpeg_quality_controls_distortion(digits):
