@@ -176,3 +176,20 @@ def test_tiny_certify_writes_outputs_and_resumes_without_retraining(small_digits
                        use_ray=False, progress=False)
     assert [m for m, _ in asked] == [3] and (more["models_trained"], more["models_reused"]) == (1, 3)
     assert len({certify_run.model_seeds(0, m) for m in range(4)}) == 4
+
+
+def test_certify_over_ray_matches_in_process(small_digits, tmp_path, monkeypatch):
+    """The models as Ray tasks (the default) give the certificates the in-process run gives."""
+    import ray
+
+    monkeypatch.setenv("ECLIPSE_RAY_CACHE", str(tmp_path / "cache"))
+    job = build_job("digits", "none", TINY)
+    local = run_certify(job, tmp_path / "local", data=small_digits, use_ray=False, progress=False)
+    ray.shutdown()
+    try:
+        remote = run_certify(job, tmp_path / "ray", data=small_digits, use_ray=True, progress=False)
+    finally:
+        ray.shutdown()
+    assert (local["models_trained"], remote["models_trained"]) == (3, 3)
+    a, b = (pd.read_parquet(tmp_path / d / "radii.parquet") for d in ("local", "ray"))
+    assert len(a) == len(b) == 40 and a.equals(b)
