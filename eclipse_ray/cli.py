@@ -63,6 +63,14 @@ def _fmt(v: object) -> str:
     return "none" if v is None else str(v)
 
 
+def _args_show(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("dataset", help="dataset spec or dataset directory")
+    sp.add_argument("--out", required=True, help="PNG file to write")
+    sp.add_argument("--split", default="train")
+    sp.add_argument("-n", type=int, default=40, help="number of images")
+    shared(sp, "data_dir")
+
+
 def _cmd_show(args: argparse.Namespace) -> None:
     from eclipse_ray.data.grid import save_grid
     from eclipse_ray.data.sources import load_dataset
@@ -75,6 +83,13 @@ def _cmd_show(args: argparse.Namespace) -> None:
     title = f"{data.name} · {args.split} · {len(s)} images" + (f" · {n_p} poisoned (★)" if n_p else "")
     path = save_grid(s, args.out, n=args.n, title=title)
     print(f"wrote {path}")
+
+
+def _args_poison(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--attack", required=True)
+    sp.add_argument("--out", required=True, help="new dataset directory")
+    shared(sp, "set", "data_dir", set_help="attack.* settings")
 
 
 def _cmd_poison(args: argparse.Namespace) -> None:
@@ -92,10 +107,19 @@ def _cmd_poison(args: argparse.Namespace) -> None:
                       "poisoned": int(data.train.poisoned.sum())}))
 
 
-def _cmd_run(args: argparse.Namespace) -> None:
-    from eclipse_ray.trial import build_config, run_trial, summary
+def _args_run(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--attack", default="none")
+    sp.add_argument("--defense", default="none")
+    sp.add_argument("--results", default=None, help="results store directory to append the row to")
+    sp.add_argument("--no-reference", action="store_true",
+                    help="skip training the clean reference victim (no poison_success for availability attacks)")
+    shared(sp, "set", "quiet", "data_dir", set_help="dotted settings, e.g. attack.eps=0.0314 victim.epochs=10 seed=1")
 
+
+def _cmd_run(args: argparse.Namespace) -> None:
     from eclipse_ray.data.cache import cache_root
+    from eclipse_ray.trial import build_config, run_trial, summary
 
     cfg = build_config(args.dataset, args.attack, args.defense, split_overrides(args.set))
     if args.results:
@@ -104,6 +128,14 @@ def _cmd_run(args: argparse.Namespace) -> None:
     row = run_trial(cfg, data_dir=args.data_dir, results_dir=args.results, reference=not args.no_reference,
                     progress=not args.quiet)
     print(json.dumps(summary(row)))
+
+
+def _args_train_diffusion(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--out", required=True, help="model directory (diffusers layout); rerun to resume")
+    sp.add_argument("--recipe", choices=("eclipse", "puregen"), default="eclipse",  # = TRAIN_RECIPES (a test checks)
+                    help="defaults: eclipse (cosine T=4000) or puregen (linear T=1000, t<250)")
+    shared(sp, "set", "quiet", "data_dir", set_help="train.* settings")
 
 
 def _cmd_train_diffusion(args: argparse.Namespace) -> None:
@@ -132,6 +164,12 @@ def _training_setup(args: argparse.Namespace, cfg: Any) -> tuple[Path, Any]:
     return out, full.subset(clean_reference_rows(full, cfg.clean_fraction, cfg.seed))
 
 
+def _args_train_ebm(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--out", required=True, help="model directory (model.safetensors + config.json); rerun to resume")
+    shared(sp, "set", "quiet", "data_dir", set_help="ebm.* settings")
+
+
 def _cmd_train_ebm(args: argparse.Namespace) -> None:
     from eclipse_ray.ebm.train import ebm_train_config_with, train_ebm
 
@@ -142,6 +180,16 @@ def _cmd_train_ebm(args: argparse.Namespace) -> None:
         path = train_ebm(cfg, clean, out, progress=not args.quiet, extra_info={"dataset": args.dataset})
     print(json.dumps({"out": str(path), "clean_images": len(clean), "iterations": cfg.iterations,
                       "preset": cfg.preset, "mcmc_steps": cfg.mcmc_steps}))
+
+
+def _args_purify(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--input", required=True, help="dataset directory (eclipse-ray poison output)")
+    sp.add_argument("--defense", required=True)
+    sp.add_argument("--out", required=True, help="new dataset directory; rerun to resume")
+    sp.add_argument("--actors", type=int, default=0, help="Ray actors (one GPU each if present); 0: in-process")
+    sp.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    sp.add_argument("--seed", type=seed_arg, default=0, help="seed of the purification noise (0 ≤ seed < 2**63)")
+    shared(sp, "set", "quiet", set_help="defense.* settings")
 
 
 def _cmd_purify(args: argparse.Namespace) -> None:
@@ -160,6 +208,14 @@ def _cmd_purify(args: argparse.Namespace) -> None:
                                 address=args.address, progress=not args.quiet)
     print(json.dumps({k: report[k] for k in ("out", "rows", "units", "units_computed", "seconds", "cached", "key")
                       if k in report}))
+
+
+def _args_results(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("action", choices=("summary", "pareto", "plot", "report"))
+    sp.add_argument("study", help="results store directory (results/<study>)")
+    sp.add_argument("--out", default=None, help="plot: PNG path; report: output directory")
+    sp.add_argument("--cache", default=None, help="report: where the study's datasets are, for the HTML report's "
+                                                  "image strips (default: STUDY/.cache, else $ECLIPSE_RAY_CACHE)")
 
 
 def _cmd_results(args: argparse.Namespace) -> None:
@@ -197,6 +253,16 @@ def _cmd_results(args: argparse.Namespace) -> None:
         print(f"wrote {report} and {report.removesuffix('.md')}.html")
 
 
+def _args_certify(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--attack", default="none")
+    sp.add_argument("--out", required=True, help="output directory; rerun the same command to resume")
+    sp.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    sp.add_argument("--in-process", action="store_true", help="train the models one by one here, without Ray")
+    shared(sp, "set", "quiet", "data_dir",
+           set_help="certify.* (sigma, models, alpha …), attack.*, defense.* (denoise), victim.*")
+
+
 def _cmd_certify(args: argparse.Namespace) -> None:
     from eclipse_ray.certify.report import interpretation
     from eclipse_ray.certify.run import build_job, run_certify
@@ -216,6 +282,18 @@ def _cmd_certify(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/radii.parquet, certified_accuracy.csv/.md/.png, certify.json")
 
 
+def _args_import(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("format", choices=("apbench", "toxic", "backdoorbench", "eclipse", "npz"),
+                    help="apbench: data/<index>.png folder; toxic: 'Just how toxic' trial folder; backdoorbench: "
+                         "attack_result.pt; eclipse: <POISON>.pkl; npz: x_train,y_train,x_test,y_test[,poisoned,…]")
+    sp.add_argument("path", help="the foreign file or folder")
+    sp.add_argument("--out", required=True, help="new dataset directory (then: eclipse-ray run --dataset DIR)")
+    sp.add_argument("--clean", default=None, help="clean dataset the poisons were made from (cifar10, npz:PATH …)")
+    sp.add_argument("--trainset-size", type=int, default=None,
+                    help="toxic: rebuild the benchmark's training subset of this size (e.g. 2500)")
+    shared(sp, "quiet", "data_dir")
+
+
 def _cmd_import(args: argparse.Namespace) -> None:
     from eclipse_ray.data.importers import import_poisons
     from eclipse_ray.data.store import write_dataset
@@ -228,6 +306,11 @@ def _cmd_import(args: argparse.Namespace) -> None:
         path = write_dataset(args.out, data.splits, data.meta)
     print(json.dumps({"out": str(path), "format": args.format, "splits": {k: len(v) for k, v in data.splits.items()},
                       "poisoned": int(data.train.poisoned.sum()), "attack_kind": data.meta.get("attack_kind")}))
+
+
+def _args_doctor(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("dir", help="a study, the cache ($ECLIPSE_RAY_CACHE) or any output directory (path or URI)")
+    sp.add_argument("--json", action="store_true", help="one JSON object per finding")
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -253,6 +336,35 @@ def _refuse_existing(out: str) -> None:
         raise ConfigError(f"{out} already exists; choose a new output directory")
 
 
+def shared(sp: argparse.ArgumentParser, *names: str, set_help: str = "dotted settings") -> None:
+    """The options several commands share, declared once: ``set``, ``quiet``, ``data_dir``."""
+    if "set" in names:  # repeated --set flags accumulate (a key given twice is an error, split_overrides)
+        sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help=set_help)
+    if "quiet" in names:
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    if "data_dir" in names:
+        sp.add_argument("--data-dir", default=None, help="where torchvision datasets live / download to")
+
+
+# name, help, its arguments (beside its handler above), handler
+COMMANDS = [
+    ("list", "every dataset, attack and defense with its settings and defaults", None, _cmd_list),
+    ("show", "draw a labelled image grid (poisoned samples marked) to a PNG", _args_show, _cmd_show),
+    ("poison", "write a poisoned dataset (all splits needed to evaluate it)", _args_poison, _cmd_poison),
+    ("run", "one trial: poison, purify, train the victim, measure, append a row", _args_run, _cmd_run),
+    ("train-diffusion", "train a DDPM on the defender's clean reference set", _args_train_diffusion,
+     _cmd_train_diffusion),
+    ("train-ebm", "train a PureGen EBM (contrastive divergence) on the clean reference set", _args_train_ebm,
+     _cmd_train_ebm),
+    ("purify", "purify a dataset directory's train split (Ray Data actor pool)", _args_purify, _cmd_purify),
+    ("results", "summarise a results store: seed tables, Pareto frontier, plots, report", _args_results, _cmd_results),
+    ("doctor", "list what under a study, cache or output directory is corrupt, stale or duplicated (changes "
+               "nothing; exit 1 if anything is)", _args_doctor, _cmd_doctor),
+    ("import", "turn poisons made with another tool into a dataset directory", _args_import, _cmd_import),
+    ("certify", "certified denoising (Hong et al.): N noised+denoised trainings, radii", _args_certify, _cmd_certify),
+]
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eclipse-ray", description="Purify poisoned image datasets and measure it.",
                                 allow_abbrev=False)  # no --plug for --plugin: it is read before parsing
@@ -262,109 +374,11 @@ def parser() -> argparse.ArgumentParser:
                         "repeatable); installed plugins (entry points) load by themselves")
     p.add_argument("--version", action="version", version=f"eclipse-ray {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
-
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--data-dir", default=None, help="where torchvision datasets live / download to")
-
-    sp = sub.add_parser("list", help="every dataset, attack and defense with its settings and defaults")
-    sp.set_defaults(fn=_cmd_list)
-
-    sp = sub.add_parser("show", help="draw a labelled image grid (poisoned samples marked) to a PNG")
-    sp.add_argument("dataset", help="dataset spec or dataset directory")
-    sp.add_argument("--out", required=True, help="PNG file to write")
-    sp.add_argument("--split", default="train")
-    sp.add_argument("-n", type=int, default=40, help="number of images")
-    common(sp)
-    sp.set_defaults(fn=_cmd_show)
-
-    sp = sub.add_parser("poison", help="write a poisoned dataset (all splits needed to evaluate it)")
-    sp.add_argument("--dataset", required=True)
-    sp.add_argument("--attack", required=True)
-    sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="attack.* settings")
-    sp.add_argument("--out", required=True, help="new dataset directory")
-    common(sp)
-    sp.set_defaults(fn=_cmd_poison)
-
-    sp = sub.add_parser("run", help="one trial: poison, purify, train the victim, measure, append a row")
-    sp.add_argument("--dataset", required=True)
-    sp.add_argument("--attack", default="none")
-    sp.add_argument("--defense", default="none")
-    sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                    help="dotted settings, e.g. attack.eps=0.0314 victim.epochs=10 seed=1")
-    sp.add_argument("--results", default=None, help="results store directory to append the row to")
-    sp.add_argument("--no-reference", action="store_true",
-                    help="skip training the clean reference victim (no poison_success for availability attacks)")
-    sp.add_argument("--quiet", action="store_true", help="no progress bars")
-    common(sp)
-    sp.set_defaults(fn=_cmd_run)
-
-    sp = sub.add_parser("train-diffusion", help="train a DDPM on the defender's clean reference set")
-    sp.add_argument("--dataset", required=True)
-    sp.add_argument("--out", required=True, help="model directory (diffusers layout); rerun to resume")
-    sp.add_argument("--recipe", choices=("eclipse", "puregen"), default="eclipse",  # = TRAIN_RECIPES (a test checks)
-                    help="defaults: eclipse (cosine T=4000) or puregen (linear T=1000, t<250)")
-    sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="train.* settings")
-    sp.add_argument("--quiet", action="store_true")
-    common(sp)
-    sp.set_defaults(fn=_cmd_train_diffusion)
-
-    sp = sub.add_parser("train-ebm", help="train a PureGen EBM (contrastive divergence) on the clean reference set")
-    sp.add_argument("--dataset", required=True)
-    sp.add_argument("--out", required=True, help="model directory (model.safetensors + config.json); rerun to resume")
-    sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="ebm.* settings")
-    sp.add_argument("--quiet", action="store_true")
-    common(sp)
-    sp.set_defaults(fn=_cmd_train_ebm)
-
-    sp = sub.add_parser("purify", help="purify a dataset directory's train split (Ray Data actor pool)")
-    sp.add_argument("--input", required=True, help="dataset directory (eclipse-ray poison output)")
-    sp.add_argument("--defense", required=True)
-    sp.add_argument("--out", required=True, help="new dataset directory; rerun to resume")
-    sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="defense.* settings")
-    sp.add_argument("--actors", type=int, default=0, help="Ray actors (one GPU each if present); 0: in-process")
-    sp.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    sp.add_argument("--seed", type=seed_arg, default=0, help="seed of the purification noise (0 ≤ seed < 2**63)")
-    sp.add_argument("--quiet", action="store_true")
-    sp.set_defaults(fn=_cmd_purify)
-
-    sp = sub.add_parser("results", help="summarise a results store: seed tables, Pareto frontier, plots, report")
-    sp.add_argument("action", choices=("summary", "pareto", "plot", "report"))
-    sp.add_argument("study", help="results store directory (results/<study>)")
-    sp.add_argument("--out", default=None, help="plot: PNG path; report: output directory")
-    sp.add_argument("--cache", default=None, help="report: where the study's datasets are, for the HTML report's "
-                                                  "image strips (default: STUDY/.cache, else $ECLIPSE_RAY_CACHE)")
-    sp.set_defaults(fn=_cmd_results)
-
-    sp = sub.add_parser("doctor", help="list what under a study, cache or output directory is corrupt, stale or "
-                                       "duplicated (changes nothing; exit 1 if anything is)")
-    sp.add_argument("dir", help="a study, the cache ($ECLIPSE_RAY_CACHE) or any output directory (path or URI)")
-    sp.add_argument("--json", action="store_true", help="one JSON object per finding")
-    sp.set_defaults(fn=_cmd_doctor)
-
-    sp = sub.add_parser("import", help="turn poisons made with another tool into a dataset directory")
-    sp.add_argument("format", choices=("apbench", "toxic", "backdoorbench", "eclipse", "npz"),
-                    help="apbench: data/<index>.png folder; toxic: 'Just how toxic' trial folder; backdoorbench: "
-                         "attack_result.pt; eclipse: <POISON>.pkl; npz: x_train,y_train,x_test,y_test[,poisoned,…]")
-    sp.add_argument("path", help="the foreign file or folder")
-    sp.add_argument("--out", required=True, help="new dataset directory (then: eclipse-ray run --dataset DIR)")
-    sp.add_argument("--clean", default=None, help="clean dataset the poisons were made from (cifar10, npz:PATH …)")
-    sp.add_argument("--trainset-size", type=int, default=None,
-                    help="toxic: rebuild the benchmark's training subset of this size (e.g. 2500)")
-    sp.add_argument("--quiet", action="store_true", help="no progress bars")
-    common(sp)
-    sp.set_defaults(fn=_cmd_import)
-
-    sp = sub.add_parser("certify", help="certified denoising (Hong et al.): N noised+denoised trainings, radii")
-    sp.add_argument("--dataset", required=True)
-    sp.add_argument("--attack", default="none")
-    sp.add_argument("--out", required=True, help="output directory; rerun the same command to resume")
-    sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                    help="certify.* (sigma, models, alpha …), attack.*, defense.* (denoise), victim.*")
-    sp.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    sp.add_argument("--in-process", action="store_true", help="train the models one by one here, without Ray")
-    sp.add_argument("--quiet", action="store_true")
-    common(sp)
-    sp.set_defaults(fn=_cmd_certify)
+    for name, help_text, add_arguments, handler in COMMANDS:
+        sp = sub.add_parser(name, help=help_text)
+        if add_arguments is not None:
+            add_arguments(sp)
+        sp.set_defaults(fn=handler)
     return p
 
 

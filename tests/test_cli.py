@@ -165,7 +165,7 @@ def test_any_error_is_one_line_with_exit_2_and_debug_shows_the_traceback(tmp_pat
     def boom(args):
         raise RuntimeError("disk on fire\nsecond line")
 
-    monkeypatch.setattr(cli, "_cmd_list", boom)
+    monkeypatch.setattr(cli, "COMMANDS", [(n, h, a, boom if n == "list" else f) for n, h, a, f in cli.COMMANDS])
     rc, _, err = run_cli(capsys, "list")
     assert rc == 2 and err.strip() == "eclipse-ray: error: RuntimeError: disk on fire second line " \
                                       "(--debug shows the traceback)"
