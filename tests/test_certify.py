@@ -132,12 +132,13 @@ TINY = {"certify.models": "3", "certify.selection_models": "0", "certify.alpha":
 
 
 def test_tiny_certify_writes_outputs_and_resumes_without_retraining(small_digits, tmp_path, monkeypatch):
-    import eclipse_ray.diffusion.train as diffusion_train
+    import eclipse_ray.defenses.diffusion as diffusion_defense
 
     monkeypatch.setenv("ECLIPSE_RAY_CACHE", str(tmp_path / "cache"))
     trainings = []
-    real_train = diffusion_train.train_diffusion
-    monkeypatch.setattr(diffusion_train, "train_diffusion", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
+    real_train = diffusion_defense.train_diffusion  # what the denoiser's auto model is trained with
+    monkeypatch.setattr(diffusion_defense, "train_diffusion",
+                        lambda *a, **k: trainings.append(1) or real_train(*a, **k))
     out = tmp_path / "certify"
     job = build_job("digits", "none", TINY)
     s = run_certify(job, out, data=small_digits, use_ray=False, progress=False)
