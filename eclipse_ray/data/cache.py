@@ -36,6 +36,12 @@ from eclipse_ray.data.imageset import ImageSet, clean_view
 from eclipse_ray.data.sources import Dataset, clean_reference_rows
 
 
+def study_cache(study: str | os.PathLike) -> str:
+    """The cache of a study's artifacts: ``$ECLIPSE_RAY_CACHE`` when set (shared by every study), else the
+    study's own ``.cache``. Studies, Tune trials and reports all find it here."""
+    return storage.normalize(os.environ.get("ECLIPSE_RAY_CACHE") or storage.join(storage.normalize(study), ".cache"))
+
+
 def cache_root() -> str:
     """The cache location: ``$ECLIPSE_RAY_CACHE``, else ``~/.cache/eclipse_ray``."""
     return storage.normalize(os.environ.get("ECLIPSE_RAY_CACHE") or Path.home() / ".cache" / "eclipse_ray")

@@ -208,7 +208,7 @@ def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, addr
 
     study = storage.normalize(study_dir)
     if cache_dir is None:  # models, poisons and purified sets: shared when $ECLIPSE_RAY_CACHE is set
-        cache_dir = os.environ.get("ECLIPSE_RAY_CACHE") or storage.join(study, ".cache")
+        cache_dir = C.study_cache(study)
     cache = storage.normalize(cache_dir)
     plan = compile_plan(specs)  # every setting checked before any work
     if loggers:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from eclipse_ray.data.cache import study_cache
 from eclipse_ray.result_store import METRIC_NAMES, CorruptPart, append_rows, read_part
 
 METRIC_KEYS = METRIC_NAMES  # what each trial reports to Tune (those present in its row)
@@ -148,7 +149,7 @@ def tuner_inputs(study_dir: str, specs: list[dict[str, Any]], cache_dir: str | N
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # keep relative dataset paths meaningful
     study = storage.normalize(study_dir)
-    cache = storage.normalize(cache_dir or os.environ.get("ECLIPSE_RAY_CACHE") or storage.join(study, ".cache"))
+    cache = storage.normalize(cache_dir) if cache_dir else study_cache(study)
     reused = purify_reused if purify_reused is not None else [None] * len(specs)
     if len(reused) != len(specs):
         raise ValueError(f"purify_reused has {len(reused)} entries for {len(specs)} specs")

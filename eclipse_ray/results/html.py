@@ -21,13 +21,13 @@ import base64
 import hashlib
 import html
 import io
-import os
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from eclipse_ray import storage
+from eclipse_ray.data.cache import study_cache
 from eclipse_ray.data.sources import short_name
 from eclipse_ray.data.store import is_dataset, read_split
 from eclipse_ray.result_store import METRIC_NAMES
@@ -309,17 +309,11 @@ def render(df: pd.DataFrame, title: str, cache: str | None = None) -> str:
             f"<style>{CSS}</style></head><body>{''.join(body)}<script>{JS}</script></body></html>")
 
 
-def default_cache(study: str) -> str:
-    """The cache a study's artifacts are in, as :func:`eclipse_ray.distributed.study.run_study` chose it:
-    ``$ECLIPSE_RAY_CACHE`` when set, else ``<study>/.cache``."""
-    return os.environ.get("ECLIPSE_RAY_CACHE") or storage.join(study, ".cache")
-
-
 def write_html(study: str, df: pd.DataFrame, out: str, cache: str | None = None) -> str:
     """Write ``report.html`` for the rows ``df`` of ``study`` into ``out``; returns its location."""
     title = f"Results: {study.rstrip('/').rsplit('/', 1)[-1]}"
     path = storage.join(out, "report.html")
-    storage.write_bytes(path, render(df, title, cache if cache is not None else default_cache(study)).encode())
+    storage.write_bytes(path, render(df, title, cache if cache is not None else study_cache(study)).encode())
     return path
 
 
