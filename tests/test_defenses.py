@@ -65,3 +65,18 @@ def test_compensation_once_and_per_epoch():
         DEFENSES.build("compensation", {"mode": "sometimes"})
     with pytest.raises(ConfigError, match="must be odd"):
         DEFENSES.build("blur", {"kernel": "4"})
+
+
+def test_a_defense_purifies_through_its_image_purifier_only():
+    """One purification path: a class that overrides ``purify`` is refused when it is defined."""
+    from dataclasses import dataclass
+
+    from eclipse_ray.defenses import DefenseConfig
+
+    with pytest.raises(TypeError, match="implement image_purifier"):
+        @dataclass(frozen=True)
+        class Sideways(DefenseConfig):
+            def purify(self, train, seed, progress=True, clean=None):
+                return train
+    assert not DEFENSES.build("none").purifies and not DEFENSES.build("vab").purifies
+    assert DEFENSES.build("jpeg").purifies and DEFENSES.build("compensation").purifies

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from eclipse_ray.data.sources import load_digits
-from eclipse_ray.distributed.study import compile_plan, make_poison
+from eclipse_ray.distributed.artifacts import make_poison
+from eclipse_ray.distributed.study import compile_plan
 from eclipse_ray.distributed.tune import run_spec, spec
 from eclipse_ray.results.report import write_report
 

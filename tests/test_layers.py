@@ -70,3 +70,68 @@ def test_the_scan_sees_lazy_imports_and_would_fail(tmp_path):
     bad.write_text("def f():\n    from eclipse_ray.distributed.study import run_study\n    return run_study\n")
     assert imports(bad) == [(2, "distributed.study")]
     assert layer_of("distributed.study") > layer_of("data.cache")
+
+
+def module_graph() -> dict[str, set[str]]:
+    """eclipse_ray module -> the eclipse_ray modules it imports (lazy imports included; ``from pkg import
+    sub`` resolved to the submodule where one exists)."""
+    files = {".".join(p.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for me, path in files.items():
+        deps = set()
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("eclipse_ray"):
+                base = node.module[len("eclipse_ray"):].lstrip(".")
+                for a in node.names:
+                    sub = f"{base}.{a.name}".lstrip(".")
+                    deps.add(sub if sub in files else base)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name[len("eclipse_ray."):] for a in node.names if a.name.startswith("eclipse_ray.")}
+        graph[me] = {d for d in deps if d in files and d != me and not me.startswith(d + ".")}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles_between_modules_lazy_imports_included():
+    """A package's ``__init__`` re-exporting its modules is not a cycle (a module importing its own package
+    is ignored); any other loop — also one closed by an import inside a function — is."""
+    found = cycles(module_graph())
+    assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []

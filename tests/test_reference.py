@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eclipse_ray.config import ConfigError, flatten
-from eclipse_ray.data.cache import purification_key
+from eclipse_ray.config import ConfigError
+from eclipse_ray.distributed.artifacts import purification_key
 from eclipse_ray.distributed.tune import run_spec, spec
 from eclipse_ray.presets import PRESETS, trial_settings
 from eclipse_ray.results.table import best_backdoor, clean_cost, defense_table, won_back
@@ -51,8 +51,23 @@ def test_purify_seed_shares_one_purification_across_victim_seeds():
     b = build_config("digits", "lsp", "jpeg", {"seed": "1", "purify_seed": "0"})
     c = build_config("digits", "lsp", "jpeg", {"seed": "2", "purify_seed": "0"})
     assert b.hash() != c.hash() and b.defense_seed == c.defense_seed == a.defense_seed == 0
-    keys = {purification_key(x.dataset, flatten(x.attack, "attack."), x.defense, x.defense_seed) for x in (a, b, c)}
+    keys = {purification_key(x) for x in (a, b, c)}
     assert len(keys) == 1
+
+
+def test_purification_keys_of_earlier_versions_still_address_their_sets(tmp_path):
+    """A cached purified set keeps its address across versions (pinned keys of an ``auto`` model's sets);
+    a model named by path enters by its content, so new weights at the same path are a new set."""
+    assert purification_key(build_config("digits", "lsp", "jpeg", {"seed": "0"})) == "5227bffab8c3f291"
+    x = build_config("digits", "badnets", "eclipse", {"seed": "0", "defense.train_iterations": "40"})
+    assert purification_key(x) == "8508cb2335f2d8aa"
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    named = build_config("digits", "badnets", "eclipse", {"seed": "0", "defense.model": str(model)})
+    before = purification_key(named)
+    (model / "model.safetensors").write_bytes(b"new weights")
+    assert purification_key(named) != before
     with pytest.raises(ConfigError, match="purify_seed"):
         build_config("digits", "lsp", "jpeg", {"purify_seed": "-1"})
 

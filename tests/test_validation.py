@@ -259,7 +259,7 @@ def test_purify_dataset_refuses_a_model_of_another_size(tmp_path, model_dir, mon
 
 def test_in_process_purify_checks_the_model_before_purifying(tmp_path, model_dir, monkeypatch):
     d = DEFENSES.build("eclipse", {"model": str(model_dir)})
-    monkeypatch.setattr(type(d), "make_purifier", lambda *a: pytest.fail("the purifier was built"))
+    monkeypatch.setattr(type(d), "image_purifier", lambda *a: pytest.fail("the purifier was built"))
     with pytest.raises(ConfigError, match="trained on 32x32 images, these are 64x64"):
         d.purify(tiny_set(4, size=64), seed=0, progress=False)
     odd = fake_unet_dir(tmp_path / "odd", 30)  # trained at 30 px (a foreign checkpoint): cannot be halved twice

@@ -24,7 +24,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eclipse_ray.certify.stats import Certificate, certified_accuracy, max_radius, poisons_covered
+from eclipse_ray.certify.stats import (
+    Certificate,
+    certified_accuracy,
+    max_radius,
+    poisons_covered,
+)
 from eclipse_ray.data.imageset import to_float
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.figures import save_png

@@ -33,12 +33,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from eclipse_ray.attacks import ATTACKS, AttackConfig
-from eclipse_ray.config import Config, ConfigError, config_hash, flatten, setting, with_overrides
+from eclipse_ray.config import (
+    Config,
+    ConfigError,
+    config_hash,
+    flatten,
+    setting,
+    with_overrides,
+)
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.defenses.diffusion import Denoise
-from eclipse_ray.victim.train import VictimConfig, train_victim
 from eclipse_ray.storage import local_dir, replacing
+from eclipse_ray.victim.train import VictimConfig, train_victim
 
 FORMAT = 1  # bump when the meaning of a saved model file changes
 
@@ -205,7 +212,7 @@ def train_models(job: CertifyJob, pending: list[int], model_dir: Path, train: Im
         return
     import ray
 
-    from eclipse_ray.distributed.tune import init_ray
+    from eclipse_ray.distributed.connect import init_ray
 
     init_ray(address)
     task = ray.remote(num_cpus=job.certify.cpus_per_model, num_gpus=_gpus(job.certify), max_retries=2)(_remote_train)
@@ -227,8 +234,8 @@ def train_models(job: CertifyJob, pending: list[int], model_dir: Path, train: Im
 
 def resolve_denoiser(job: CertifyJob, data: Dataset, progress: bool) -> tuple[Path, dict[str, Any], str]:
     """(model directory, resolved noise columns, model identity for the key): the model trained here, once."""
-    from eclipse_ray.diffusion.unet import load_model
     from eclipse_ray.data.imageset import clean_view
+    from eclipse_ray.diffusion.unet import load_model
 
     clean = clean_view(data.train, data.splits.get("originals"))
     model_dir = local_dir(job.denoiser.model_path(data.train, clean, progress), "config.json")

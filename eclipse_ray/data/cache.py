@@ -32,7 +32,7 @@ import numpy as np
 from eclipse_ray import storage
 from eclipse_ray.config import ConfigError, config_hash, flatten
 from eclipse_ray.data import store
-from eclipse_ray.data.imageset import ImageSet, clean_view
+from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset, clean_reference_rows
 
 
@@ -51,9 +51,27 @@ def poison_key(dataset: str, attack) -> str:
     return config_hash({"dataset": dataset, **flatten(attack, "attack.")})
 
 
-def purification_key(dataset: str, attack_flat: dict, defense, seed: int) -> str:
-    """What a purified training set depends on (the victim and training-time settings excluded)."""
-    return config_hash({"dataset": dataset, **attack_flat, **flatten(defense, "defense."), "seed": seed})
+def purification_key(source: dict, defense, seed: int, model: str | None = None) -> str:
+    """The one address of a purified training set: a hash of what it depends on — ``source``, what it
+    reads (a study's poisoned set: ``{"dataset": …, "attack.…": …}``; any dataset directory: the content
+    hash of its train split, ``{"input": …}``), the defense's settings, the seed, and ``model``, the
+    fingerprint of a model named by location (an ``auto`` model is itself a function of the source and
+    the settings). Victim and training-time settings are not part of it."""
+    return config_hash({**source, **flatten(defense, "defense."), "seed": seed,
+                        **({"model_fingerprint": model} if model else {})})
+
+
+def model_fingerprint(loc: str | os.PathLike) -> str:
+    """A content hash of a model directory's weights and configs (local path or URI; checkpoints excluded)."""
+    path = storage.local_dir(loc, "config.json")
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors")
+                    and "checkpoint" not in p.relative_to(path).parts):
+        h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def poisons_location(cache_dir: str, dataset: str, attack) -> str:
@@ -86,7 +104,7 @@ def intact(loc: str, deep: bool = True) -> bool:
     return True
 
 
-def _read_or_heal(loc: str, read):
+def read_or_heal(loc: str, read):
     """``read(loc)`` of a cached dataset, or ``None`` (moved aside) when a checksum or the schema fails."""
     if not intact(loc, deep=False):
         return None
@@ -108,7 +126,7 @@ def cached_attack(attack, data: Dataset, dataset: str, cache_dir: str | os.PathL
     The crafting time is kept in the dataset meta (``craft_seconds``) either way.
     """
     loc = poisons_location(storage.normalize(cache_dir) if cache_dir else cache_root(), dataset, attack)
-    cached = _read_or_heal(loc, lambda lo: read_poisoned(lo, data.name, data.meta))  # one checksummed read
+    cached = read_or_heal(loc, lambda lo: read_poisoned(lo, data.name, data.meta))  # one checksummed read
     if cached is not None:
         return cached
     t = time.perf_counter()
@@ -116,24 +134,6 @@ def cached_attack(attack, data: Dataset, dataset: str, cache_dir: str | os.PathL
     meta = {**poisoned.meta, "craft_seconds": poisoned.meta.get("craft_seconds", time.perf_counter() - t)}
     store.write_dataset(loc, poisoned.splits, {**meta, "poison_key": poison_key(dataset, attack)}, if_absent=True)
     return Dataset(poisoned.name, poisoned.splits, {**meta, "poison_cached": False})
-
-
-def cached_purify(data: Dataset, attack_flat: dict, defense, seed: int, cache_dir: str | os.PathLike,
-                  dataset: str, progress: bool = False) -> tuple[ImageSet, bool]:
-    """(purified training set, whether it came from the cache); computed in-process when missing."""
-
-    key = purification_key(dataset, attack_flat, defense, seed)
-    loc = purified_location(storage.normalize(cache_dir), key)
-    cached = _read_or_heal(loc, lambda lo: store.read_split(lo, "train"))
-    if cached is not None:
-        return cached, True
-    t = time.perf_counter()
-    train = data.train
-    purified = defense.purify(train, seed, progress=progress, clean=clean_view(train, data.splits.get("originals")))
-    purified = purified.with_images(purified.images, purify_seconds=time.perf_counter() - t)
-    store.write_dataset(loc, {"train": purified}, {"purification_key": key, "defense": flatten(defense)},
-                        if_absent=True)
-    return purified, False
 
 
 def cached_model(tag: bytes, tcfg, src: ImageSet, train_fn, progress: bool = True) -> str:

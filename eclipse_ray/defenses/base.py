@@ -1,11 +1,22 @@
-"""What every defense shares: its config base.
+"""What every defense shares: its config base, and the one way images are purified.
 
-A *purification* defense rewrites the training images once, offline
-(:meth:`DefenseConfig.purify`), keeping every sample's index, label and poison
-flag (checked by the caller). It may also ask for a per-batch transform during
-victim training (:meth:`DefenseConfig.train_transform`), which is how ECLIPSE's
-public code applies its compensation. A *training-time* defense (V&B) replaces
-victim training altogether (:meth:`DefenseConfig.train_victim`).
+A *purification* defense rewrites the training images once, offline, keeping
+every sample's index, label and poison flag (checked by the caller). It says how
+in one place, :meth:`DefenseConfig.image_purifier`: f(uint8 NHWC images, index)
+-> images, with any model loaded once. Every purification runs that function
+over the same fixed row ranges (:func:`chunk_rows`; the model batches inside
+them fixed by :func:`fixed_shape`):
+
+* in memory, :meth:`DefenseConfig.purify` (a lone ``eclipse-ray run``, certify,
+  the adaptive attack) — :func:`purify_in_batches` over the set;
+* from storage, :mod:`eclipse_ray.distributed.purify` — one work unit per row
+  range, in-process or on Ray Data actors (``eclipse-ray purify``, a study's
+  purify stage, a Tune trial whose purified set is missing).
+
+A defense may also ask for a per-batch transform during victim training
+(:meth:`DefenseConfig.train_transform`), which is how ECLIPSE's public code
+applies its compensation. A *training-time* defense (V&B) replaces victim
+training altogether (:meth:`DefenseConfig.train_victim`).
 """
 
 from __future__ import annotations
@@ -24,18 +35,30 @@ from eclipse_ray.victim.train import BatchTransform, Victim, VictimConfig
 ImagePurifier = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (uint8 NHWC images, index) -> images
 
 
-def purify_in_batches(run: ImagePurifier, train: ImageSet, batch_size: int, desc: str,
+CHUNK_ROWS = 512  # rows per purifier call (a storage work unit), rounded up to a multiple of the batch size
+
+
+def chunk_rows(batch_size: int, rows: int = CHUNK_ROWS) -> int:
+    """Rows per purifier call: ``rows`` rounded up to a multiple of ``batch_size`` (several model
+    batches per call, which the purifier runs side by side; see :func:`fixed_shape`)."""
+    return -(-max(rows, batch_size) // batch_size) * batch_size
+
+
+def purify_in_batches(run: ImagePurifier, train: ImageSet, chunk: int, desc: str,
                       progress: bool = True) -> np.ndarray:
-    """``run`` over ``train`` in batches of ``batch_size`` (the in-process purification loop), with progress."""
+    """``run`` over ``train``, ``chunk`` rows per call (the in-memory loop), with progress."""
     from tqdm.auto import tqdm
 
     out = np.empty_like(train.images)
     bar = tqdm(total=len(train), desc=desc, unit="img", disable=not progress, leave=False)
-    batch_size *= 8  # several model batches per call: the purifier runs them side by side (fixed_shape)
-    for i in range(0, len(train), batch_size):
-        sl = slice(i, i + batch_size)
-        out[sl] = run(train.images[sl], train.index[sl])
-        bar.update(len(out[sl]))
+    for i in range(0, len(train), chunk):
+        sl = slice(i, i + chunk)
+        got = run(train.images[sl], train.index[sl])
+        if got.shape != train.images[sl].shape or got.dtype != np.uint8:
+            raise RuntimeError(f"{desc}: rows {i}:{i + len(got)} came back as {got.dtype}{tuple(got.shape)}, "
+                               f"expected uint8{tuple(train.images[sl].shape)}")
+        out[sl] = got
+        bar.update(len(got))
     bar.close()
     return out
 
@@ -92,14 +115,30 @@ class DefenseConfig(Config):
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
 
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "purify" in vars(cls):  # one purification path: in memory and on storage alike
+            raise TypeError(f"{cls.__qualname__}: implement image_purifier(model_dir, seed) -> "
+                            f"f(images, index), not purify (see eclipse_ray.defenses.base)")
+
     def purify(self, train: ImageSet, seed: int, progress: bool = True,
                clean: ImageSet | None = None) -> ImageSet:
-        """The purified training set (same samples, new pixels). Default: unchanged.
+        """The purified training set (same samples, new pixels): :meth:`image_purifier` over ``train``.
 
-        ``clean`` (aligned to ``train``) holds the clean originals and their true
-        labels, from which defenses that need a clean reference set (ECLIPSE) draw theirs.
+        ``clean`` (aligned to ``train``) holds the clean originals and their true labels,
+        from which defenses that need a clean reference set (ECLIPSE) draw theirs. Not
+        meant to be overridden: a defense purifies through :meth:`image_purifier`, so that
+        in-memory and storage-to-storage purification give the same bytes.
         """
-        return train
+        if not self.purifies:
+            return train
+        self.check_images(train.image_shape)  # before any model is trained
+        model_dir = self.model_path(train, clean, progress) if self.needs_model else None
+        if model_dir is not None:
+            self.check_model(model_dir, train.image_shape)
+        run = self.image_purifier(model_dir, seed)
+        out = purify_in_batches(run, train, self.chunk_rows(), f"purify {self.name}", progress)
+        return train.with_images(out, resolved=self.model_resolved(model_dir) if model_dir is not None else {})
 
     def train_transform(self) -> BatchTransform | None:
         """A transform applied to every training batch, or ``None``."""
@@ -116,24 +155,33 @@ class DefenseConfig(Config):
 
     @property
     def purifies(self) -> bool:
-        """Whether :meth:`purify` changes pixels (so purification metrics are meaningful)."""
-        return type(self).purify is not DefenseConfig.purify
+        """Whether this defense rewrites pixels (it has an :meth:`image_purifier`)."""
+        return type(self).image_purifier is not DefenseConfig.image_purifier
 
-    # --- model-based purifiers (Ray Data loads the model once per actor) -------------------
-    def model_path(self, train: ImageSet, clean: ImageSet | None, progress: bool = True) -> Path | None:
-        """The model directory this defense purifies with (``auto``: trained once, cached); ``None``: model-free."""
-        return None
+    def chunk_rows(self) -> int:
+        """Rows per purifier call (a multiple of the defense's ``batch_size`` where it has one)."""
+        return chunk_rows(int(getattr(self, "batch_size", 1)))
 
+    # --- purification ----------------------------------------------------------------------
     def image_purifier(self, model_dir: str | Path | None, seed: int) -> ImagePurifier:
         """f(uint8 NHWC images, index) -> purified images, with any model loaded once (here, not per call).
 
-        Default: :meth:`purify` on each batch (model-free defenses).
+        A sample's output must depend on its pixels, its index, ``seed`` and the settings only
+        (draw randomness per (seed, index); run model batches through :func:`fixed_shape`).
+        ``model_dir`` is :meth:`model_path`'s location for model-based purifiers, else ``None``.
+        The base class does not purify.
         """
-        def run(images: np.ndarray, index: np.ndarray) -> np.ndarray:
-            s = ImageSet(images, np.zeros(len(images), np.int64), index, np.zeros(len(images), bool), ("x",))
-            return self.purify(s, seed, progress=False).images
+        raise NotImplementedError(f"defense {self.name} does not purify images")
 
-        return run
+    def check_images(self, image_shape: tuple[int, ...]) -> None:
+        """Refuse images this defense cannot purify, before any model is trained (default: all fit)."""
+
+    def model_path(self, train: ImageSet, clean: ImageSet | None, progress: bool = True) -> Path | str | None:
+        """The model directory this defense purifies with (``auto``: trained once, cached); ``None``: model-free."""
+        return None
+
+    def check_model(self, model_dir: str | Path, image_shape: tuple[int, ...]) -> None:
+        """Refuse a model not made for images of ``image_shape`` (reads its config only)."""
 
     def model_resolved(self, model_dir: str | Path) -> dict[str, Any]:
         """Result columns that depend on the model (noise levels in both units, model calls …)."""

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from eclipse_ray.config import ConfigError, setting
-from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.defenses.base import DefenseConfig, batched_uint8
+from eclipse_ray.defenses.base import DefenseConfig, ImagePurifier, batched_uint8
 from eclipse_ray.defenses.compensation import grayscale
 
 
@@ -57,9 +56,8 @@ class JPEG(DefenseConfig):
     summary: ClassVar[str] = "JPEG compression round trip (ISS-J)"
     quality: int = setting(10, "JPEG quality (ISS-J / APBench: 10)", ge=1, le=100)
 
-    def purify(self, train: ImageSet, seed: int, progress: bool = True,
-               clean: ImageSet | None = None) -> ImageSet:
-        return train.with_images(jpeg(train.images, self.quality))
+    def image_purifier(self, model_dir: None, seed: int) -> ImagePurifier:
+        return lambda images, index: jpeg(images, self.quality)
 
 
 @dataclass(frozen=True)
@@ -67,9 +65,8 @@ class Gray(DefenseConfig):
     name: ClassVar[str] = "gray"
     summary: ClassVar[str] = "grayscale, luma replicated to 3 channels (ISS-G)"
 
-    def purify(self, train: ImageSet, seed: int, progress: bool = True,
-               clean: ImageSet | None = None) -> ImageSet:
-        return train.with_images(batched_uint8(train.images, grayscale))
+    def image_purifier(self, model_dir: None, seed: int) -> ImagePurifier:
+        return lambda images, index: batched_uint8(images, grayscale)
 
 
 @dataclass(frozen=True)
@@ -78,9 +75,8 @@ class BitDepth(DefenseConfig):
     summary: ClassVar[str] = "bit-depth reduction to `bits` bits per channel"
     bits: int = setting(2, "bits per channel kept", ge=1, le=8)
 
-    def purify(self, train: ImageSet, seed: int, progress: bool = True,
-               clean: ImageSet | None = None) -> ImageSet:
-        return train.with_images(batched_uint8(train.images, lambda x: bit_depth(x, self.bits)))
+    def image_purifier(self, model_dir: None, seed: int) -> ImagePurifier:
+        return lambda images, index: batched_uint8(images, lambda x: bit_depth(x, self.bits))
 
 
 @dataclass(frozen=True)
@@ -94,6 +90,5 @@ class Blur(DefenseConfig):
         if self.kernel % 2 == 0:
             raise ConfigError(f"defense.kernel={self.kernel}: must be odd")
 
-    def purify(self, train: ImageSet, seed: int, progress: bool = True,
-               clean: ImageSet | None = None) -> ImageSet:
-        return train.with_images(batched_uint8(train.images, lambda x: gaussian_blur(x, self.kernel, self.sigma)))
+    def image_purifier(self, model_dir: None, seed: int) -> ImagePurifier:
+        return lambda images, index: batched_uint8(images, lambda x: gaussian_blur(x, self.kernel, self.sigma))

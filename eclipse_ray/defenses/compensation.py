@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from eclipse_ray.config import setting
-from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.defenses.base import DefenseConfig
+from eclipse_ray.defenses.base import DefenseConfig, ImagePurifier
 from eclipse_ray.rng import per_sample_randn
 from eclipse_ray.victim.train import BatchTransform
 
@@ -60,9 +59,10 @@ class Compensation(DefenseConfig):
     noise_sigma: float = _SIGMA
     mode: str = _MODE
 
-    def purify(self, train: ImageSet, seed: int, progress: bool = True,
-               clean: ImageSet | None = None) -> ImageSet:
-        return apply_compensation(train, self.gray_p, self.noise_sigma, self.mode, seed)
+    def image_purifier(self, model_dir: None, seed: int) -> ImagePurifier:
+        if self.mode != "once":  # per epoch (or off): the training set stays as it is
+            return lambda images, index: images.copy()
+        return lambda images, index: compensate_uint8(images, index, self.gray_p, self.noise_sigma, seed)
 
     def train_transform(self) -> BatchTransform | None:
         return compensation_transform(self.gray_p, self.noise_sigma, self.mode)
@@ -82,16 +82,6 @@ def compensate_uint8(images: np.ndarray, index: np.ndarray, gray_p: float, sigma
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255)
     y = compensate_per_sample(x, index, gray_p, sigma, seed)
     return y.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def apply_compensation(train: ImageSet, gray_p: float, sigma: float, mode: str, seed: int) -> ImageSet:
-    """Compensation applied once to a set (``mode=once``); the set unchanged otherwise."""
-    if mode != "once":
-        return train
-    out = np.empty_like(train.images)
-    for i in range(0, len(train), 1024):
-        out[i:i + 1024] = compensate_uint8(train.images[i:i + 1024], train.index[i:i + 1024], gray_p, sigma, seed)
-    return train.with_images(out)
 
 
 def compensation_transform(gray_p: float, sigma: float, mode: str) -> BatchTransform | None:

@@ -22,25 +22,37 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from eclipse_ray.config import ConfigError, check_seed, setting
+from eclipse_ray.config import ConfigError, setting
 from eclipse_ray.data.cache import cached_model
 from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.defenses.base import DefenseConfig, fixed_shape, purify_in_batches
-from eclipse_ray.defenses.compensation import (apply_compensation, compensation_settings,
-                                               compensation_transform)
+from eclipse_ray.defenses.base import DefenseConfig, ImagePurifier, fixed_shape
+from eclipse_ray.defenses.compensation import (
+    compensate_uint8,
+    compensation_settings,
+    compensation_transform,
+)
 from eclipse_ray.diffusion.samplers import SAMPLERS, SamplerPlan, purify_batch
-from eclipse_ray.diffusion.train import TRAIN_RECIPES, DiffusionTrainConfig, train_diffusion
-from eclipse_ray.diffusion.unet import PRESETS, DiffusionModel, check_fits, check_model_fits, load_model, unet_config
+from eclipse_ray.diffusion.train import (
+    TRAIN_RECIPES,
+    DiffusionTrainConfig,
+    train_diffusion,
+)
+from eclipse_ray.diffusion.unet import (
+    PRESETS,
+    DiffusionModel,
+    check_fits,
+    check_model_fits,
+    load_model,
+    unet_config,
+)
+from eclipse_ray.storage import is_uri, local_dir
 from eclipse_ray.tensors import pick_device
 from eclipse_ray.victim.train import BatchTransform
-from eclipse_ray.storage import is_uri, local_dir
-
-ImagePurifier = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -106,8 +118,8 @@ class DiffusionDefense(DefenseConfig):
                 "defense.model_calls": p.model_calls()}
 
     # --- purification -----------------------------------------------------------------------
-    def make_purifier(self, model_dir: str | Path, seed: int) -> tuple[ImagePurifier, DiffusionModel]:
-        """Load the model once; return f(images uint8 NHWC, index) -> purified images, and the model."""
+    def image_purifier(self, model_dir: str | Path | None, seed: int) -> ImagePurifier:
+        """Load the model once; f(images uint8 NHWC, index) -> purified images."""
         device = pick_device(self.device)
         model = load_model(local_dir(model_dir, "config.json"), device)
         plan = self.plan(model)
@@ -122,10 +134,12 @@ class DiffusionDefense(DefenseConfig):
             out = purify_batch(unet, coeffs, images, index, plan, seed, bf16=bf16, channels_last=channels_last)
             return self.finish_batch(out, index, seed)
 
-        return fixed_shape(run, self.batch_size, device, parallel=not self.compile), model
+        return fixed_shape(run, self.batch_size, device, parallel=not self.compile)
 
-    def image_purifier(self, model_dir: str | Path | None, seed: int) -> ImagePurifier:
-        return self.make_purifier(model_dir, seed)[0]
+    def check_images(self, image_shape: tuple[int, ...]) -> None:
+        if self.model == "auto":  # before the clean set is drawn and the model trained
+            check_fits(image_shape, len(PRESETS[self.train_preset]["down_block_types"]),
+                       f"defense.train_preset={self.train_preset}")
 
     def check_model(self, model_dir: str | Path, image_shape: tuple[int, ...]) -> None:
         """Refuse a model that was not made for images of ``image_shape`` (reads its config only)."""
@@ -137,17 +151,6 @@ class DiffusionDefense(DefenseConfig):
     def finish_batch(self, images: np.ndarray, index: np.ndarray, seed: int) -> np.ndarray:
         """Per-batch post-processing after the sampler (ECLIPSE: once-off compensation)."""
         return images
-
-    def purify(self, train: ImageSet, seed: int, progress: bool = True,
-               clean: ImageSet | None = None) -> ImageSet:
-        if self.model == "auto":  # before the clean set is drawn and the model trained
-            check_fits(train.image_shape, len(PRESETS[self.train_preset]["down_block_types"]),
-                       f"defense.train_preset={self.train_preset}")
-        model_dir = self.model_path(train, clean, progress)
-        self.check_model(model_dir, train.image_shape)
-        run, model = self.make_purifier(model_dir, seed)
-        out = purify_in_batches(run, train, self.batch_size, f"purify {self.name}", progress)
-        return train.with_images(out, resolved=self.resolved(model))
 
 
 _GRAY_P, _COMP_SIGMA, _MODE = compensation_settings()
@@ -166,8 +169,6 @@ class Eclipse(DiffusionDefense):
     def finish_batch(self, images: np.ndarray, index: np.ndarray, seed: int) -> np.ndarray:
         if self.mode != "once":
             return images
-        from eclipse_ray.defenses.compensation import compensate_uint8
-
         return compensate_uint8(images, index, self.gray_p, self.noise_sigma, seed)
 
     def train_transform(self) -> BatchTransform | None:
@@ -191,14 +192,4 @@ class Denoise(DiffusionDefense):
     sampler: str = setting("oneshot", "reverse sampler", choices=SAMPLERS)
 
 
-def check_purify_inputs(requests: Sequence[Any], docs: Sequence[dict[str, Any]]) -> None:
-    """Before any unit is computed: every purification request's seed, and a model-based purifier's model
-    against the size of the images it will purify (``docs``: the input datasets' ``meta.json``)."""
-    for req, doc in zip(requests, docs):
-        check_seed(req.seed, "seed")
-        check = getattr(req.defense, "check_model", None)
-        if check is not None and req.model_dir is not None:
-            check(req.model_dir, tuple(doc["image_shape"]))
-
-
-__all__ = ["DiffusionDefense", "Eclipse", "PureGenDDPM", "Denoise", "apply_compensation", "check_purify_inputs"]
+__all__ = ["DiffusionDefense", "Eclipse", "PureGenDDPM", "Denoise"]

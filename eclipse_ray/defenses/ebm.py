@@ -31,7 +31,7 @@ import numpy as np
 
 from eclipse_ray.config import ConfigError, setting
 from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.defenses.base import DefenseConfig, ImagePurifier, fixed_shape, purify_in_batches
+from eclipse_ray.defenses.base import DefenseConfig, ImagePurifier, fixed_shape
 from eclipse_ray.ebm.net import PRESETS, check_fits
 from eclipse_ray.storage import is_uri, local_dir
 
@@ -113,16 +113,9 @@ class PureGenEBM(DefenseConfig):
         return {"defense.model_calls": self.steps, "defense.langevin_sigma": self.eta / 2 * math.sqrt(self.steps),
                 "defense.ebm_arch": info.get("arch"), "defense.ebm_width": info.get("width")}
 
-    def purify(self, train: ImageSet, seed: int, progress: bool = True,
-               clean: ImageSet | None = None) -> ImageSet:
+    def check_images(self, image_shape: tuple[int, ...]) -> None:
         if self.model == "auto":  # before the clean set is drawn and the EBM trained
-            check_fits(PRESETS[self.train_preset]["arch"], train.image_shape,
-                       f"defense.train_preset={self.train_preset}")
-        model_dir = self.model_path(train, clean, progress)
-        self.check_model(model_dir, train.image_shape)
-        run = self.image_purifier(model_dir, seed)
-        out = purify_in_batches(run, train, self.batch_size, f"purify {self.name}", progress)
-        return train.with_images(out, resolved=self.model_resolved(model_dir))
+            check_fits(PRESETS[self.train_preset]["arch"], image_shape, f"defense.train_preset={self.train_preset}")
 
 
 __all__ = ["PureGenEBM"]

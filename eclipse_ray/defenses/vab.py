@@ -73,10 +73,10 @@ from tqdm.auto import tqdm
 from eclipse_ray.config import ConfigError, setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.defenses.base import DefenseConfig
+from eclipse_ray.tensors import augment_batch, pick_device, to_tensor
 from eclipse_ray.victim.attention_mix import attention_mix, feature_attention
 from eclipse_ray.victim.nets import FastNet, build_net
 from eclipse_ray.victim.train import Victim, VictimConfig
-from eclipse_ray.tensors import augment_batch, pick_device, to_tensor
 
 
 @dataclass(frozen=True)

@@ -151,18 +151,3 @@ def check_model_fits(config: dict[str, Any], image_shape: Any, what: str) -> Non
     blocks = config.get("down_block_types")
     if isinstance(blocks, (list, tuple)):
         check_fits((h, w), len(blocks), what)
-
-
-def model_fingerprint(path: str | Path) -> str:
-    """A content hash of a model directory's weights and configs (for the purification cache)."""
-    import hashlib
-
-    path = Path(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors")
-                    and "checkpoint" not in p.parts):
-        h.update(str(f.relative_to(path)).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]

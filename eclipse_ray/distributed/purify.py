@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -41,12 +40,14 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from eclipse_ray import storage
-from eclipse_ray.config import ConfigError, flatten
+from eclipse_ray.config import ConfigError, check_seed, flatten
 from eclipse_ray.data import store
+from eclipse_ray.data.cache import cache_root, model_fingerprint, purification_key
+from eclipse_ray.data.imageset import clean_view
 from eclipse_ray.defenses import DefenseConfig
-from eclipse_ray.defenses.diffusion import check_purify_inputs
+from eclipse_ray.defenses.base import CHUNK_ROWS, chunk_rows
+from eclipse_ray.distributed.connect import init_ray
 
-CHUNK_ROWS = 512  # rows per work unit (rounded up to a multiple of the batch size)
 _SCHEMA = pa.schema([pa.field("index", pa.int64()), pa.field("label", pa.int64()),
                      pa.field("poisoned", pa.bool_()), pa.field("image", pa.binary())])
 
@@ -69,8 +70,9 @@ class PurifyRequest:
 
     @property
     def chunk(self) -> int:
-        """Rows per unit: ``chunk_rows`` rounded up to a multiple of the batch size."""
-        return -(-max(self.chunk_rows, self.batch_size) // self.batch_size) * self.batch_size
+        """Rows per unit: ``chunk_rows`` rounded up to a multiple of the batch size (the row ranges the
+        in-memory loop, :meth:`DefenseConfig.purify`, calls the purifier on)."""
+        return chunk_rows(self.batch_size, self.chunk_rows)
 
     @property
     def work(self) -> str:
@@ -162,7 +164,7 @@ class ShardPurifier:
     def purifier(self, i: int):
         if self.current is None or self.current[0] != i:
             self.current = None  # free the previous model first
-            self.current = (i, make_purifier(self.requests[i]))
+            self.current = (i, request_purifier(self.requests[i]))
         return self.current[1]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -179,22 +181,30 @@ class ShardPurifier:
                 "sha256": np.array(sums)}
 
 
-def make_purifier(req: PurifyRequest):
-    """f(uint8 NHWC images, index) -> purified images, with the request's model loaded once."""
+def request_purifier(req: PurifyRequest):
+    """The defense's f(uint8 NHWC images, index) -> purified images, with the request's model loaded once."""
     model = None if req.model_dir is None else str(storage.local_dir(req.model_dir, "config.json"))
     return req.defense.image_purifier(model, req.seed)
 
 
-def request_key(input_dir: str, defense: DefenseConfig, model_fp: str, seed: int) -> str:
-    """Content hash of what a purification depends on (input shards read one at a time)."""
+def input_fingerprint(input_dir: str) -> str:
+    """Content hash of a dataset's train split (shards read one at a time, each checked against
+    ``meta.json`` here, before any work)."""
     doc = store.read_meta(input_dir)
     sums = doc["splits"]["train"].get("sha256", {})
     h = hashlib.sha256()
-    for shard in doc["splits"]["train"]["shards"]:  # each checked against meta.json here, before any work
+    for shard in doc["splits"]["train"]["shards"]:
         h.update(bytes.fromhex(storage.sha256(store.read_shard_bytes(input_dir, shard, sums.get(shard)))))
-    h.update(json.dumps(flatten(defense, "defense."), sort_keys=True, default=str).encode())
-    h.update(f"{model_fp}|{seed}".encode())
     return h.hexdigest()[:16]
+
+
+def check_purify_inputs(requests: list[PurifyRequest], docs: list[dict[str, Any]]) -> None:
+    """Before any unit is computed: every request's seed, and a model-based purifier's model against the
+    size of the images it will purify (``docs``: the input datasets' ``meta.json``)."""
+    for req, doc in zip(requests, docs):
+        check_seed(req.seed, "seed")
+        if req.model_dir is not None:
+            req.defense.check_model(req.model_dir, tuple(doc["image_shape"]))
 
 
 def run_purifications(requests: list[PurifyRequest], *, actors: int = 0, address: str | None = None,
@@ -239,7 +249,6 @@ def _run_ray(requests: list[PurifyRequest], shapes: list, units: list[Unit], act
     import ray
     from ray.data import ActorPoolStrategy
 
-    from eclipse_ray.distributed.tune import init_ray
 
     init_ray(address, num_cpus=actors + 1)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
@@ -304,8 +313,6 @@ def purify_dataset(input_dir: str | os.PathLike, defense: DefenseConfig, out_dir
                    seed: int = 0, actors: int = 0, address: str | None = None, batch_size: int | None = None,
                    chunk_rows: int = CHUNK_ROWS, progress: bool = True) -> dict[str, Any]:
     """Purify the ``train`` split of ``input_dir`` into ``out_dir`` (other splits copied). Returns a report."""
-    from eclipse_ray.diffusion.unet import model_fingerprint
-
     input_dir, out_dir = storage.normalize(input_dir), storage.normalize(out_dir)
     doc = store.read_meta(input_dir)
     if "train" not in doc["splits"]:
@@ -313,8 +320,9 @@ def purify_dataset(input_dir: str | os.PathLike, defense: DefenseConfig, out_dir
     model_dir, model_fp = None, "none"
     if defense.needs_model:
         model_dir = _resolve_model(input_dir, defense, actors, address, progress)
-        model_fp = model_fingerprint(storage.local_dir(model_dir, "config.json"))
-    key = request_key(input_dir, defense, model_fp, seed)
+        model_fp = model_fingerprint(model_dir)
+    key = purification_key({"input": input_fingerprint(input_dir)}, defense, seed,
+                           model_fp if model_dir is not None else None)
     if store.is_dataset(out_dir):
         done = store.read_meta(out_dir).get("meta", {}).get("purify", {})
         if done.get("key") == key:
@@ -338,7 +346,6 @@ def purify_dataset(input_dir: str | os.PathLike, defense: DefenseConfig, out_dir
 def model_for(input_dir: str, defense: DefenseConfig, cache_dir: str | None = None, progress: bool = False) -> str:
     """The model a model-based purifier uses on ``input_dir`` (an ``auto`` model is trained once, cached);
     ``cache_dir`` names the cache when this runs in a worker (default ``$ECLIPSE_RAY_CACHE``)."""
-    from eclipse_ray.data.imageset import clean_view
 
     if cache_dir:
         os.environ["ECLIPSE_RAY_CACHE"] = cache_dir
@@ -355,8 +362,6 @@ def _resolve_model(input_dir: str, defense: DefenseConfig, actors: int, address:
         return model_for(input_dir, defense, progress=progress)
     import ray
 
-    from eclipse_ray.data.cache import cache_root
-    from eclipse_ray.distributed.tune import init_ray
 
     init_ray(address, num_cpus=actors + 1)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0

@@ -25,8 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eclipse_ray import storage
-from eclipse_ray.config import config_hash, flatten
 from eclipse_ray.data import cache as C
+from eclipse_ray.data.kinds import AVAILABILITY
+from eclipse_ray.distributed import artifacts as A
+from eclipse_ray.distributed.connect import init_ray
+from eclipse_ray.distributed.purify import run_purifications
+from eclipse_ray.distributed.tune import run_trials, tune_loggers
+from eclipse_ray.result_store import read_results
+from eclipse_ray.trial import build_config, reference_accuracy, reference_config
 
 RETRIES = 3
 
@@ -50,8 +56,6 @@ class Plan:
 
 def compile_plan(specs: list[dict[str, Any]]) -> Plan:
     """Validate every spec and list the distinct artifacts they need, in dependency order."""
-    from eclipse_ray.attacks import AVAILABILITY
-    from eclipse_ray.trial import build_config, reference_config
 
     plan = Plan([])
     for s in specs:
@@ -59,8 +63,7 @@ def compile_plan(specs: list[dict[str, Any]]) -> Plan:
         t = PlannedTrial(s, cfg, C.poison_key(cfg.dataset, cfg.attack))
         plan.poisons.setdefault(t.poison_key, cfg)
         if cfg.defense.purifies:
-            t.purification_key = C.purification_key(cfg.dataset, flatten(cfg.attack, "attack."), cfg.defense,
-                                                    cfg.defense_seed)
+            t.purification_key = A.purification_key(cfg)
             plan.purifications.setdefault(t.purification_key, cfg)
         is_reference = cfg.attack.name == "none" and cfg.defense.name == "none"
         if not is_reference and (cfg.attack.kind == AVAILABILITY or cfg.attack.name == "none"):
@@ -74,29 +77,7 @@ def _stage_line(name: str, computed: int, reused: int, seconds: float) -> None:
     print(f"stage {name}: {computed} computed, {reused} reused, {seconds:.1f} s", flush=True)
 
 
-def make_poison(cfg, cache_dir: str, data_dir: str | None) -> str:
-    from eclipse_ray.data.sources import load_dataset
-
-    data = load_dataset(cfg.dataset, data_dir)
-    if cfg.attack.name == "none":
-        loc = C.poisons_location(cache_dir, cfg.dataset, cfg.attack)
-        from eclipse_ray.data import store
-
-        store.write_dataset(loc, data.splits, {**data.meta, "poison_key": C.poison_key(cfg.dataset, cfg.attack)},
-                            if_absent=True)
-        return loc
-    C.cached_attack(cfg.attack, data, cfg.dataset, cache_dir)
-    return C.poisons_location(cache_dir, cfg.dataset, cfg.attack)
-
-
-def _make_model(cfg, cache_dir: str) -> str:
-    from eclipse_ray.distributed.purify import model_for
-
-    return model_for(C.poisons_location(cache_dir, cfg.dataset, cfg.attack), cfg.defense, cache_dir)
-
-
 def _make_reference(cfg, cache_dir: str) -> float:
-    from eclipse_ray.trial import reference_accuracy
 
     data = C.read_poisoned(C.poisons_location(cache_dir, cfg.dataset, cfg.attack), cfg.dataset)
     return reference_accuracy(cfg, data, cache_dir)
@@ -118,16 +99,15 @@ def _resources(gpus: float) -> dict[str, float]:
 def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actors: int = 2,
                gpu: bool = False) -> None:
     """Compute every artifact the plan's trials need (each once), stage by stage."""
-    from eclipse_ray.distributed.purify import PurifyRequest, run_purifications
-
     res = _resources(1 if gpu else 0)
     # 1. poisoned (and clean) datasets
     t = time.perf_counter()
     todo = [cfg for key, cfg in plan.poisons.items()
             if not C.intact(storage.join(cache_dir, "poisons", key))]
     crafted = [cfg for cfg in todo if cfg.attack.crafted]  # crafting trains surrogates: a GPU where there is one
-    _run_tasks(make_poison, [(cfg, cache_dir, data_dir) for cfg in todo if not cfg.attack.crafted], {"num_cpus": 1})
-    _run_tasks(make_poison, [(cfg, cache_dir, data_dir) for cfg in crafted], res)
+    _run_tasks(A.make_poison, [(cfg, cache_dir, data_dir) for cfg in todo if not cfg.attack.crafted],
+               {"num_cpus": 1})
+    _run_tasks(A.make_poison, [(cfg, cache_dir, data_dir) for cfg in crafted], res)
     _stage_line("poisons", len(todo), len(plan.poisons) - len(todo), time.perf_counter() - t)
 
     # 2. generative models: one task per distinct (dataset, recipe) first, then the rest (cache hits)
@@ -137,7 +117,7 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
     needs = OrderedDict()
     for k, cfg in pending.items():
         if cfg.defense.needs_model:
-            needs.setdefault((C.poison_key(cfg.dataset, cfg.attack), _model_recipe(cfg.defense)), cfg)
+            needs.setdefault((C.poison_key(cfg.dataset, cfg.attack), A.model_recipe(cfg.defense)), cfg)
     groups: OrderedDict = OrderedDict()
     for (pk, recipe), cfg in needs.items():
         groups.setdefault((cfg.dataset, recipe), []).append(((pk, recipe), cfg))
@@ -145,24 +125,17 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
     before = _count_models(cache_dir)
     for wave in (0, 1):
         batch = [(key, cfg) for g in groups.values() for i, (key, cfg) in enumerate(g) if (i == 0) == (wave == 0)]
-        for (key, _), out in zip(batch, _run_tasks(_make_model, [(cfg, cache_dir) for _, cfg in batch], res)):
+        for (key, _), out in zip(batch, _run_tasks(A.make_model, [(cfg, cache_dir) for _, cfg in batch], res)):
             models[key] = out
     trained = _count_models(cache_dir) - before
     _stage_line("models", trained, len(set(models.values())) - trained, time.perf_counter() - t)
 
     # 3. purified training sets: one Ray Data streaming job over the cluster's actors
     t = time.perf_counter()
-    requests = []
-    for k, cfg in pending.items():
-        model = models[(C.poison_key(cfg.dataset, cfg.attack), _model_recipe(cfg.defense))] \
-            if cfg.defense.needs_model else None
-        # this defense's own noise level, sampler and model calls on that model (never another config's)
-        resolved = cfg.defense.model_resolved(model) if model is not None else {}
-        requests.append(PurifyRequest(C.poisons_location(cache_dir, cfg.dataset, cfg.attack),
-                                      C.purified_location(cache_dir, k), cfg.defense, cfg.defense_seed, model, k,
-                                      getattr(cfg.defense, "batch_size", 256),
-                                      meta={"purification_key": k, "defense": flatten(cfg.defense)},
-                                      resolved=resolved, copy_splits=False))
+    requests = [A.purification_request(cfg, cache_dir, k, models[(C.poison_key(cfg.dataset, cfg.attack),
+                                                                   A.model_recipe(cfg.defense))]
+                                       if cfg.defense.needs_model else None)
+                for k, cfg in pending.items()]
     if requests:
         run_purifications(requests, actors=actors, desc=f"purify {len(requests)} sets")
     computed = set(pending)
@@ -179,16 +152,9 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
             if key not in in_plan and C.read_acc_ref(cache_dir, key) is None]
     if refs:
         missing = [cfg for cfg in refs if not C.intact(C.poisons_location(cache_dir, cfg.dataset, cfg.attack))]
-        _run_tasks(make_poison, [(cfg, cache_dir, data_dir) for cfg in missing], {"num_cpus": 1})
+        _run_tasks(A.make_poison, [(cfg, cache_dir, data_dir) for cfg in missing], {"num_cpus": 1})
         _run_tasks(_make_reference, [(cfg, cache_dir) for cfg in refs], res)
     _stage_line("references", len(refs), len(plan.references) - len(refs), time.perf_counter() - t)
-
-
-def _model_recipe(defense) -> str:
-    """What a defense's model depends on besides the data (its model setting or training recipe)."""
-    if getattr(defense, "model", "auto") != "auto":
-        return f"path:{defense.model}"
-    return config_hash(flatten(defense.train_config()))
 
 
 def _count_models(cache_dir: str) -> int:
@@ -203,8 +169,6 @@ def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, addr
     """Compile ``specs``, compute their artifacts stage by stage, then run the victim trials on Tune."""
     import ray
 
-    from eclipse_ray.distributed.tune import init_ray, run_trials
-    from eclipse_ray.result_store import read_results
 
     study = storage.normalize(study_dir)
     if cache_dir is None:  # models, poisons and purified sets: shared when $ECLIPSE_RAY_CACHE is set
@@ -212,7 +176,6 @@ def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, addr
     cache = storage.normalize(cache_dir)
     plan = compile_plan(specs)  # every setting checked before any work
     if loggers:
-        from eclipse_ray.distributed.tune import tune_loggers
 
         tune_loggers(loggers, "check")  # an unknown logger or a missing package: before any work
     done = read_results(study)

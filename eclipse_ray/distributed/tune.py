@@ -21,8 +21,13 @@ from typing import Any
 
 import pandas as pd
 
+from eclipse_ray import storage
+from eclipse_ray.config import ConfigError, config_hash
+from eclipse_ray.data import cache as C
 from eclipse_ray.data.cache import study_cache
+from eclipse_ray.distributed import artifacts as A
 from eclipse_ray.result_store import METRIC_NAMES, CorruptPart, append_rows, read_part
+from eclipse_ray.trial import build_config, run_trial
 
 METRIC_KEYS = METRIC_NAMES  # what each trial reports to Tune (those present in its row)
 
@@ -48,7 +53,6 @@ def stored_row(results_dir: str, key: str) -> dict[str, Any] | None:
     Rows of older stores (parts with other names) are found by the study's driver, which
     leaves those trials out before any is submitted.
     """
-    from eclipse_ray import storage
 
     own = storage.join(results_dir, f"part-{key}.parquet")
     if storage.is_file(own):
@@ -66,13 +70,6 @@ def run_spec(trial: dict[str, Any], results_dir: str, cache_dir: str, data_dir: 
     Whatever is missing from the cache (a spec run on its own) is computed in-process.
     The row is stored under the trial's ``config_hash``: a retried trial rewrites it.
     """
-    from eclipse_ray import storage
-    from eclipse_ray.config import flatten
-    from eclipse_ray.data.store import is_dataset
-    from eclipse_ray.data.cache import (cached_purify, poison_key, poisons_location, purification_key,
-                                               read_poisoned)
-    from eclipse_ray.trial import build_config, prepare, run_trial
-
     cfg = build_config(trial["dataset"], trial["attack"], trial["defense"], trial["set"])
     key = cfg.hash()
     results_dir, cache_dir = storage.normalize(results_dir), storage.normalize(cache_dir)
@@ -80,18 +77,14 @@ def run_spec(trial: dict[str, Any], results_dir: str, cache_dir: str, data_dir: 
     if row is not None:
         return {**row, "resumed": True}
     os.environ["ECLIPSE_RAY_CACHE"] = cache_dir  # models are looked up there
-    loc = poisons_location(cache_dir, cfg.dataset, cfg.attack)
-    data = read_poisoned(loc, cfg.dataset) if is_dataset(loc) else prepare(cfg, data_dir, cache_dir)
-    purified, reused = None, None
-    if cfg.defense.purifies:
-        purified, reused = cached_purify(data, flatten(cfg.attack, "attack."), cfg.defense, cfg.defense_seed,
-                                         cache_dir, cfg.dataset)
+    loc = C.poisons_location(cache_dir, cfg.dataset, cfg.attack)
+    if not C.intact(loc, deep=False):
+        A.make_poison(cfg, cache_dir, data_dir)
+    data = C.read_poisoned(loc, cfg.dataset)
+    purified, reused = A.purified(cfg, cache_dir, data_dir) if cfg.defense.purifies else (None, None)
     row = run_trial(cfg, data=data, purified_train=purified, cache_dir=cache_dir, progress=False)
     row["purify_reused"] = reused if purify_reused is None or not reused else purify_reused
-    row["poison_key"] = poison_key(cfg.dataset, cfg.attack)  # where the report finds the images of this row
-    if cfg.defense.purifies:
-        row["purification_key"] = purification_key(cfg.dataset, flatten(cfg.attack, "attack."), cfg.defense,
-                                                   cfg.defense_seed)
+    row.update(A.keys(cfg))  # where the report finds the images of this row
     append_rows(results_dir, [row], name=key)
     return row
 
@@ -105,22 +98,6 @@ def trainable(config: dict[str, Any], results_dir: str, cache_dir: str, data_dir
     os.environ.update(env or {})  # storage endpoint and keys, as the driver had them
     row = run_spec(config["trial"]["spec"], results_dir, cache_dir, data_dir, config["trial"].get("purify_reused"))
     tune.report(_numeric(row))
-
-
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Attach to ``address`` / ``RAY_ADDRESS`` (e.g. under ``ray job submit``), else start an embedded Ray
-    (with at least ``num_cpus`` logical CPUs, so that an actor pool of that size fits on a small machine)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, ignore_reinit_error=True)
-    else:  # workers see the storage settings (AWS_*: object-store endpoint and keys; ECLIPSE_RAY_*)
-        cpus = max(num_cpus or 0, os.cpu_count() or 1)
-        env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "ECLIPSE_RAY_"))}
-        ray.init(num_cpus=cpus, include_dashboard=False, ignore_reinit_error=True,
-                 runtime_env={"env_vars": env} if env else None)
 
 
 def tuner_inputs(study_dir: str, specs: list[dict[str, Any]], cache_dir: str | None = None, *,
@@ -145,7 +122,6 @@ def tuner_inputs(study_dir: str, specs: list[dict[str, Any]], cache_dir: str | N
     """
     from ray import tune
 
-    from eclipse_ray import storage
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # keep relative dataset paths meaningful
     study = storage.normalize(study_dir)
@@ -167,7 +143,6 @@ def tune_loggers(names: list[str], experiment: str) -> list[Any]:
     """Ray Tune's logger callbacks by name (``csv``, ``json``, ``tensorboard``, ``mlflow``: tracking URI
     from ``$MLFLOW_TRACKING_URI``; ``wandb``: project from ``$WANDB_PROJECT``, default eclipse_ray).
     A name that is unknown, or whose package is missing, is a one-line error before any work."""
-    from eclipse_ray.config import ConfigError
 
     out = []
     for name in dict.fromkeys(names):
@@ -208,8 +183,6 @@ def run_trials(study_dir: str, trials: list[tuple[dict[str, Any], bool | None]],
     (relative dataset paths stay meaningful in trials)."""
     from ray import tune
 
-    from eclipse_ray import storage
-    from eclipse_ray.config import config_hash
 
     fn, space = tuner_inputs(study_dir, [s for s, _ in trials], cache_dir, cpus_per_trial=cpus_per_trial,
                              gpus_per_trial=gpus_per_trial, data_dir=data_dir,

@@ -15,9 +15,8 @@ from typing import ClassVar
 import torch.nn.functional as F
 
 from eclipse_ray.config import ConfigError, setting
-from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.defenses import DEFENSES, DefenseConfig
-from eclipse_ray.defenses.base import batched_uint8
+from eclipse_ray.defenses.base import ImagePurifier, batched_uint8
 
 
 def median_filter(x, size: int):
@@ -39,5 +38,6 @@ class Median(DefenseConfig):
         if self.size % 2 == 0:
             raise ConfigError(f"defense.size={self.size}: must be odd")
 
-    def purify(self, train: ImageSet, seed: int, progress: bool = True, clean: ImageSet | None = None) -> ImageSet:
-        return train.with_images(batched_uint8(train.images, lambda x: median_filter(x, self.size)))
+    def image_purifier(self, model_dir: None, seed: int) -> ImagePurifier:
+        """f(uint8 NHWC images, index) -> purified images: the one function every purification path calls."""
+        return lambda images, index: batched_uint8(images, lambda x: median_filter(x, self.size))

@@ -1,0 +1,93 @@
+"""A trial's artifacts one at a time: its poisoned set, its purifier's model, its purified set.
+
+The staged study (:mod:`eclipse_ray.distributed.study`) computes them stage by
+stage over the whole cluster; a Tune trial that finds one missing (a spec run
+on its own, or a study interrupted between stages) computes it in-process.
+Both go through these functions, so an artifact has one address
+(:func:`eclipse_ray.data.cache.purification_key`) and one way of being made
+(the purified set: :func:`eclipse_ray.distributed.purify.run_purifications`,
+in-process or on Ray Data actors — the same bytes either way).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eclipse_ray import storage
+from eclipse_ray.config import config_hash, flatten
+from eclipse_ray.data import cache as C
+from eclipse_ray.data import store
+from eclipse_ray.data.imageset import ImageSet
+from eclipse_ray.data.sources import load_dataset
+from eclipse_ray.distributed.purify import PurifyRequest, model_for, run_purifications
+
+
+def make_poison(cfg, cache_dir: str, data_dir: str | None) -> str:
+    """The (dataset, attack) training set in the cache (crafted once; the clean set for ``none``)."""
+    loc = C.poisons_location(cache_dir, cfg.dataset, cfg.attack)
+    data = load_dataset(cfg.dataset, data_dir)
+    if cfg.attack.name == "none":
+        store.write_dataset(loc, data.splits, {**data.meta, "poison_key": C.poison_key(cfg.dataset, cfg.attack)},
+                            if_absent=True)
+    else:
+        C.cached_attack(cfg.attack, data, cfg.dataset, cache_dir)
+    return loc
+
+
+def make_model(cfg, cache_dir: str) -> str:
+    """The location of the model ``cfg.defense`` purifies ``cfg``'s poisoned set with (trained once)."""
+    return model_for(C.poisons_location(cache_dir, cfg.dataset, cfg.attack), cfg.defense, cache_dir)
+
+
+def model_recipe(defense) -> str:
+    """What a defense's model depends on besides the data (its model setting or training recipe)."""
+    if getattr(defense, "model", "auto") != "auto":
+        return f"path:{defense.model}"
+    return config_hash(flatten(defense.train_config()))
+
+
+def purification_key(cfg) -> str:
+    """The cache address of ``cfg``'s purified training set (a named model enters by its fingerprint)."""
+    model = getattr(cfg.defense, "model", "auto")
+    fingerprint = C.model_fingerprint(model) if cfg.defense.needs_model and model != "auto" else None
+    return C.purification_key({"dataset": cfg.dataset, **flatten(cfg.attack, "attack.")}, cfg.defense,
+                              cfg.defense_seed, fingerprint)
+
+
+def purification_request(cfg, cache_dir: str, key: str, model: str | None) -> PurifyRequest:
+    """The request that writes ``cfg``'s purified set to the cache from its poisoned set."""
+    # this defense's own noise level, sampler and model calls on that model (never another config's)
+    resolved = cfg.defense.model_resolved(model) if model is not None else {}
+    return PurifyRequest(C.poisons_location(cache_dir, cfg.dataset, cfg.attack), C.purified_location(cache_dir, key),
+                         cfg.defense, cfg.defense_seed, model, key, getattr(cfg.defense, "batch_size", 256),
+                         meta={"purification_key": key, "defense": flatten(cfg.defense)},
+                         resolved=resolved, copy_splits=False)
+
+
+def purified(cfg, cache_dir: str, data_dir: str | None = None) -> tuple[ImageSet, bool]:
+    """(``cfg``'s purified training set, whether it was in the cache), computed in-process when missing."""
+    key = purification_key(cfg)
+    loc = C.purified_location(cache_dir, key)
+    got = C.read_or_heal(loc, _train)  # a corrupt set is moved aside here, and computed anew
+    if got is not None:
+        return got, True
+    if not C.intact(C.poisons_location(cache_dir, cfg.dataset, cfg.attack)):
+        make_poison(cfg, cache_dir, data_dir)
+    model = make_model(cfg, cache_dir) if cfg.defense.needs_model else None
+    run_purifications([purification_request(cfg, cache_dir, key, model)], progress=False)
+    got = C.read_or_heal(loc, _train)
+    if got is not None:
+        return got, False
+    raise RuntimeError(f"purified set {storage.normalize(loc)} could not be read back")
+
+
+def _train(loc: str) -> ImageSet:
+    return store.read_split(loc, "train")
+
+
+def keys(cfg) -> dict[str, Any]:
+    """Where a row's images are: its poisoned set and (for a purifier) its purified set."""
+    out: dict[str, Any] = {"poison_key": C.poison_key(cfg.dataset, cfg.attack)}
+    if cfg.defense.purifies:
+        out["purification_key"] = purification_key(cfg)
+    return out
