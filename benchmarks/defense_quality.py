@@ -84,12 +84,12 @@ DEFENSE_SETTINGS = {
         "eclipse": {"defense.sampler": "oneshot", "defense.sigma": "0.05"},
         "denoise": {"defense.sampler": "oneshot", "defense.sigma": "0.1"},
         "puregen-ddpm": {"defense.sampler": "ddim", "defense.steps": "2", "defense.sigma": "0.1"},
-        "puregen-ebm": {"defense.steps": "25", "defense.train_iterations": "300", "defense.train_batch_size": "32",
-                        "defense.train_mcmc_steps": "20"},
+        "puregen-ebm": {"defense.steps": "25", "defense.train.iterations": "300", "defense.train.batch_size": "32",
+                        "defense.train.mcmc_steps": "20"},
         "vab": {"defense.epoch_scale": "0.05", **dict(kv.split("=", 1) for kv in VAB_CPU)},
     },
     "full": {},
-    "cifar10": {"puregen-ebm": {"defense.train_preset": "paper", "defense.train_iterations": "30000"}},
+    "cifar10": {"puregen-ebm": {"defense.train.preset": "paper", "defense.train.iterations": "30000"}},
 }
 DEFENSE_SETTINGS["full"] = {d: DEFENSE_SETTINGS["subset"][d] for d in ("eclipse", "denoise")}
 ATTACK_SETTINGS = {"subset": CPU_CRAFTING, "full": {}, "cifar10": {a: {"attack.arch": "resnet18"} for a in ("em", "rem", "tap")}}
@@ -175,7 +175,7 @@ def main() -> None:
     wall = None
     specs = build_specs(args.preset, seeds, args.dataset)
     # every setting checked before any work starts; the report shows only these trials' rows
-    wanted = {build_config(s["dataset"], s["attack"], s["defense"], s["set"]).hash() for s in specs}
+    wanted = {h for s in specs for h in build_config(s["dataset"], s["attack"], s["defense"], s["set"]).hashes()}
     unknown = set(args.only or ()) - {s["defense"] for s in specs}
     if unknown:
         p.error(f"--only {' '.join(sorted(unknown))}: not a defense of this study")

@@ -55,10 +55,10 @@ def main() -> None:
     for attack, defense, extra in (TRIALS_PUREGEN if args.puregen else TRIALS_SIGMA if args.sigma else TRIALS):
         settings = {"victim.epochs": "10", "seed": str(args.seed), **extra}
         if defense != "none":
-            settings.update({"defense.train_iterations": str(args.iterations), "defense.train_preset": "tiny"})
+            settings.update({"defense.train.iterations": str(args.iterations), "defense.train.preset": "tiny"})
         cfg = build_config(f"npz:{args.npz}", attack, defense, settings)
         done = read_results(args.results)
-        if not done.empty and cfg.hash() in set(done["config_hash"]):
+        if not done.empty and set(cfg.hashes()) & set(done["config_hash"]):
             continue  # measured already (rerun to finish an interrupted benchmark)
         t = time.perf_counter()
         row = run_trial(cfg, results_dir=args.results, reference=False, progress=False)

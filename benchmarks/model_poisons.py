@@ -52,8 +52,8 @@ ATTACK_SETTINGS = {
 }
 DEFENSES = {
     "none": {},
-    "eclipse": {"defense.sampler": "oneshot", "defense.sigma": "0.05", "defense.train_preset": "tiny",
-                "defense.train_iterations": "600"},
+    "eclipse": {"defense.sampler": "oneshot", "defense.sigma": "0.05", "defense.train.preset": "tiny",
+                "defense.train.iterations": "600"},
 }
 
 
@@ -74,7 +74,7 @@ def main() -> None:
             settings = {"victim.epochs": "10", "seed": str(args.seed), **ATTACK_SETTINGS[attack], **DEFENSES[defense]}
             cfg = build_config(f"npz:{args.npz}", attack, defense, settings)
             done = read_results(args.results)
-            if not done.empty and cfg.hash() in set(done["config_hash"]):
+            if not done.empty and set(cfg.hashes()) & set(done["config_hash"]):
                 continue  # measured already (rerun to finish an interrupted benchmark)
             t, cpu = time.perf_counter(), time.process_time()
             data = prepare(cfg)  # crafted once, then read from $ECLIPSE_RAY_CACHE/poisons

@@ -69,6 +69,11 @@ def setting(
     return field(default=default, metadata=meta)
 
 
+def nested(factory: Callable[[], "Config"], help: str) -> Any:
+    """Declare a field holding a whole config (settings ``<section>.<field>.<name>``, columns alike)."""
+    return field(default_factory=factory, metadata={"help": help, "nested": True})
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -109,6 +114,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if isinstance(value, (tuple, list)):
                 (elem,) = {a for a in typing.get_args(base) if a is not Ellipsis}
                 return tuple(_coerce(v, elem, key) for v in value)
+        elif isinstance(base, type) and issubclass(base, Config):
+            if isinstance(value, base):
+                return value
     names = " | ".join(getattr(b, "__name__", str(b)) for b in _base_types(tp))
     raise ConfigError(f"{key}: expected {names}, got {value!r}")
 
@@ -148,9 +156,16 @@ def parse_value(raw: str, tp: Any, key: str) -> Any:
 
 @dataclass(frozen=True)
 class Config:
-    """Base of every config section: validates types and ranges on construction."""
+    """Base of every config section: validates types and ranges on construction.
+
+    A field may hold a whole config (:func:`nested`): its settings are addressed
+    ``<field>.<name>`` and flatten to columns alike. ``aliases`` maps older
+    setting names to their current ones, so that commands written for an earlier
+    version keep working.
+    """
 
     section: ClassVar[str] = ""
+    aliases: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         hints = _hints(type(self))
@@ -167,11 +182,16 @@ class Config:
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, Any, str]]:
-        """(name, type, default, help) for every setting, for ``eclipse-ray list``."""
+        """(name, type, default, help) for every setting, for ``eclipse-ray list`` (nested ones dotted)."""
         hints = _hints(cls)
         out = []
         for f in fields(cls):
             tp = hints[f.name]
+            if f.metadata.get("nested"):
+                inner = f.default_factory()  # type: ignore[misc]
+                defaults = {k: v for k, v in flatten(inner).items()}
+                out += [(f"{f.name}.{name}", t, defaults.get(name, d), h) for name, t, d, h in type(inner).describe()]
+                continue
             tname = " | ".join(getattr(b, "__name__", str(b)) for b in _base_types(tp))
             if _allows_none(tp):
                 tname += " | none"
@@ -182,6 +202,23 @@ class Config:
             out.append((f.name, tname, f.default, help_text))
         return out
 
+    def legacy_flat(self, prefix: str = "") -> dict[str, Any] | None:
+        """:func:`flatten` as versions before the nested fields spelled it (nested settings that had an
+        alias under their old name, the others left out), or ``None`` when a left-out setting differs from
+        its default (no earlier version could express this config). Old rows and caches stay addressable."""
+        old = {new: alias for alias, new in self.aliases.items()}
+        out: dict[str, Any] = {}
+        for key, value in flatten(self, prefix).items():
+            rel = key[len(prefix):]
+            head = rel.split(".", 1)[0]
+            f = next((f for f in fields(self) if f.name == head), None)
+            if f is None or not f.metadata.get("nested"):
+                out[key] = value
+            elif rel in old:
+                out[prefix + old[rel]] = value
+            elif value != flatten(f.default_factory()).get(rel.split(".", 1)[1]):  # type: ignore[misc]
+                return None
+        return out
 
 def _choices(meta: Mapping[str, Any]) -> tuple[Any, ...] | None:
     """A setting's allowed values: a tuple, or a function giving them (a registry open to plugins)."""
@@ -214,16 +251,34 @@ def _check_int(value: Any, name: str, key: str) -> None:
 
 
 def with_overrides(cfg: Config, overrides: Mapping[str, str], prefix: str = "") -> Config:
-    """A copy of ``cfg`` with string overrides (keys relative to this section) applied."""
+    """A copy of ``cfg`` with string overrides (keys relative to this section, nested ones dotted:
+    ``train.iterations``; older names through ``aliases``) applied."""
     hints = _hints(type(cfg))
-    names = {f.name for f in fields(cfg)}
-    changes = {}
-    for key, raw in overrides.items():
-        full = f"{prefix}{key}"
-        if key not in names:
-            known = ", ".join(sorted(f"{prefix}{n}" for n in names)) or "none"
-            raise ConfigError(f"unknown setting {full!r} (known: {known})")
-        changes[key] = parse_value(raw, hints[key], full)
+    names = {f.name: f for f in fields(cfg)}
+    changes: dict[str, Any] = {}
+    inner: dict[str, dict[str, str]] = {}
+    for given, raw in overrides.items():
+        key = type(cfg).aliases.get(given, given)
+        head, dot, rest = key.partition(".")
+        f = names.get(head)
+        if f is not None and f.metadata.get("nested") and dot:
+            inner.setdefault(head, {})[rest] = raw
+            continue
+        if f is None or f.metadata.get("nested"):
+            known = ", ".join(sorted(f"{prefix}{n}" + (".…" if names[n].metadata.get("nested") else "")
+                                     for n in names)) or "none"
+            raise ConfigError(f"unknown setting {prefix + given!r} (known: {known})")
+        changes[key] = parse_value(raw, hints[key], f"{prefix}{key}")
+    for head, sub in inner.items():
+        cur = getattr(cfg, head)
+        try:
+            changes[head] = with_overrides(cur, sub, f"{prefix}{head}.")
+        except ConfigError as e:  # a range error names the inner section: name the setting as it was given
+            text = str(e)
+            own = f"{cur.section}." if cur.section else ""
+            if own and text.startswith(own):
+                text = f"{prefix}{head}.{text[len(own):]}"
+            raise ConfigError(text) from None
     return dataclasses.replace(cfg, **changes)
 
 

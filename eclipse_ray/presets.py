@@ -29,14 +29,14 @@ SUBSET_NPZ = Path(os.environ.get("ECLIPSE_RAY_SUBSET",
                                  Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_subset.npz"))
 
 SMOKE = {"dataset": "digits", "victim": {"victim.epochs": "4", "victim.width": "16"},
-         "defense": {"defense.train_iterations": "40", "defense.train_batch_size": "32",
-                     "defense.train_preset": "tiny"}}
+         "defense": {"defense.train.iterations": "40", "defense.train.batch_size": "32",
+                     "defense.train.preset": "tiny"}}
 SUBSET = {"dataset": f"npz:{SUBSET_NPZ}", "victim": {"victim.epochs": "6", "victim.width": "16"},
-          "defense": {"defense.train_iterations": "600", "defense.train_preset": "tiny"}}
+          "defense": {"defense.train.iterations": "600", "defense.train.preset": "tiny"}}
 FULL = {"dataset": "cifar10-jpeg", "victim": dict(SUBSET["victim"]), "defense": dict(SUBSET["defense"])}
 CIFAR10 = {"dataset": "cifar10",
            "victim": {"victim.arch": "resnet18", "victim.epochs": "80", "victim.batch_size": "128"},
-           "defense": {"defense.train_iterations": "250000", "defense.train_preset": "paper",
+           "defense": {"defense.train.iterations": "250000", "defense.train.preset": "paper",
                        "defense.batch_size": "512"}}
 PRESETS: dict[str, dict[str, Any]] = {"smoke": SMOKE, "subset": SUBSET, "full": FULL, "cifar10": CIFAR10}
 

@@ -209,6 +209,22 @@ def _warn(text: str) -> None:
     print(f"eclipse_ray: warning: {text}", file=sys.stderr, flush=True)
 
 
+LEGACY_ATTACK_COLUMNS = ("attack.train_preset", "attack.train_iterations")  # em-adaptive's, before nesting
+
+
+def current_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows written before the model-training settings were nested (``defense.train_iterations``,
+    ``attack.train_preset``) read with today's names (``defense.train.iterations``). Such rows lack the nested settings they had no
+    column for (those had their recipe's defaults); they keep the ``config_hash`` they were stored under,
+    which :meth:`eclipse_ray.trial.TrialConfig.hashes` still recognises."""
+    old = [c for c in df.columns if c.startswith("defense.train_") or c in LEGACY_ATTACK_COLUMNS]
+    for c in old:
+        section, name = c.split(".", 1)
+        new = f"{section}.train.{name[len('train_'):]}"
+        df[new] = df[c] if new not in df else df[new].combine_first(df[c])
+    return df.drop(columns=old) if old else df
+
+
 def read_results(results_dir: str | os.PathLike, dedupe: bool = True) -> pd.DataFrame:
     """All rows of a store as one DataFrame (columns unioned across parts; missing values are NA).
 
@@ -218,6 +234,7 @@ def read_results(results_dir: str | os.PathLike, dedupe: bool = True) -> pd.Data
     unless ``dedupe`` is false.
     """
     df, where, problems = _read_parts(results_dir)
+    df = current_columns(df)
     for p in problems:
         _warn(f"skipping corrupt results part {p['location']} ({p['detail']})")
     dropped = superseded(df)

@@ -57,6 +57,18 @@ class TrialConfig:
     def hash(self) -> str:
         return config_hash(self.flat())
 
+    def hashes(self) -> tuple[str, ...]:
+        """This config's hash, then the hash earlier versions gave it (before the model-training settings
+        were nested under ``defense.train`` / ``attack.train``), where that differs: a stored row under
+        either is this trial's."""
+        attack, defense = self.attack.legacy_flat("attack."), self.defense.legacy_flat("defense.")
+        own = self.hash()
+        if attack is None or defense is None:
+            return (own,)
+        rest = {k: v for k, v in self.flat().items() if not k.startswith(("attack.", "defense."))}
+        old = config_hash({**rest, **attack, **defense})
+        return (own,) if old == own else (own, old)
+
 
 def build_config(dataset: str, attack: str = "none", defense: str = "none",
                  overrides: Mapping[str, str] | None = None) -> TrialConfig:

@@ -15,6 +15,13 @@ from eclipse_ray.victim.train import VictimConfig  # noqa: E402
 QUICK_VICTIM = {"victim.epochs": "5", "victim.width": "16"}
 
 
+def pytest_collection_modifyitems(config, items):
+    """A heavy test is also a slow one (``-m "not slow"`` leaves both out)."""
+    for item in items:
+        if item.get_closest_marker("heavy") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def digits() -> Dataset:
     return load_digits()

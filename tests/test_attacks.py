@@ -12,7 +12,8 @@ def diff(a, b):
     return a.astype(np.int32) - b.astype(np.int32)
 
 
-@pytest.mark.parametrize("name", ["urp", "lsp", "ar", "ops", "badnets", "blend", "sig"])
+@pytest.mark.parametrize("name", ["urp", "lsp", pytest.param("ar", marks=pytest.mark.slow), "ops", "badnets",
+                                  "blend", "sig"])
 def test_attacks_are_deterministic_and_keep_samples(digits, name):
     a = ATTACKS.build(name).apply(digits)
     b = ATTACKS.build(name).apply(digits)

@@ -19,10 +19,12 @@ def clean() -> dict:
     return trial("none")
 
 
+@pytest.mark.slow
 def test_clean_victim_learns_digits(clean):
     assert clean["test_acc"] > 0.9
 
 
+@pytest.mark.slow
 def test_lsp_lowers_accuracy_and_jpeg_wins_it_back(clean):
     poisoned = trial("lsp")
     defended = trial("lsp", "jpeg")
@@ -31,6 +33,7 @@ def test_lsp_lowers_accuracy_and_jpeg_wins_it_back(clean):
     assert defended["purify_psnr_poisoned"] > 20  # JPEG q10 keeps the digit
 
 
+@pytest.mark.slow
 def test_badnets_reaches_high_asr_with_clean_accuracy_kept(clean):
     r = trial("badnets")
     assert r["asr"] > 0.85
@@ -38,11 +41,13 @@ def test_badnets_reaches_high_asr_with_clean_accuracy_kept(clean):
     assert r["poison_success"] == r["asr"]
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_under_a_seed():
     a, b = trial("urp", seed="3"), trial("urp", seed="3")
     assert a["test_acc"] == b["test_acc"]
 
 
+@pytest.mark.slow
 def test_victim_trained_on_grayscale_reads_colour_test_images(digits):
     """ISS-G trains on grey images and tests on colour ones: the whitened stem must ignore the colour
     directions it never saw (it used to amplify them and the victim fell to chance)."""

@@ -127,10 +127,11 @@ def small_digits(digits):
 
 
 TINY = {"certify.models": "3", "certify.selection_models": "0", "certify.alpha": "0.2", "victim.epochs": "1",
-        "victim.width": "16", "defense.train_iterations": "1", "defense.train_batch_size": "2",
-        "defense.train_clean_fraction": "0.5"}
+        "victim.width": "16", "defense.train.iterations": "1", "defense.train.batch_size": "2",
+        "defense.train.clean_fraction": "0.5"}
 
 
+@pytest.mark.slow
 def test_tiny_certify_writes_outputs_and_resumes_without_retraining(small_digits, tmp_path, monkeypatch):
     import eclipse_ray.defenses.diffusion as diffusion_defense
 
@@ -179,6 +180,7 @@ def test_tiny_certify_writes_outputs_and_resumes_without_retraining(small_digits
     assert len({certify_run.model_seeds(0, m) for m in range(4)}) == 4
 
 
+@pytest.mark.slow
 def test_certify_over_ray_matches_in_process(small_digits, tmp_path, monkeypatch):
     """The models as Ray tasks (the default) give the certificates the in-process run gives."""
     import ray

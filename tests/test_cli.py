@@ -23,6 +23,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return rc, out, err
 
 
+@pytest.mark.slow
 def test_run_appends_one_row_and_prints_json(tmp_path, capsys):
     res = tmp_path / "res"
     rc, out, _ = run_cli(capsys, "run", "--dataset", "digits", "--attack", "urp", "--defense", "gray",
@@ -47,6 +48,7 @@ def test_run_appends_one_row_and_prints_json(tmp_path, capsys):
     assert len(list((res / ".cache" / "acc_ref").glob("*.json"))) == 1
 
 
+@pytest.mark.slow
 def test_poison_then_run_on_the_written_dataset(tmp_path, capsys):
     out_dir = tmp_path / "bad"
     rc, out, _ = run_cli(capsys, "poison", "--dataset", "digits", "--attack", "badnets",
@@ -137,6 +139,7 @@ def test_poison_refuses_an_existing_output(tmp_path, capsys):
     assert rc == 2 and "already exists" in err and (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_console_script_entry_point():
     r = subprocess.run([sys.executable, "-m", "eclipse_ray.cli", "run", "--dataset", "digits", "--attack", "x"],
                        capture_output=True, text=True)
@@ -147,6 +150,7 @@ def test_console_script_entry_point():
     assert "lsp" in r.stderr and "em-adaptive" in r.stderr
 
 
+@pytest.mark.slow
 def test_results_store_readable_without_eclipse_ray(tmp_path, capsys):
     run_cli(capsys, "run", "--dataset", "digits", "--set", *QUICK, "--results", str(tmp_path / "r"), "--quiet")
     code = ("import glob, pandas as pd, duckdb, sys; d=sys.argv[1]; "

@@ -79,10 +79,34 @@ def test_training_recipes_and_metrics_are_declared_once():
 
     sub = next(a for a in parser()._actions if a.dest == "command").choices["train-diffusion"]
     assert next(a for a in sub._actions if a.dest == "recipe").choices == tuple(TRAIN_RECIPES)
-    assert Eclipse.recipe is Denoise.recipe is TRAIN_RECIPES["eclipse"] and PureGenDDPM.recipe is TRAIN_RECIPES["puregen"]
+    assert Eclipse().train == Denoise().train == recipe_config("eclipse") and PureGenDDPM().train == recipe_config("puregen")
     pg = recipe_config("puregen", {"iterations": "7"})
     assert (pg.schedule, pg.num_steps, pg.t_max, pg.warmup, pg.lr_schedule, pg.iterations) == \
         ("linear", 1000, 250, 500, "cosine", 7)
-    assert PureGenDDPM().train_config().t_max == 250 and Eclipse().train_config().schedule == "cosine"
+    assert PureGenDDPM().train.t_max == 250 and Eclipse().train.schedule == "cosine"
     assert METRIC_KEYS == METRICS == METRIC_NAMES and set(HEADLINE) <= set(SUMMARY_KEYS)
     assert {"target_success", "asr_any", "clean_cost"} <= set(METRICS)  # summaries keep them
+
+
+def test_model_training_settings_are_nested_and_older_names_still_work():
+    """``defense.train.*`` is the model-training config itself (one declaration); the names before the
+    nesting are aliases, and a config they can express keeps the hash and cache address it had."""
+    from eclipse_ray.data.cache import poison_key
+    from eclipse_ray.diffusion.train import DiffusionTrainConfig
+    from eclipse_ray.ebm.train import EBMTrainConfig
+
+    new = DEFENSES.build("eclipse", {"train.iterations": "600", "train.preset": "tiny"})
+    assert new == DEFENSES.build("eclipse", {"train_iterations": "600", "train_preset": "tiny"})
+    assert isinstance(new.train, DiffusionTrainConfig) and new.train.iterations == 600
+    assert isinstance(DEFENSES.build("puregen-ebm", {"train_mcmc_steps": "3"}).train, EBMTrainConfig)
+    flat = build_config("digits", "lsp", "eclipse", {"defense.train.iterations": "600"}).flat()
+    assert flat["defense.train.iterations"] == 600 and flat["defense.train.schedule"] == "cosine"
+    # pinned: the hash this trial had before the nesting (a stored row of it is found by the study)
+    cfg = build_config("digits", "lsp", "eclipse", {"defense.train.iterations": "600", "seed": "0"})
+    assert cfg.hashes()[1] == "6e969607f1060560" and len(cfg.hashes()) == 2
+    # a setting no earlier version had: no former hash to match
+    assert len(build_config("digits", "lsp", "eclipse", {"defense.train.lr": "0.001"}).hashes()) == 1
+    assert len(build_config("digits", "lsp", "jpeg").hashes()) == 1  # nothing nested: one hash
+    adaptive = ATTACKS.build("em-adaptive", {"train_iterations": "5"})
+    assert adaptive.train.iterations == 5
+    assert poison_key("digits", adaptive) == "ba210e84c44f6f44"  # crafted before: found again

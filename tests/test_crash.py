@@ -116,6 +116,7 @@ def _kill_everywhere(train, clean, tmp_path, monkeypatch, points):
 TRAINERS = pytest.mark.parametrize("train", [_diffusion, _ebm], ids=["train-diffusion", "train-ebm"])
 
 
+@pytest.mark.slow
 @TRAINERS
 def test_killed_at_a_seventh_of_the_file_operations_resumes_to_the_same_model(train, clean, tmp_path, monkeypatch):
     """Every seventh operation, alternately before it and with its file torn (the default run)."""
@@ -123,7 +124,7 @@ def test_killed_at_a_seventh_of_the_file_operations_resumes_to_the_same_model(tr
                      lambda n: [(at, at % 2 == 0) for at in range(1, n + 1, 7)])
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @TRAINERS
 def test_killed_at_every_file_operation_resumes_to_the_same_model(train, clean, tmp_path, monkeypatch):
     _kill_everywhere(train, clean, tmp_path, monkeypatch,

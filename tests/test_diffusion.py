@@ -128,6 +128,7 @@ def test_auto_model_uses_the_same_clean_set_whatever_the_attack(digits, tmp_path
     assert abs(len(idx) - 0.04 * len(digits.train)) <= 10 and not set(idx) & set(digits.test.index.tolist())
 
 
+@pytest.mark.slow
 def test_ddpm_training_resumes_exactly_after_an_interruption(digits, tmp_path, monkeypatch):
     from eclipse_ray.diffusion import train as ddpm_train
 

@@ -25,6 +25,7 @@ def defense(model_dir):
     return DEFENSES.build("denoise", {"model": str(model_dir), "t_star": "20", "batch_size": "8"})
 
 
+@pytest.mark.slow
 def test_same_bytes_whatever_the_layout_and_no_row_lost(poisoned_dir, model_dir, tmp_path):
     """0, 1 or 2 actors, any unit size, a model batch (5) that divides no shard (12 rows): identical bytes."""
     d = DEFENSES.build("denoise", {"model": str(model_dir), "t_star": "20", "batch_size": "5"})
@@ -63,6 +64,7 @@ def test_a_model_call_always_has_the_batch_shape(model_dir):
         assert np.array_equal(run(images[i:i + 1], index[i:i + 1])[0], full[i])
 
 
+@pytest.mark.slow
 def test_interrupted_purify_resumes_and_then_serves_the_cache(poisoned_dir, model_dir, tmp_path, monkeypatch):
     real = dp.purify_unit
     written = []

@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_tiny_sprint_prints_its_plan_writes_the_table_and_continues(tmp_path):
     cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_sprint.py"), "--tiny", "--results", str(tmp_path / "s")]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

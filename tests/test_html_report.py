@@ -40,6 +40,7 @@ def study(tmp_path_factory):
     return tmp, study
 
 
+@pytest.mark.slow
 def test_report_names_every_varying_setting_and_no_path(study):
     tmp, study = study
     md, page = (study / "report.md").read_text(), (study / "report.html").read_text()
@@ -75,6 +76,7 @@ def test_labels_keep_different_datasets_apart(tmp_path):
     assert copy.meta["fingerprint"] != src.meta["fingerprint"] and len(copy.meta["fingerprint"]) == 64
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BROWSER is None, reason="no Chromium (Debian: apt-get install chromium)")
 def test_report_renders_in_a_headless_browser(study):
     _, study = study

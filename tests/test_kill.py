@@ -1,7 +1,7 @@
 """Kill tests: ``purify`` and ``run`` killed (``os._exit``, as SIGKILL: no cleanup runs) at their file
 operations — before one, or with the file torn half-written — then rerun: the same result as an
 undisturbed run, and no temporary or claim left anywhere. Each kill is a fresh process (seconds
-each), so these run with the slow tests (``pytest -m slow``, as CI does)."""
+each), so these run with the heavy tests (``pytest -m heavy``, as CI does)."""
 
 from __future__ import annotations
 
@@ -65,12 +65,12 @@ def _purify_killed_everywhere(dataset, tmp_path, every):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_purify_killed_at_a_spread_of_file_operations_resumes(dataset, tmp_path):
     _purify_killed_everywhere(dataset, tmp_path, 11)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_purify_killed_at_every_file_operation_resumes(dataset, tmp_path):
     _purify_killed_everywhere(dataset, tmp_path, 1)
 
@@ -97,11 +97,11 @@ def _run_killed_everywhere(tmp_path, every):
         assert leftovers(tmp_path) == [], (at, mode)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_run_killed_at_a_spread_of_file_operations_resumes(tmp_path):
     _run_killed_everywhere(tmp_path, 31)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_run_killed_at_every_file_operation_resumes(tmp_path):
     _run_killed_everywhere(tmp_path, 1)

@@ -130,6 +130,7 @@ def test_em_through_one_shot_denoiser(small, tmp_path):
     assert np.array_equal(p.images, cfg.apply(data).train.images)
 
 
+@pytest.mark.slow
 def test_em_beats_urp_at_the_same_budget(digits, seed=0):
     """Error-minimising noise makes digits far less learnable than class-wise random noise of the same ℓ∞ budget.
 

@@ -18,7 +18,7 @@ from eclipse_ray import storage
 from eclipse_ray.data import store
 from eclipse_ray.defenses import DEFENSES
 
-pytestmark = pytest.mark.slow  # a Ray cluster of three nodes per test: run with `pytest -m slow` (CI does)
+pytestmark = pytest.mark.heavy  # a Ray cluster of three nodes per test: run with `pytest -m heavy` (CI does)
 
 
 @pytest.fixture

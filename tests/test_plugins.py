@@ -113,6 +113,7 @@ def plugin(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_list_shows_plugin_entries_with_their_settings(plugin, tmp_path):
     out = _run(["list", "--plugin", plugin.name, "--plugin", "my_defense.py"], tmp_path).stdout
     assert "stripes" in out and "attack.eps=0.0627451" in out and "(plugin my_plugin.py)" in out
@@ -130,6 +131,7 @@ def test_list_shows_plugin_entries_with_their_settings(plugin, tmp_path):
     assert _run(["--plug", "my_defense.py", "list"], tmp_path, check=False).returncode == 2
 
 
+@pytest.mark.slow
 def test_a_trial_with_plugin_attack_defense_victim_and_dataset(plugin, tmp_path):
     """The example package installed (its defense by entry point), the rest from a --plugin file."""
     _, env = _install_example(tmp_path)
@@ -156,7 +158,7 @@ def test_a_trial_with_plugin_attack_defense_victim_and_dataset(plugin, tmp_path)
     assert not (tmp_path / "bad").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_installed_package_purifies_on_ray_like_the_file_plugin(tmp_path):
     """The example package, pip-installed, registers by its entry point; Ray Data actors find it, and its
     output is the same bytes as the in-process purification with the single-file form."""
@@ -172,6 +174,7 @@ def test_installed_package_purifies_on_ray_like_the_file_plugin(tmp_path):
     assert np.array_equal(ray.images, local.images) and not np.array_equal(ray.images, poisoned.images)
 
 
+@pytest.mark.slow
 def test_broken_plugins(tmp_path):
     # a broken --plugin file: one line naming it, exit 2
     (tmp_path / "boom.py").write_text("raise RuntimeError('half-written plugin')\n")
@@ -228,7 +231,7 @@ def test_sweep_takes_extra_defenses_for_every_grid_point():
     assert all(s["set"]["victim.epochs"] == "1" for s in added)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_smoke_sweep_with_a_plugin_defense(tmp_path):
     """The README's main job with a plugin defense added: its rows and the report carry it."""
     shutil.copy(EXAMPLE / "my_defense.py", tmp_path / "my_defense.py")

@@ -59,7 +59,7 @@ def test_purification_keys_of_earlier_versions_still_address_their_sets(tmp_path
     """A cached purified set keeps its address across versions (pinned keys of an ``auto`` model's sets);
     a model named by path enters by its content, so new weights at the same path are a new set."""
     assert purification_key(build_config("digits", "lsp", "jpeg", {"seed": "0"})) == "5227bffab8c3f291"
-    x = build_config("digits", "badnets", "eclipse", {"seed": "0", "defense.train_iterations": "40"})
+    x = build_config("digits", "badnets", "eclipse", {"seed": "0", "defense.train.iterations": "40"})
     assert purification_key(x) == "8508cb2335f2d8aa"
     model = tmp_path / "m"
     model.mkdir()
@@ -72,6 +72,7 @@ def test_purification_keys_of_earlier_versions_still_address_their_sets(tmp_path
         build_config("digits", "lsp", "jpeg", {"purify_seed": "-1"})
 
 
+@pytest.mark.slow
 def test_second_victim_seed_reuses_the_purified_set(tmp_path):
     common = {"victim.epochs": "1", "victim.width": "8", "purify_seed": "0"}
     rows = [run_spec(spec("digits", "urp", "jpeg", {**common, "seed": str(s)}), str(tmp_path / "study"),
@@ -81,15 +82,16 @@ def test_second_victim_seed_reuses_the_purified_set(tmp_path):
 
 
 def test_trial_settings_precedence():
-    preset = {"victim": {"victim.epochs": "6"}, "defense": {"defense.train_iterations": "600"}}
-    s = trial_settings(preset, "eclipse", {"defense.train_iterations": "10", "defense.sigma": "0.1"}, 3,
+    preset = {"victim": {"victim.epochs": "6"}, "defense": {"defense.train.iterations": "600"}}
+    s = trial_settings(preset, "eclipse", {"defense.train.iterations": "10", "defense.sigma": "0.1"}, 3,
                        {"victim.epochs": "2", "defense.quality": "5"})
-    assert s["defense.train_iterations"] == "10"  # the grid point's own setting beats the preset's
+    assert s["defense.train.iterations"] == "10"  # the grid point's own setting beats the preset's
     assert s["victim.epochs"] == "2" and s["seed"] == "3"  # the user's --set beats both
     assert "defense.quality" not in s  # a defense.* key this defense does not have is dropped
-    assert "defense.train_iterations" not in trial_settings(preset, "jpeg", {}, 0)
+    assert "defense.train.iterations" not in trial_settings(preset, "jpeg", {}, 0)
 
 
+@pytest.mark.slow
 def test_reference_grid_is_complete_and_valid():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import defense_quality as dq

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import pandas as pd
 
 from eclipse_ray.results.pareto import pareto, pareto_front, summarize
@@ -49,6 +50,7 @@ def test_report_and_plot_are_written(tmp_path):
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_sigma_plot_only_for_sweeps_over_sigma(tmp_path):
     append_rows(tmp_path / "two", rows())  # two σ values: no σ plot
     assert "sigma.png" not in Path(write_report(tmp_path / "two")).read_text()

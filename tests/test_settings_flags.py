@@ -34,6 +34,7 @@ def test_repeated_set_flags_accumulate_in_the_sweeps():
     assert args.set == ["victim.epochs=1", "victim.width=8"]
 
 
+@pytest.mark.slow
 def test_a_second_set_flag_takes_effect_in_a_trial(tmp_path, capsys):
     import json
 

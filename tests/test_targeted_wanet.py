@@ -68,6 +68,7 @@ def test_wanet_field_is_smooth_and_small():
     assert np.abs(diff(warp(img, ident), img)).max() <= 1  # the identity grid changes nothing
 
 
+@pytest.mark.slow
 def test_wanet_is_learned_by_a_fast_victim(digits):
     # Digits are upscaled 8x8 images (smooth), so the default s = 0.5 is nearly invisible on them and a
     # 2-px translation is as large as the warp: a stronger field, no translation, so that 4 epochs suffice
@@ -111,6 +112,7 @@ def test_targeted_budget_labels_count_and_class(digits, crafted, name):
     assert not np.isin(targets.index, p.test.index).any() and len(p.test) == len(digits.test) - 3
 
 
+@pytest.mark.slow
 def test_targeted_is_deterministic(digits, crafted):
     for name, overrides in TINY_ATTACKS.items():
         again = ATTACKS.build(name, overrides).apply(digits)
@@ -141,6 +143,7 @@ def test_narcissus_trigger_points_to_target(digits):
     assert after > 2 * before and after > before + 0.05, (float(before), float(after))  # measured 0.057 -> 0.154
 
 
+@pytest.mark.slow
 def test_targeted_trial_row_and_cache(digits, crafted, tmp_path):
     cfg = build_config("digits", "gradient_matching", "none", {
         **{f"attack.{k}": v for k, v in TINY_ATTACKS["gradient_matching"].items()},

@@ -16,6 +16,7 @@ from eclipse_ray.result_store import read_results
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_a_tuner_of_our_own_with_the_csv_logger_only(tmp_path, monkeypatch):
     import ray
     from ray import tune

@@ -161,6 +161,7 @@ def test_config_schedule_and_bad_input():
         DEFENSES.build("vab", {"lr_schedule": "cosine"})
 
 
+@pytest.mark.slow
 def test_victim_warm_up_flags_badnets_samples(digits):
     train = ATTACKS.build("badnets").apply(digits).train
     base_rate = train.poisoned.mean()

@@ -271,7 +271,7 @@ def test_auto_model_refuses_an_image_size_before_training(monkeypatch):
     import eclipse_ray.data.cache as cache
 
     monkeypatch.setattr(cache, "cached_model", lambda *a, **k: pytest.fail("training started"))
-    with pytest.raises(ConfigError, match=r"defense.train_preset=paper: 36x36 images .* multiple of 8"):
+    with pytest.raises(ConfigError, match=r"defense.train.preset=paper: 36x36 images .* multiple of 8"):
         DEFENSES.build("eclipse", {"train_preset": "paper"}).purify(tiny_set(4, size=36), seed=0, progress=False)
     with pytest.raises(ConfigError, match="too small for the conv energy network"):
         DEFENSES.build("puregen-ebm", {"train_preset": "tiny"}).purify(tiny_set(4, size=16), seed=0, progress=False)
@@ -322,12 +322,19 @@ def test_defense_ranges(name, key, value, match):
 def test_unit_interval_settings_declare_their_range():
     """Rates, budgets, probabilities and σ on [0,1] are bounded on both sides; budgets and steps from below."""
     unit = {"rate", "budget", "gray_p", "denoise_sigma", "alpha", "alpha_test", "delta", "stop_acc",
-            "train_clean_fraction"}  # defense.sigma: test_defense_ranges (blur's sigma is in pixels)
+            "clean_fraction"}  # defense.sigma: test_defense_ranges (blur's sigma is in pixels)
     lower = unit | {"sigma", "eps", "adv_eps", "noise_sigma", "step", "adv_step", "lr", "eta", "tau", "strength"}
     checked = 0
+    def all_fields(cls):  # nested configs (defense.train.…) included
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("nested"):
+                yield from all_fields(type(f.default_factory()))
+            else:
+                yield f
+
     for reg in (ATTACKS, DEFENSES):
         for n in reg:
-            for f in dataclasses.fields(reg[n]):
+            for f in all_fields(reg[n]):
                 meta = f.metadata
                 low = meta.get("ge") if meta.get("ge") is not None else meta.get("gt")
                 if f.name in lower:

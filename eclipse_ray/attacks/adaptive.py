@@ -31,9 +31,10 @@ import torch
 
 from eclipse_ray.attacks.em import EM
 from eclipse_ray.attacks.surrogate import View
-from eclipse_ray.config import setting
+from eclipse_ray.config import nested, setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.defenses.compensation import compensate, compensation_settings
+from eclipse_ray.diffusion.train import DiffusionTrainConfig, recipe_config
 from eclipse_ray.diffusion.unet import PRESETS, check_fits, check_model_fits, unet_config
 
 _GRAY_P, _SIGMA, _ = compensation_settings()
@@ -43,24 +44,23 @@ _GRAY_P, _SIGMA, _ = compensation_settings()
 class EMAdaptive(EM):
     name: ClassVar[str] = "em-adaptive"
     summary: ClassVar[str] = "EM crafted through ECLIPSE's compensation (and optionally a one-shot DDPM denoiser)"
+    aliases: ClassVar[dict[str, str]] = {"train_preset": "train.preset", "train_iterations": "train.iterations"}
     through: str = setting("compensation", "what the noise is crafted through", choices=("compensation", "denoise"))
     gray_p: float = _GRAY_P  # ECLIPSE's compensation, as the defense declares it
     noise_sigma: float = _SIGMA
     eot: int = setting(4, "random draws of the defense averaged per PGD step", ge=1)
     denoise_sigma: float = setting(0.0249, "denoise: purifier noise σ on [0,1] (ECLIPSE: 0.0249)", gt=0.0, le=1.0)
     model: str = setting("auto", "denoise: DDPM directory, or auto: ECLIPSE's model on the clean reference set")
-    train_preset: str = setting("tiny", "denoise, auto model: UNet preset (as defense.train_preset)",
-                                choices=tuple(PRESETS))
-    train_iterations: int = setting(2000, "denoise, auto model: training iterations (as defense.train_iterations)",
-                                    ge=1)
+    train: DiffusionTrainConfig = nested(lambda: recipe_config("eclipse"),
+                                         "denoise, auto model: how it is trained (as the eclipse defense's)")
 
     def check_dataset(self, train: ImageSet) -> None:
         super().check_dataset(train)
         if self.through != "denoise":
             return
         if self.model == "auto":  # before the surrogate is trained or the model fitted
-            check_fits(train.image_shape, len(PRESETS[self.train_preset]["down_block_types"]),
-                       f"attack.train_preset={self.train_preset}")
+            check_fits(train.image_shape, len(PRESETS[self.train.preset]["down_block_types"]),
+                       f"attack.train.preset={self.train.preset}")
         else:
             check_model_fits(unet_config(self.model, "attack.model"), train.image_shape, f"attack.model={self.model}")
 
@@ -80,7 +80,7 @@ def one_shot_denoiser(cfg: EMAdaptive, train: ImageSet, device: torch.device) ->
     from eclipse_ray.diffusion.samplers import make_eps_fn
     from eclipse_ray.diffusion.unet import load_model
 
-    defense = Eclipse(model=cfg.model, train_preset=cfg.train_preset, train_iterations=cfg.train_iterations)
+    defense = Eclipse(model=cfg.model, train=cfg.train)
     model = load_model(defense.model_path(train, train, progress=False), device)  # clean data: the attacker's own
     for p in model.unet.parameters():
         p.requires_grad_(False)

@@ -47,8 +47,15 @@ def cache_root() -> str:
     return storage.normalize(os.environ.get("ECLIPSE_RAY_CACHE") or Path.home() / ".cache" / "eclipse_ray")
 
 
+def address_settings(cfg, prefix: str) -> dict:
+    """A config's settings as they enter an artifact's address: spelled as earlier versions did wherever
+    that spelling can express them (:meth:`eclipse_ray.config.Config.legacy_flat`), so that artifacts
+    computed before the model-training settings were nested are found again."""
+    return cfg.legacy_flat(prefix) or flatten(cfg, prefix)
+
+
 def poison_key(dataset: str, attack) -> str:
-    return config_hash({"dataset": dataset, **flatten(attack, "attack.")})
+    return config_hash({"dataset": dataset, **address_settings(attack, "attack.")})
 
 
 def purification_key(source: dict, defense, seed: int, model: str | None = None) -> str:
@@ -56,8 +63,9 @@ def purification_key(source: dict, defense, seed: int, model: str | None = None)
     reads (a study's poisoned set: ``{"dataset": …, "attack.…": …}``; any dataset directory: the content
     hash of its train split, ``{"input": …}``), the defense's settings, the seed, and ``model``, the
     fingerprint of a model named by location (an ``auto`` model is itself a function of the source and
-    the settings). Victim and training-time settings are not part of it."""
-    return config_hash({**source, **flatten(defense, "defense."), "seed": seed,
+    the settings). Victim and training-time settings are not part of it; settings are spelled by
+    :func:`address_settings`."""
+    return config_hash({**source, **address_settings(defense, "defense."), "seed": seed,
                         **({"model_fingerprint": model} if model else {})})
 
 

@@ -19,7 +19,6 @@ of the model's own schedule), never both; the results row records both.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from eclipse_ray.config import ConfigError, setting
+from eclipse_ray.config import ConfigError, nested, setting
 from eclipse_ray.data.cache import cached_model
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.defenses.base import DefenseConfig, ImagePurifier, fixed_shape
@@ -37,11 +36,7 @@ from eclipse_ray.defenses.compensation import (
     compensation_transform,
 )
 from eclipse_ray.diffusion.samplers import SAMPLERS, SamplerPlan, purify_batch
-from eclipse_ray.diffusion.train import (
-    TRAIN_RECIPES,
-    DiffusionTrainConfig,
-    train_diffusion,
-)
+from eclipse_ray.diffusion.train import DiffusionTrainConfig, recipe_config, train_diffusion
 from eclipse_ray.diffusion.unet import (
     PRESETS,
     DiffusionModel,
@@ -61,7 +56,8 @@ class DiffusionDefense(DefenseConfig):
 
     default_sigma: ClassVar[float | None] = None
     default_t_star: ClassVar[int | None] = None
-    recipe: ClassVar[dict[str, Any]] = {}
+    aliases: ClassVar[dict[str, str]] = {f"train_{k}": f"train.{k}"  # the names before train was nested
+                                         for k in ("preset", "iterations", "batch_size", "clean_fraction")}
 
     model: str = setting("auto", "model directory, or auto: train one on the clean reference set (cached)")
     sigma: float | None = setting(None, "noise σ in pixel units [0,1] (none: defense default)", ge=0.0, le=1.0)
@@ -73,26 +69,19 @@ class DiffusionDefense(DefenseConfig):
     precision: str = setting("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16", choices=("auto", "fp32", "bf16"))
     compile: bool = setting(False, "torch.compile the UNet")
     device: str = setting("auto", "auto, cpu or cuda[:N]")
-    train_preset: str = setting("tiny", "auto model: UNet preset", choices=tuple(PRESETS))
-    train_iterations: int = setting(2000, "auto model: training iterations", ge=1)
-    train_batch_size: int = setting(64, "auto model: training batch size", ge=1)
-    train_clean_fraction: float = setting(0.04, "auto model: share of the training set held clean", gt=0.0, le=1.0)
+    train: DiffusionTrainConfig = nested(lambda: recipe_config("eclipse"),
+                                         "auto model: how it is trained (ECLIPSE's recipe)")
 
     def validate(self) -> None:
         if self.sigma is not None and self.t_star is not None:
             raise ConfigError("give defense.sigma or defense.t_star, not both")
 
     # --- the model --------------------------------------------------------------------------
-    def train_config(self) -> DiffusionTrainConfig:
-        return dataclasses.replace(DiffusionTrainConfig(), preset=self.train_preset, iterations=self.train_iterations,
-                                   batch_size=self.train_batch_size, clean_fraction=self.train_clean_fraction,
-                                   device=self.device, **self.recipe)
-
     def model_path(self, train: ImageSet, clean: ImageSet | None, progress: bool = True) -> str | Path:
         """The model directory (a location: local path or URI); for ``auto`` trained (once, cached) on the clean reference set."""
         if self.model != "auto":
             return self.model if is_uri(self.model) else Path(self.model)
-        return cached_model(b"", self.train_config(), clean if clean is not None else train, train_diffusion, progress)
+        return cached_model(b"", self.train, clean if clean is not None else train, train_diffusion, progress)
 
     # --- noise level ------------------------------------------------------------------------
     def plan(self, model: DiffusionModel) -> SamplerPlan:
@@ -138,8 +127,8 @@ class DiffusionDefense(DefenseConfig):
 
     def check_images(self, image_shape: tuple[int, ...]) -> None:
         if self.model == "auto":  # before the clean set is drawn and the model trained
-            check_fits(image_shape, len(PRESETS[self.train_preset]["down_block_types"]),
-                       f"defense.train_preset={self.train_preset}")
+            check_fits(image_shape, len(PRESETS[self.train.preset]["down_block_types"]),
+                       f"defense.train.preset={self.train.preset}")
 
     def check_model(self, model_dir: str | Path, image_shape: tuple[int, ...]) -> None:
         """Refuse a model that was not made for images of ``image_shape`` (reads its config only)."""
@@ -161,7 +150,6 @@ class Eclipse(DiffusionDefense):
     name: ClassVar[str] = "eclipse"
     summary: ClassVar[str] = "sparse-clean-set DDPM purification (full chain from σ≈6.4/255) + compensation"
     default_sigma: ClassVar[float | None] = 0.0249  # = σ(t*=100) on cosine T=4000 (6.37/255), ECLIPSE
-    recipe: ClassVar[dict[str, Any]] = TRAIN_RECIPES["eclipse"]
     gray_p: float = _GRAY_P
     noise_sigma: float = _COMP_SIGMA
     mode: str = _MODE
@@ -180,7 +168,8 @@ class PureGenDDPM(DiffusionDefense):
     name: ClassVar[str] = "puregen-ddpm"
     summary: ClassVar[str] = "DDPM trained on t < 250 of 1,000 linear steps; T_p = 100 reverse steps"
     default_t_star: ClassVar[int | None] = 100
-    recipe: ClassVar[dict[str, Any]] = TRAIN_RECIPES["puregen"]
+    train: DiffusionTrainConfig = nested(lambda: recipe_config("puregen"),
+                                         "auto model: how it is trained (PureGen's recipe: t < 250 of 1,000 linear)")
 
 
 @dataclass(frozen=True)
@@ -188,7 +177,6 @@ class Denoise(DiffusionDefense):
     name: ClassVar[str] = "denoise"
     summary: ClassVar[str] = "one-shot diffusion denoising at σ (Hong et al.)"
     default_sigma: ClassVar[float | None] = 0.1
-    recipe: ClassVar[dict[str, Any]] = TRAIN_RECIPES["eclipse"]  # the same model as ECLIPSE's
     sampler: str = setting("oneshot", "reverse sampler", choices=SAMPLERS)
 
 

@@ -20,7 +20,6 @@ noise alone would reach without the energy's drift), ``defense.ebm_arch`` and
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -29,16 +28,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from eclipse_ray.config import ConfigError, setting
+from eclipse_ray.config import ConfigError, nested, setting
+from eclipse_ray.data.cache import cached_model
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.defenses.base import DefenseConfig, ImagePurifier, fixed_shape
 from eclipse_ray.ebm.net import PRESETS, check_fits
+from eclipse_ray.ebm.train import EBMTrainConfig, train_ebm
 from eclipse_ray.storage import is_uri, local_dir
 
 
 @dataclass(frozen=True)
 class PureGenEBM(DefenseConfig):
     name: ClassVar[str] = "puregen-ebm"
+    aliases: ClassVar[dict[str, str]] = {f"train_{k}": f"train.{k}"  # the names before train was nested
+                                         for k in ("preset", "iterations", "batch_size", "mcmc_steps", "clean_fraction")}
     summary: ClassVar[str] = "Langevin dynamics on an EBM: 150 steps, η = 1.25e-2, τ = 1e-4 (PureGen)"
 
     model: str = setting("auto", "EBM directory, or auto: train one on the clean reference set (cached)")
@@ -47,28 +50,14 @@ class PureGenEBM(DefenseConfig):
     tau: float = setting(1e-4, "Langevin temperature τ (PureGen: 1e-4)", gt=0.0)
     batch_size: int = setting(64, "images per Langevin batch (part of the arithmetic: every call has exactly this many rows)", ge=1)
     device: str = setting("auto", "auto, cpu or cuda[:N]")
-    train_preset: str = setting("small", "auto model: energy network preset", choices=tuple(PRESETS))
-    train_iterations: int = setting(1000, "auto model: contrastive-divergence iterations", ge=1)
-    train_batch_size: int = setting(64, "auto model: batch size", ge=1)
-    train_mcmc_steps: int = setting(100, "auto model: Langevin steps per negative batch (PureGen: 100)", ge=1)
-    train_clean_fraction: float = setting(0.04, "auto model: share of the training set held clean", gt=0.0, le=1.0)
+    train: EBMTrainConfig = nested(EBMTrainConfig, "auto model: how the EBM is trained (contrastive divergence)")
 
     # --- the model --------------------------------------------------------------------------
-    def train_config(self):
-        from eclipse_ray.ebm.train import EBMTrainConfig
-
-        return dataclasses.replace(EBMTrainConfig(), preset=self.train_preset, iterations=self.train_iterations,
-                                   batch_size=self.train_batch_size, mcmc_steps=self.train_mcmc_steps,
-                                   clean_fraction=self.train_clean_fraction, device=self.device)
-
     def model_path(self, train: ImageSet, clean: ImageSet | None, progress: bool = True) -> str | Path:
         """The EBM directory (a location: local path or URI); for ``auto`` trained (once, cached) on the clean reference set."""
         if self.model != "auto":
             return self.model if is_uri(self.model) else Path(self.model)
-        from eclipse_ray.data.cache import cached_model
-        from eclipse_ray.ebm.train import train_ebm
-
-        return cached_model(b"ebm|", self.train_config(), clean if clean is not None else train, train_ebm, progress)
+        return cached_model(b"ebm|", self.train, clean if clean is not None else train, train_ebm, progress)
 
     # --- purification -----------------------------------------------------------------------
     def image_purifier(self, model_dir: str | Path | None, seed: int) -> ImagePurifier:
@@ -115,7 +104,7 @@ class PureGenEBM(DefenseConfig):
 
     def check_images(self, image_shape: tuple[int, ...]) -> None:
         if self.model == "auto":  # before the clean set is drawn and the EBM trained
-            check_fits(PRESETS[self.train_preset]["arch"], image_shape, f"defense.train_preset={self.train_preset}")
+            check_fits(PRESETS[self.train.preset]["arch"], image_shape, f"defense.train.preset={self.train.preset}")
 
 
 __all__ = ["PureGenEBM"]

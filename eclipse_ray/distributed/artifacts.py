@@ -43,14 +43,14 @@ def model_recipe(defense) -> str:
     """What a defense's model depends on besides the data (its model setting or training recipe)."""
     if getattr(defense, "model", "auto") != "auto":
         return f"path:{defense.model}"
-    return config_hash(flatten(defense.train_config()))
+    return config_hash(flatten(defense.train))
 
 
 def purification_key(cfg) -> str:
     """The cache address of ``cfg``'s purified training set (a named model enters by its fingerprint)."""
     model = getattr(cfg.defense, "model", "auto")
     fingerprint = C.model_fingerprint(model) if cfg.defense.needs_model and model != "auto" else None
-    return C.purification_key({"dataset": cfg.dataset, **flatten(cfg.attack, "attack.")}, cfg.defense,
+    return C.purification_key({"dataset": cfg.dataset, **C.address_settings(cfg.attack, "attack.")}, cfg.defense,
                               cfg.defense_seed, fingerprint)
 
 

@@ -180,7 +180,7 @@ def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, addr
         tune_loggers(loggers, "check")  # an unknown logger or a missing package: before any work
     done = read_results(study)
     stored = set(done["config_hash"]) if not done.empty and "config_hash" in done else set()
-    todo = [tr for tr in plan.trials if tr.cfg.hash() not in stored]
+    todo = [tr for tr in plan.trials if not stored.intersection(tr.cfg.hashes())]
     print(f"study: {len(plan.trials)} trials ({len(plan.trials) - len(todo)} stored), "
           f"{len(plan.poisons)} datasets, {len(plan.purifications)} purifications -> {storage.normalize(study)}",
           flush=True)
@@ -205,7 +205,8 @@ def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, addr
                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                            max_failures=max_failures, max_concurrent=max_concurrent, loggers=loggers)
         stored = read_results(study)
-        missing = [tr for tr in todo if stored.empty or tr.cfg.hash() not in set(stored["config_hash"])]
+        have = set() if stored.empty else set(stored["config_hash"])
+        missing = [tr for tr in todo if not have.intersection(tr.cfg.hashes())]
         if missing:  # Tune returns early when interrupted: say so rather than report a partial study
             raise RuntimeError(f"{len(missing)} of {len(todo)} trials have no row (interrupted?); "
                                f"rerun the same command to finish them")

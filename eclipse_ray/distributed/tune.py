@@ -73,9 +73,10 @@ def run_spec(trial: dict[str, Any], results_dir: str, cache_dir: str, data_dir: 
     cfg = build_config(trial["dataset"], trial["attack"], trial["defense"], trial["set"])
     key = cfg.hash()
     results_dir, cache_dir = storage.normalize(results_dir), storage.normalize(cache_dir)
-    row = stored_row(results_dir, key)
-    if row is not None:
-        return {**row, "resumed": True}
+    for stored in cfg.hashes():  # also a row an earlier version stored under this config's former hash
+        row = stored_row(results_dir, stored)
+        if row is not None:
+            return {**row, "resumed": True}
     os.environ["ECLIPSE_RAY_CACHE"] = cache_dir  # models are looked up there
     loc = C.poisons_location(cache_dir, cfg.dataset, cfg.attack)
     if not C.intact(loc, deep=False):
