@@ -111,7 +111,7 @@ def cells(preset: str = "subset") -> list[tuple[str, str]]:
 
 def build_specs(preset_name: str, seeds: list[int], dataset: str | None = None) -> list[dict]:
     preset = PRESETS[preset_name]
-    ds = dataset or preset["dataset"]
+    ds = dataset or preset.dataset
     specs = []
     for seed in seeds:  # seed-major: the second seed finds every purification cached
         for attack, defense in cells(preset_name):

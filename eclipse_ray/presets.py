@@ -1,7 +1,11 @@
 """Named scales for sweeps and studies: which data, victim and purifier models a run uses.
 
-A preset is ``{"dataset", "victim": {victim.* settings}, "defense": {defense.* settings}}``;
-:func:`trial_settings` merges it with a grid point's own settings for one trial.
+A preset is a typed :class:`Preset`: its dataset, its victim (a whole
+:class:`~eclipse_ray.victim.train.VictimConfig`), how the ``auto`` purifier models
+are trained (the fields of ``defense.train`` it sets, for every defense that
+trains one) and the purifiers' batch size. Its values are checked when it is
+declared; :func:`trial_settings` renders it, with a grid point's own settings,
+as one trial's ``--set``.
 
 * ``smoke``   — digits (ships with scikit-learn), tiny auto-trained DDPM, small fast victim;
   CPU, offline, minutes.
@@ -21,35 +25,88 @@ A preset is ``{"dataset", "victim": {victim.* settings}, "defense": {defense.* s
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+from eclipse_ray.config import ConfigError, flatten
+from eclipse_ray.defenses import DEFENSES
+from eclipse_ray.diffusion.train import DiffusionTrainConfig
+from eclipse_ray.ebm.train import EBMTrainConfig
+from eclipse_ray.victim.train import VictimConfig
 
 SUBSET_NPZ = Path(os.environ.get("ECLIPSE_RAY_SUBSET",
                                  Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_subset.npz"))
 
-SMOKE = {"dataset": "digits", "victim": {"victim.epochs": "4", "victim.width": "16"},
-         "defense": {"defense.train.iterations": "40", "defense.train.batch_size": "32",
-                     "defense.train.preset": "tiny"}}
-SUBSET = {"dataset": f"npz:{SUBSET_NPZ}", "victim": {"victim.epochs": "6", "victim.width": "16"},
-          "defense": {"defense.train.iterations": "600", "defense.train.preset": "tiny"}}
-FULL = {"dataset": "cifar10-jpeg", "victim": dict(SUBSET["victim"]), "defense": dict(SUBSET["defense"])}
-CIFAR10 = {"dataset": "cifar10",
-           "victim": {"victim.arch": "resnet18", "victim.epochs": "80", "victim.batch_size": "128"},
-           "defense": {"defense.train.iterations": "250000", "defense.train.preset": "paper",
-                       "defense.batch_size": "512"}}
-PRESETS: dict[str, dict[str, Any]] = {"smoke": SMOKE, "subset": SUBSET, "full": FULL, "cifar10": CIFAR10}
+
+@dataclass(frozen=True)
+class ModelTraining:
+    """How a preset trains the ``auto`` purifier models (DDPMs and EBMs alike); ``None`` keeps the recipe's."""
+
+    preset: str | None = None       # network size preset (both model kinds have tiny/small/paper)
+    iterations: int | None = None
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for cfg in (DiffusionTrainConfig(), EBMTrainConfig()):  # each value valid for both kinds of model
+            dataclasses.replace(cfg, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None})
 
 
-def trial_settings(preset: dict[str, Any], defense: str, extra: dict[str, str], seed: int,
-                   user: dict[str, str] | None = None) -> dict[str, str]:
-    """One trial's ``--set``: preset victim and seed, the preset's ``defense.*`` keys this defense
+@dataclass(frozen=True)
+class Preset:
+    """A named scale: which data, which victim, how the purifier models are trained."""
+
+    name: str
+    summary: str
+    dataset: str
+    victim: VictimConfig
+    models: ModelTraining = field(default_factory=ModelTraining)
+    purify_batch_size: int | None = None  # images per purifier model call (None: each defense's default)
+
+    def with_dataset(self, dataset: str) -> "Preset":
+        return dataclasses.replace(self, dataset=dataset)
+
+    def victim_settings(self) -> dict[str, str]:
+        """The victim as ``victim.*`` settings (those that differ from the defaults)."""
+        default = flatten(VictimConfig(), "victim.")
+        return {k: _text(v) for k, v in flatten(self.victim, "victim.").items() if v != default[k]}
+
+    def defense_settings(self, defense: str) -> dict[str, str]:
+        """The ``defense.*`` settings of this preset that ``defense`` has."""
+        has = {name for name, *_ in DEFENSES[defense].describe()}
+        wanted = {f"train.{k}": v for k, v in dataclasses.asdict(self.models).items() if v is not None}
+        if self.purify_batch_size is not None:
+            wanted["batch_size"] = self.purify_batch_size
+        return {f"defense.{k}": _text(v) for k, v in wanted.items() if k in has}
+
+
+def _text(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+SMOKE = Preset("smoke", "digits (ships with scikit-learn), tiny auto-trained DDPM, small fast victim; CPU, minutes",
+               "digits", VictimConfig(epochs=4, width=16), ModelTraining("tiny", 40, 32))
+SUBSET = Preset("subset", "the 4,660-image CIFAR-10 subset, 600-iteration tiny DDPM, width-16 victim for 6 epochs",
+                f"npz:{SUBSET_NPZ}", VictimConfig(epochs=6, width=16), ModelTraining("tiny", 600))
+FULL = Preset("full", "all of CIFAR-10 as JPEG (cifar10-jpeg), with the subset's victim and purifier settings",
+              "cifar10-jpeg", SUBSET.victim, SUBSET.models)
+CIFAR10 = Preset("cifar10", "full CIFAR-10 (download), the paper UNet and ResNet-18 with ECLIPSE's recipe; GPUs",
+                 "cifar10", VictimConfig(arch="resnet18", epochs=80, batch_size=128),
+                 ModelTraining("paper", 250_000), purify_batch_size=512)
+PRESETS: dict[str, Preset] = {p.name: p for p in (SMOKE, SUBSET, FULL, CIFAR10)}
+
+
+def trial_settings(preset: Preset, defense: str, extra: Mapping[str, str], seed: int,
+                   user: Mapping[str, str] | None = None) -> dict[str, str]:
+    """One trial's ``--set``: the preset's victim and seed, the preset's ``defense.*`` settings this defense
     has, the grid point's own settings, then the user's (``defense.*`` only where the defense has it)."""
-    from eclipse_ray.defenses import DEFENSES
-
-    fields = {f"defense.{name}" for name, *_ in DEFENSES[defense].describe()}
-    s = {**preset["victim"], "seed": str(seed)}
-    s.update({k: v for k, v in preset["defense"].items() if k in fields})
+    if not isinstance(preset, Preset):
+        raise ConfigError(f"trial_settings: a Preset is needed, got {type(preset).__name__}")
+    has = {f"defense.{name}" for name, *_ in DEFENSES[defense].describe()}
+    has |= {f"defense.{alias}" for alias in DEFENSES[defense].aliases}
+    s = {**preset.victim_settings(), "seed": str(seed), **preset.defense_settings(defense)}
     s.update(extra)
-    s.update({k: v for k, v in (user or {}).items() if not k.startswith("defense.") or k in fields})
+    s.update({k: v for k, v in (user or {}).items() if not k.startswith("defense.") or k in has})
     return s

@@ -7,14 +7,14 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from eclipse_ray import storage
 from eclipse_ray.boundary import debug_requested, guarded, plugins_requested
 from eclipse_ray.config import split_overrides
 from eclipse_ray.distributed.study import run_study
 from eclipse_ray.distributed.tune import LOGGERS, cache_counts, spec
-from eclipse_ray.presets import PRESETS, trial_settings  # noqa: F401  (trial_settings: for the sweep scripts)
+from eclipse_ray.presets import PRESETS, Preset, trial_settings  # noqa: F401  (trial_settings: for the sweep scripts)
 from eclipse_ray.registry import use_plugins
 from eclipse_ray.results.report import write_report
 
@@ -42,7 +42,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def with_defenses(specs: list[dict], defenses: list[str], preset: dict[str, Any], user: dict[str, str]) -> list[dict]:
+def with_defenses(specs: list[dict], defenses: list[str], preset: Preset, user: dict[str, str]) -> list[dict]:
     """``specs`` plus, for every (dataset, attack, seed, attack settings) among them, a trial of each of
     ``defenses`` not already there."""
     have = {(s["dataset"], s["attack"], s["defense"], s["set"].get("seed"),
@@ -59,7 +59,7 @@ def with_defenses(specs: list[dict], defenses: list[str], preset: dict[str, Any]
     return out
 
 
-def main(study: str, description: str, build: Callable[[dict[str, Any], argparse.Namespace], list[dict]]) -> None:
+def main(study: str, description: str, build: Callable[[Preset, argparse.Namespace], list[dict]]) -> None:
     """Parse, run the study, print its summary; every error one line ``PROG: error: …`` and exit 2."""
     debug, argv = debug_requested(sys.argv[1:])
     prog = os.path.basename(sys.argv[0])
@@ -74,9 +74,9 @@ def main(study: str, description: str, build: Callable[[dict[str, Any], argparse
 
 
 def _run(study: str, args: argparse.Namespace, build) -> None:
-    preset = dict(PRESETS[args.preset])
+    preset = PRESETS[args.preset]
     if args.dataset:
-        preset["dataset"] = args.dataset
+        preset = preset.with_dataset(args.dataset)
     args.user = split_overrides(args.set)
     specs = with_defenses(build(preset, args), args.defense, preset, args.user)
     study_dir = storage.normalize(args.results or f"results/{study}-{args.preset}")

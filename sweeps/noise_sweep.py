@@ -34,12 +34,12 @@ def build(preset, args):
     for seed in args.seeds:
         for attack in (*g["attacks"], "none"):
             for baseline in ("none", "jpeg"):
-                specs.append(spec(preset["dataset"], attack, baseline,
+                specs.append(spec(preset.dataset, attack, baseline,
                                   trial_settings(preset, baseline, {}, seed, args.user)))
             for defense in g["defenses"]:
                 for sigma in g["sigmas"]:
                     extra = {**g["sampler"], "defense.sigma": str(sigma)}
-                    specs.append(spec(preset["dataset"], attack, defense,
+                    specs.append(spec(preset.dataset, attack, defense,
                                       trial_settings(preset, defense, extra, seed, args.user)))
     return specs
 

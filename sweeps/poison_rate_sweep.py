@@ -29,7 +29,7 @@ def build(preset, args):
                     if defense == "eclipse" and args.preset in ("smoke", "subset"):
                         extra.update({"defense.sampler": "oneshot",
                                       "defense.sigma": "0.1" if args.preset == "smoke" else "0.05"})
-                    specs.append(spec(preset["dataset"], attack, defense,
+                    specs.append(spec(preset.dataset, attack, defense,
                                       trial_settings(preset, defense, extra, seed, args.user)))
     return specs
 

@@ -27,10 +27,10 @@ def build(preset, args):
     specs = []
     for seed in args.seeds:
         for attack in g["attacks"]:
-            specs.append(spec(preset["dataset"], attack, "none", trial_settings(preset, "none", {}, seed, args.user)))
+            specs.append(spec(preset.dataset, attack, "none", trial_settings(preset, "none", {}, seed, args.user)))
             for s in samplers:
                 extra = {**s, "defense.sigma": str(g["sigma"])}
-                specs.append(spec(preset["dataset"], attack, "eclipse",
+                specs.append(spec(preset.dataset, attack, "eclipse",
                                   trial_settings(preset, "eclipse", extra, seed, args.user)))
     return specs
 

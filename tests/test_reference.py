@@ -82,12 +82,17 @@ def test_second_victim_seed_reuses_the_purified_set(tmp_path):
 
 
 def test_trial_settings_precedence():
-    preset = {"victim": {"victim.epochs": "6"}, "defense": {"defense.train.iterations": "600"}}
+    from eclipse_ray.presets import ModelTraining, Preset
+    from eclipse_ray.victim.train import VictimConfig
+
+    preset = Preset("t", "test", "digits", VictimConfig(epochs=6), ModelTraining(iterations=600))
+    assert trial_settings(preset, "eclipse", {}, 0)["defense.train.iterations"] == "600"
     s = trial_settings(preset, "eclipse", {"defense.train.iterations": "10", "defense.sigma": "0.1"}, 3,
                        {"victim.epochs": "2", "defense.quality": "5"})
     assert s["defense.train.iterations"] == "10"  # the grid point's own setting beats the preset's
     assert s["victim.epochs"] == "2" and s["seed"] == "3"  # the user's --set beats both
     assert "defense.quality" not in s  # a defense.* key this defense does not have is dropped
+    assert trial_settings(preset, "eclipse", {}, 0, {"defense.train_iterations": "7"})["defense.train_iterations"] == "7"
     assert "defense.train.iterations" not in trial_settings(preset, "jpeg", {}, 0)
 
 
@@ -104,4 +109,26 @@ def test_reference_grid_is_complete_and_valid():
     seeds = [c.seed for c in cfgs]
     assert seeds == sorted(seeds)  # seed-major: seed 1 finds every purification cached
     assert {c.purify_seed for c in cfgs} == {0}
-    assert PRESETS["subset"]["victim"]["victim.width"] == "16"
+    assert PRESETS["subset"].victim.width == 16
+
+
+@pytest.mark.parametrize("name, pinned", [
+    ("smoke", ("7597e19e84015bc9", "1faeeedd1167d3dd", "a0972cfe57c46fcf")),
+    ("cifar10", ("a51ebc6e09faea97", "f11d0b91411394e7", "0bac9b1bcbdca776")),
+])
+def test_typed_presets_give_the_trials_the_string_presets_gave(name, pinned):
+    """The presets are typed and checked when declared; their trials are the ones the string-dict presets of
+    earlier versions gave (pinned: those versions' hashes of an lsp trial under none, eclipse, puregen-ebm)."""
+    p = PRESETS[name]
+    got = [build_config(p.dataset, "lsp", d, trial_settings(p, d, {}, 0)) for d in ("none", "eclipse", "puregen-ebm")]
+    assert tuple(c.hashes()[-1] for c in got) == pinned
+    assert trial_settings(p, "jpeg", {}, 0).keys() == {"seed", *p.victim_settings()}  # no defense.train.* for jpeg
+
+
+def test_a_preset_with_a_bad_value_fails_when_declared():
+    from eclipse_ray.presets import ModelTraining
+
+    with pytest.raises(ConfigError, match="train.iterations=0: must be ≥ 1"):
+        ModelTraining("tiny", 0)
+    with pytest.raises(ConfigError, match="must be one of"):
+        ModelTraining("huge", 10)

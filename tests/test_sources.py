@@ -226,8 +226,8 @@ def test_cifar10_jpeg_loads_the_archive_named_by_the_environment(tmp_path, monke
     assert d.test.labels.tolist() == [k for k in range(10) for _ in range(1)]
     assert d.meta["jpeg_quality"] == 75 and d.meta["chroma_subsampling"] == "4:2:0" and "JPEG" in d.meta["note"]
     same_dataset(d, load_dataset(f"folder:{root}"))
-    assert "cifar10-jpeg" in DESCRIPTIONS and PRESETS["full"]["dataset"] == "cifar10-jpeg"
-    assert PRESETS["full"]["victim"] == PRESETS["subset"]["victim"]
+    assert "cifar10-jpeg" in DESCRIPTIONS and PRESETS["full"].dataset == "cifar10-jpeg"
+    assert PRESETS["full"].victim == PRESETS["subset"].victim and PRESETS["full"].models == PRESETS["subset"].models
 
     other = write_tar(write_tree(tmp_path / "other", classes=("cat", "dog")), tmp_path / "other.tar.gz")
     monkeypatch.setenv("ECLIPSE_RAY_CIFAR10_JPEG", str(other))
