@@ -17,8 +17,7 @@ import argparse
 import time
 
 from eclipse_ray.presets import SUBSET_NPZ as DEFAULT_NPZ
-from eclipse_ray.result_store import read_results
-from eclipse_ray.trial import build_config, run_trial
+from eclipse_ray.trial import build_config, is_stored, run_trial
 
 ONESHOT = {"defense.sampler": "oneshot"}
 TRIALS = [
@@ -57,8 +56,7 @@ def main() -> None:
         if defense != "none":
             settings.update({"defense.train.iterations": str(args.iterations), "defense.train.preset": "tiny"})
         cfg = build_config(f"npz:{args.npz}", attack, defense, settings)
-        done = read_results(args.results)
-        if not done.empty and set(cfg.hashes()) & set(done["config_hash"]):
+        if is_stored(cfg, args.results):
             continue  # measured already (rerun to finish an interrupted benchmark)
         t = time.perf_counter()
         row = run_trial(cfg, results_dir=args.results, reference=False, progress=False)

@@ -21,8 +21,7 @@ import json
 import time
 
 from eclipse_ray.presets import SUBSET_NPZ as DEFAULT_NPZ
-from eclipse_ray.result_store import read_results
-from eclipse_ray.trial import build_config, prepare, run_trial
+from eclipse_ray.trial import build_config, is_stored, prepare, run_trial
 
 
 def main() -> None:
@@ -54,8 +53,7 @@ def main() -> None:
 
     for attack in args.attacks:
         cfg = build_config(dataset, attack, "puregen-ebm", settings)
-        done = read_results(args.results)
-        if not done.empty and set(cfg.hashes()) & set(done["config_hash"]):
+        if is_stored(cfg, args.results):
             continue  # measured already (rerun to finish an interrupted benchmark)
         t = time.perf_counter()
         row = run_trial(cfg, results_dir=args.results, reference=False, progress=False)

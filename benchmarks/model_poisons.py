@@ -38,8 +38,7 @@ import time
 import torch
 
 from eclipse_ray.presets import SUBSET_NPZ as DEFAULT_NPZ
-from eclipse_ray.result_store import read_results
-from eclipse_ray.trial import build_config, prepare, run_trial
+from eclipse_ray.trial import build_config, is_stored, prepare, run_trial
 
 EM_CPU = {"attack.width": "16", "attack.pgd_steps": "5", "attack.step": str(2 / 255), "attack.max_rounds": "6"}
 ATTACK_SETTINGS = {
@@ -73,8 +72,7 @@ def main() -> None:
         for defense in args.defenses:
             settings = {"victim.epochs": "10", "seed": str(args.seed), **ATTACK_SETTINGS[attack], **DEFENSES[defense]}
             cfg = build_config(f"npz:{args.npz}", attack, defense, settings)
-            done = read_results(args.results)
-            if not done.empty and set(cfg.hashes()) & set(done["config_hash"]):
+            if is_stored(cfg, args.results):
                 continue  # measured already (rerun to finish an interrupted benchmark)
             t, cpu = time.perf_counter(), time.process_time()
             data = prepare(cfg)  # crafted once, then read from $ECLIPSE_RAY_CACHE/poisons

@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 
 from eclipse_ray.presets import SUBSET_NPZ
-from eclipse_ray.result_store import read_results
-from eclipse_ray.trial import build_config, run_trial, summary
+from eclipse_ray.trial import build_config, is_stored, run_trial, summary
 
 DATASET = f"npz:{SUBSET_NPZ}"
 ATTACKS = {
@@ -62,8 +61,7 @@ def main() -> None:
                          **{f"defense.{k}": v for k, v in DEFENSES[defense].items()},
                          "victim.epochs": str(args.epochs), "seed": str(args.seed)}
             cfg = build_config(DATASET, attack, defense, overrides)
-            done = read_results(out / "store")
-            if not done.empty and set(cfg.hashes()) & set(done["config_hash"]):
+            if is_stored(cfg, out / "store"):
                 continue  # measured already (rerun to finish an interrupted benchmark)
             t = time.perf_counter()
             row = run_trial(cfg, results_dir=out / "store", progress=False, reference=False)

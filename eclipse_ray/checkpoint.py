@@ -55,13 +55,13 @@ def save_checkpoint(ckpt: Path, tensors: dict[str, dict[str, torch.Tensor]], opt
 
 
 def load_checkpoint(ckpt: Path, cfg: Any, stems: tuple[str, ...], opt: torch.optim.Optimizer,
-                    device: torch.device) -> tuple[dict[str, dict[str, torch.Tensor]], int, list[float]] | None:
+                    device: torch.device) -> tuple[dict[str, dict[str, torch.Tensor]], int, list[float]]:
     """(tensors by stem, iteration, losses) of a checkpoint made with ``cfg`` (optimiser restored in place);
-    ``None`` when there is none. A checkpoint made with other settings is refused."""
+    ``({}, 0, [])`` when there is none: a fresh start. A checkpoint made with other settings is refused."""
     from safetensors.torch import load_file
 
     if not (ckpt / "state.json").is_file():
-        return None
+        return {}, 0, []
     state = json.loads((ckpt / "state.json").read_text())
     if state["config"] != flatten(cfg):
         raise ConfigError(f"{ckpt.parent}: checkpoint was made with other settings; use a new output directory")

@@ -24,7 +24,7 @@ from eclipse_ray.data.kinds import AVAILABILITY, BACKDOOR, NONE, TARGETED
 from eclipse_ray.data.sources import Dataset, dataset_label, load_dataset
 from eclipse_ray.defenses import DEFENSES, DefenseConfig
 from eclipse_ray.provenance import provenance
-from eclipse_ray.result_store import HEADLINE, append_rows
+from eclipse_ray.result_store import HEADLINE, append_rows, read_results
 from eclipse_ray.tensors import pick_device
 from eclipse_ray.victim import metrics
 from eclipse_ray.victim.train import Victim, VictimConfig, train_victim
@@ -68,6 +68,12 @@ class TrialConfig:
         rest = {k: v for k, v in self.flat().items() if not k.startswith(("attack.", "defense."))}
         old = config_hash({**rest, **attack, **defense})
         return (own,) if old == own else (own, old)
+
+
+def is_stored(cfg: TrialConfig, results_dir: str | Path) -> bool:
+    """Whether the store at ``results_dir`` holds this trial's row (under either of :meth:`TrialConfig.hashes`)."""
+    done = read_results(results_dir)
+    return not done.empty and "config_hash" in done and bool(set(cfg.hashes()) & set(done["config_hash"]))
 
 
 def build_config(dataset: str, attack: str = "none", defense: str = "none",

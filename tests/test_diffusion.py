@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from interrupt import killed_at
 from eclipse_ray.config import ConfigError
 from eclipse_ray.defenses import DEFENSES
 from eclipse_ray.diffusion.samplers import SamplerPlan, ddim_timesteps, purify_batch
@@ -129,31 +130,20 @@ def test_auto_model_uses_the_same_clean_set_whatever_the_attack(digits, tmp_path
 
 
 @pytest.mark.slow
-def test_ddpm_training_resumes_exactly_after_an_interruption(digits, tmp_path, monkeypatch):
+def test_ddpm_training_resumes_exactly_after_an_interruption(digits, tmp_path):
     from eclipse_ray.diffusion import train as ddpm_train
 
     clean = digits.train.subset(np.arange(16))
     cfg = ddpm_train.DiffusionTrainConfig(iterations=4, batch_size=4, checkpoint_every=2, duplicates=1)
     ddpm_train.train_diffusion(cfg, clean, tmp_path / "whole", progress=False)
-    real = ddpm_train._lr
-
-    def crash_at_3(c, it):
-        if it == 3:
-            raise KeyboardInterrupt("killed")
-        return real(c, it)
-
-    monkeypatch.setattr(ddpm_train, "_lr", crash_at_3)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at(ddpm_train, "_lr", 3):
         ddpm_train.train_diffusion(cfg, clean, tmp_path / "cut", progress=False)
     assert (tmp_path / "cut" / "checkpoint" / "state.json").is_file()
-    monkeypatch.setattr(ddpm_train, "_lr", real)
     ddpm_train.train_diffusion(cfg, clean, tmp_path / "cut", progress=False)
     a, b = (load_model(tmp_path / d).unet.state_dict() for d in ("whole", "cut"))
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)  # same batches after the resume
     with pytest.raises(ConfigError, match="other settings"):
         other = tmp_path / "other"
-        monkeypatch.setattr(ddpm_train, "_lr", crash_at_3)
-        with pytest.raises(KeyboardInterrupt):
+        with killed_at(ddpm_train, "_lr", 3):
             ddpm_train.train_diffusion(cfg, clean, other, progress=False)
-        monkeypatch.setattr(ddpm_train, "_lr", real)
         ddpm_train.train_diffusion(dataclasses.replace(cfg, lr=cfg.lr * 2), clean, other, progress=False)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from interrupt import killed_at
 from eclipse_ray.config import ConfigError
 from eclipse_ray.data.imageset import check_same_samples
 from eclipse_ray.defenses import DEFENSES
@@ -112,23 +113,14 @@ def test_save_load_round_trip_is_exact(tmp_path):
         load_energy(tmp_path / "nope")
 
 
-def test_training_resumes_exactly_after_an_interruption(digits, tmp_path, monkeypatch):
+def test_training_resumes_exactly_after_an_interruption(digits, tmp_path):
     clean = digits.train.subset(np.arange(24))
     cfg = EBMTrainConfig(**QUICK, checkpoint_every=2)
     train_ebm(cfg, clean, tmp_path / "whole", progress=False)
-    real = ebm_train.learning_rate
-
-    def crash_at_3(c, it):
-        if it == 3:
-            raise KeyboardInterrupt("killed")
-        return real(c, it)
-
-    monkeypatch.setattr(ebm_train, "learning_rate", crash_at_3)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at(ebm_train, "learning_rate", 3):
         train_ebm(cfg, clean, tmp_path / "cut", progress=False)
     cut = tmp_path / "cut"
     assert (cut / "checkpoint" / "state.json").is_file() and not (cut / "config.json").exists()
-    monkeypatch.setattr(ebm_train, "learning_rate", real)
     train_ebm(cfg, clean, tmp_path / "cut", progress=False)
     a, b = load_energy(tmp_path / "whole")[0].state_dict(), load_energy(tmp_path / "cut")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit

@@ -99,10 +99,8 @@ def train_diffusion(cfg: DiffusionTrainConfig, clean: ImageSet, out: str | Path,
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     ckpt = out / "checkpoint"
-    start, losses = 0, []
-    resumed = load_checkpoint(ckpt, cfg, ("model", "ema"), opt, device)
-    if resumed is not None:
-        tensors, start, losses = resumed
+    tensors, start, losses = load_checkpoint(ckpt, cfg, ("model", "ema"), opt, device)
+    if tensors:  # resuming
         model.load_state_dict(tensors["model"])
         ema.load_state_dict(tensors["ema"])
 

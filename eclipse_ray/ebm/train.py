@@ -112,10 +112,8 @@ def train_ebm(cfg: EBMTrainConfig, clean: ImageSet, out: str | Path, progress: b
     rows = torch.randperm(len(data), generator=init)[:n_buf].to(device)
     buffer = data[rows] + cfg.data_noise * torch.randn((n_buf, *data.shape[1:]), generator=init).to(device)
     ckpt = out / "checkpoint"
-    start, losses = 0, []
-    resumed = load_checkpoint(ckpt, cfg, ("model", "buffer"), opt, device)
-    if resumed is not None:
-        tensors, start, losses = resumed
+    tensors, start, losses = load_checkpoint(ckpt, cfg, ("model", "buffer"), opt, device)
+    if tensors:  # resuming
         net.load_state_dict(tensors["model"])
         buffer = tensors["buffer"]["buffer"].clone()
 
