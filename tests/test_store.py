@@ -113,3 +113,23 @@ def test_a_shard_symlinked_out_of_the_dataset_is_refused(digits, tmp_path):
     (ds / "train" / "part-00000.parquet").symlink_to(outside)
     with pytest.raises(ConfigError, match="outside the dataset"):
         store.read_split(ds, "train")
+
+
+def test_read_rows_reads_shard_by_shard_and_stops_at_the_limit(tmp_path):
+    """The report's image strips read only the rows they show: shards up to the last row wanted, each
+    checked; a damaged shard after them is never read."""
+    n = 40
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None].repeat(4, 1).repeat(4, 2).repeat(3, 3)
+    poisoned = np.zeros(n, bool)
+    poisoned[[3, 12, 13, 25]] = True
+    s = ImageSet(images, np.arange(n) % 3, np.arange(100, 100 + n), poisoned, ("a", "b", "c"))
+    store.write_dataset(tmp_path / "d", {"train": s}, shard_rows=10)
+    shards = sorted((tmp_path / "d" / "train").glob("*.parquet"))
+    shards[-1].write_bytes(b"damaged")  # rows 30..39: beyond every row asked for below
+    got = store.read_rows(tmp_path / "d", "train", lambda t: t.column("poisoned").to_numpy(zero_copy_only=False), 3)
+    assert got.index.tolist() == [103, 112, 113] and got.images[:, 0, 0, 0].tolist() == [3, 12, 13]
+    want = np.array([125, 104])
+    got = store.read_rows(tmp_path / "d", "train", lambda t: np.isin(t.column("index").to_numpy(), want), 2)
+    assert sorted(got.index.tolist()) == [104, 125]
+    with pytest.raises(Exception, match="checksum"):
+        store.read_rows(tmp_path / "d", "train", lambda t: t.column("poisoned").to_numpy(zero_copy_only=False), 5)

@@ -268,6 +268,29 @@ def read_split(path: str | os.PathLike, split: str, doc: dict[str, Any] | None =
     return from_table(table, tuple(doc["image_shape"]), tuple(doc["classes"]), info.get("meta"))
 
 
+def read_rows(path: str | os.PathLike, split: str, pick, limit: int) -> ImageSet:
+    """The first ``limit`` rows of a split for which ``pick(table) -> bool mask`` holds, read shard by shard
+    (each checked against its checksum) and stopping once found: memory holds one shard, not the split."""
+    doc = read_meta(path)
+    if split not in doc["splits"]:
+        raise ConfigError(f"{storage.normalize(path)} has no split {split!r} (has {', '.join(doc['splits'])})")
+    info = doc["splits"][split]
+    sums = info.get("sha256", {})
+    found: list[pa.Table] = []
+    n = 0
+    for shard in info["shards"]:
+        if n >= limit:
+            break
+        table = read_table(_shard(path, shard), columns=list(COLUMNS), sha256=sums.get(shard))
+        rows = np.flatnonzero(np.asarray(pick(table), bool))[:limit - n]
+        if len(rows):
+            found.append(table.take(pa.array(rows)))
+            n += len(rows)
+    table = pa.concat_tables(found) if found else read_table(_shard(path, info["shards"][0]),
+                                                             columns=list(COLUMNS)).slice(0, 0)
+    return from_table(table, tuple(doc["image_shape"]), tuple(doc["classes"]), info.get("meta"))
+
+
 def read_shard_bytes(path: str | os.PathLike, shard: str, sha256: str | None = None) -> bytes:
     """A shard's bytes (confined to the dataset), checked against ``sha256`` when given."""
     data = storage.read_bytes(_shard(path, shard))

@@ -29,7 +29,7 @@ import pandas as pd
 from eclipse_ray import storage
 from eclipse_ray.data.cache import study_cache
 from eclipse_ray.data.sources import short_name
-from eclipse_ray.data.store import is_dataset, read_split
+from eclipse_ray.data.store import is_dataset, read_meta, read_rows
 from eclipse_ray.result_store import METRIC_NAMES
 from eclipse_ray.results.pareto import config_columns, pareto, summarize
 
@@ -205,17 +205,10 @@ def image_strips(df: pd.DataFrame, cache: str | None, varying: list[str], n: int
     config = stored[["dataset", "attack.name", "defense.name", *varying]].astype(str)
     first = stored[~config.duplicated()].sort_values(["dataset", "attack.name", "defense.name", *varying])
     first = first[~first[["poison_key", "purification_key"]].astype(str).duplicated()]  # same images: once
-    splits: dict[tuple[str, str], Any] = {}
-
-    def split(loc: str, name: str):
-        if (loc, name) not in splits:
-            splits[(loc, name)] = read_split(loc, name)
-        return splits[(loc, name)]
-
     for _, r in first.iterrows():
         title = f"{r['dataset']} · {r['attack.name']} · {_config_text(r, varying)}"
         try:
-            shown, names = _strip(cache, r, n, split)
+            shown, names = _strip(cache, r, n)
         except Exception as e:  # noqa: BLE001 — a damaged artifact costs its strip, not the report
             out.append((title, f'<p class="rows">no images: {html.escape(type(e).__name__)}: '
                                f'{html.escape(str(e)[:200])}</p>'))
@@ -226,22 +219,25 @@ def image_strips(df: pd.DataFrame, cache: str | None, varying: list[str], n: int
     return out
 
 
-def _strip(cache: str, r: pd.Series, n: int, split) -> tuple[list[np.ndarray], list[str]]:
-    """The rows of one strip: the first ``n`` poisoned samples, purified and clean, aligned by index."""
+def _strip(cache: str, r: pd.Series, n: int) -> tuple[list[np.ndarray], list[str]]:
+    """The rows of one strip: the first ``n`` poisoned samples, purified and clean, aligned by index (read
+    shard by shard up to those rows: a full-size study's sets are never held whole)."""
     ploc = storage.join(cache, "poisons", str(r["poison_key"]))
     key = r.get("purification_key")
     qloc = storage.join(cache, "purified", str(key)) if isinstance(key, str) else None
     if not is_dataset(ploc) or (qloc is not None and not is_dataset(qloc)):
         return [], []
-    train = split(ploc, "train")
-    rows = np.flatnonzero(train.poisoned)[:n]
-    rows = rows if len(rows) else np.arange(min(n, len(train)))
-    ids = [int(i) for i in train.index[rows]]
-    shown, names = [train.images[rows]], ["poisoned" if train.poisoned.any() else "training"]
+    train = read_rows(ploc, "train", lambda t: t.column("poisoned").to_numpy(zero_copy_only=False), n)
+    poisoned = len(train) > 0
+    if not poisoned:  # clean data: the first samples
+        train = read_rows(ploc, "train", lambda t: np.ones(t.num_rows, bool), n)
+    ids = [int(i) for i in train.index]
+    shown, names = [train.images], ["poisoned" if poisoned else "training"]
     others = ([(qloc, "train", "purified")] if qloc is not None else []) + (
-        [(ploc, "originals", "clean")] if train.poisoned.any() and "originals" in _splits(ploc) else [])
+        [(ploc, "originals", "clean")] if poisoned and "originals" in _splits(ploc) else [])
+    wanted = np.array(ids, np.int64)
     for loc, name, label in others:
-        s = split(loc, name)
+        s = read_rows(loc, name, lambda t: np.isin(t.column("index").to_numpy(), wanted), len(ids))
         pos = {int(i): j for j, i in enumerate(s.index)}
         if all(i in pos for i in ids):
             shown.append(s.images[[pos[i] for i in ids]])
@@ -250,8 +246,6 @@ def _strip(cache: str, r: pd.Series, n: int, split) -> tuple[list[np.ndarray], l
 
 
 def _splits(loc: str) -> list[str]:
-    from eclipse_ray.data.store import read_meta
-
     return list(read_meta(loc).get("splits", {}))
 
 
