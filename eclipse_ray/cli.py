@@ -46,6 +46,9 @@ def _cmd_list(args: argparse.Namespace) -> None:
             print(f"  {name:<14} {cls.summary}{kind}{origin}")
             for fname, tname, default, help_text in cls.describe():
                 print(f"      {reg.section}.{fname}={_fmt(default)}  ({tname}) {help_text}")
+    print("\n  A+B…           composed: purifiers in order, then at most one training-time defense "
+          "(jpeg+vab, denoise+jpeg, eclipse+advtrain); each part's settings as defense.PART.KEY "
+          "(PART with - as _), at most one part with a model")
     print("\nvictim networks (--set victim.arch=NAME):")
     for name in VICTIMS:
         doc = (VICTIMS[name].__doc__ or "").strip().splitlines()

@@ -33,6 +33,7 @@ from typing import Any, Mapping
 
 from eclipse_ray.config import ConfigError, flatten
 from eclipse_ray.defenses import DEFENSES
+from eclipse_ray.defenses.compose import CompositeDefense, field_name
 from eclipse_ray.diffusion.train import DiffusionTrainConfig
 from eclipse_ray.ebm.train import EBMTrainConfig
 from eclipse_ray.victim.train import VictimConfig
@@ -74,7 +75,11 @@ class Preset:
         return {k: _text(v) for k, v in flatten(self.victim, "victim.").items() if v != default[k]}
 
     def defense_settings(self, defense: str) -> dict[str, str]:
-        """The ``defense.*`` settings of this preset that ``defense`` has."""
+        """The ``defense.*`` settings of this preset that ``defense`` has (a composite: each part's own)."""
+        parts = DEFENSES[defense].parts if issubclass(DEFENSES[defense], CompositeDefense) else ()
+        if parts:
+            return {f"defense.{field_name(p)}.{k[len('defense.'):]}": v
+                    for p in parts for k, v in self.defense_settings(p).items()}
         has = {name for name, *_ in DEFENSES[defense].describe()}
         wanted = {f"train.{k}": v for k, v in dataclasses.asdict(self.models).items() if v is not None}
         if self.purify_batch_size is not None:

@@ -44,8 +44,10 @@ class Registry(Generic[T]):
     """
 
     def __init__(self, section: str, entries: Iterable[Any] | Mapping[str, Any], *, group: str,
-                 kind: type | None = None, reserved: Iterable[str] = ()) -> None:
+                 kind: type | None = None, reserved: Iterable[str] = (),
+                 compose: Callable[[str, "Registry[Any]"], Any] | None = None) -> None:
         self.section, self.group, self.kind = section, group, kind
+        self.compose = compose  # name -> an entry made from registered ones (``a+b``), or None
         self.reserved = frozenset(reserved)  # names of built-ins kept elsewhere (a plugin may not take them)
         self._entries: dict[str, T] = {}
         self.origin: dict[str, str] = {}  # name -> plugin it came from (built-ins absent)
@@ -83,7 +85,12 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         discover()
-        return name in self._entries
+        if name in self._entries:
+            return True
+        try:
+            return self.compose is not None and self.compose(name, self) is not None
+        except ConfigError:
+            return False
 
     def __iter__(self) -> Iterator[str]:
         discover()
@@ -91,6 +98,9 @@ class Registry(Generic[T]):
 
     def __getitem__(self, name: str) -> T:
         discover()
+        made = self.compose(name, self) if self.compose is not None and name not in self._entries else None
+        if made is not None:
+            return made
         if name not in self._entries:
             raise ConfigError(f"unknown {self.section} {name!r} (known: {', '.join(self._entries)})")
         return self._entries[name]

@@ -192,6 +192,18 @@ class DefenseConfig(Config):
         """Whether :meth:`model_path` names a model to load (model-based purifier)."""
         return type(self).model_path is not DefenseConfig.model_path
 
+    def model_part(self) -> "DefenseConfig | None":
+        """The defense whose settings name the model (``model``, ``train``): this one, a composite's part, or None."""
+        return self if self.needs_model else None
+
+    def purifying(self) -> "DefenseConfig":
+        """What makes this defense's purified set (a composite: its purifiers only; the set is theirs)."""
+        return self
+
+    def split_first(self) -> "tuple[DefenseConfig, DefenseConfig] | None":
+        """(first purifier, the rest) of a chain of purifiers, so the first part's set can be shared; None."""
+        return None
+
 
 @dataclass(frozen=True)
 class NoDefense(DefenseConfig):

@@ -11,6 +11,7 @@ in-process or on Ray Data actors — the same bytes either way).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from eclipse_ray import storage
@@ -41,27 +42,44 @@ def make_model(cfg, cache_dir: str) -> str:
 
 def model_recipe(defense) -> str:
     """What a defense's model depends on besides the data (its model setting or training recipe)."""
-    if getattr(defense, "model", "auto") != "auto":
-        return f"path:{defense.model}"
-    return config_hash(flatten(defense.train))
+    part = defense.model_part()
+    if getattr(part, "model", "auto") != "auto":
+        return f"path:{part.model}"
+    return config_hash(flatten(part.train))
 
 
 def purification_key(cfg) -> str:
-    """The cache address of ``cfg``'s purified training set (a named model enters by its fingerprint)."""
-    model = getattr(cfg.defense, "model", "auto")
-    fingerprint = C.model_fingerprint(model) if cfg.defense.needs_model and model != "auto" else None
-    return C.purification_key({"dataset": cfg.dataset, **C.address_settings(cfg.attack, "attack.")}, cfg.defense,
+    """The cache address of ``cfg``'s purified training set: that of its purifying part (a composite's
+    training-time part does not change the set, so ``jpeg+vab`` reads ``jpeg``'s), a named model by its
+    fingerprint."""
+    defense = cfg.defense.purifying()
+    part = defense.model_part()
+    model = getattr(part, "model", "auto")
+    fingerprint = C.model_fingerprint(model) if part is not None and model != "auto" else None
+    return C.purification_key({"dataset": cfg.dataset, **C.address_settings(cfg.attack, "attack.")}, defense,
                               cfg.defense_seed, fingerprint)
 
 
-def purification_request(cfg, cache_dir: str, key: str, model: str | None) -> PurifyRequest:
-    """The request that writes ``cfg``'s purified set to the cache from its poisoned set."""
+def purification_request(cfg, cache_dir: str, key: str, model: str | None, source: str | None = None) -> PurifyRequest:
+    """The request that writes ``cfg``'s purified set (``cfg.defense``: a purifying defense) to the cache:
+    from its poisoned set, or — a chain of purifiers — from the first part's purified set ``source``."""
+    defense = cfg.defense
     # this defense's own noise level, sampler and model calls on that model (never another config's)
-    resolved = cfg.defense.model_resolved(model) if model is not None else {}
-    return PurifyRequest(C.poisons_location(cache_dir, cfg.dataset, cfg.attack), C.purified_location(cache_dir, key),
-                         cfg.defense, cfg.defense_seed, model, key, getattr(cfg.defense, "batch_size", 256),
-                         meta={"purification_key": key, "defense": flatten(cfg.defense)},
+    resolved = defense.model_resolved(model) if model is not None else {}
+    run, run_model, loc = defense, model, C.poisons_location(cache_dir, cfg.dataset, cfg.attack)
+    if source is not None:
+        run = defense.split_first()[1]
+        run_model = model if run.model_part() is not None else None
+        loc = C.purified_location(cache_dir, source)
+    return PurifyRequest(loc, C.purified_location(cache_dir, key), run, cfg.defense_seed, run_model, key,
+                         getattr(run, "batch_size", 256), meta={"purification_key": key, "defense": flatten(defense)},
                          resolved=resolved, copy_splits=False)
+
+
+def first_part(cfg):
+    """``cfg`` with only the first purifier of its chain (whose set the chain starts from), or None."""
+    split = cfg.defense.purifying().split_first()
+    return None if split is None else dataclasses.replace(cfg, defense=split[0])
 
 
 def purified(cfg, cache_dir: str, data_dir: str | None = None) -> tuple[ImageSet, bool]:
@@ -73,8 +91,13 @@ def purified(cfg, cache_dir: str, data_dir: str | None = None) -> tuple[ImageSet
         return got, True
     if not C.intact(C.poisons_location(cache_dir, cfg.dataset, cfg.attack)):
         make_poison(cfg, cache_dir, data_dir)
-    model = make_model(cfg, cache_dir) if cfg.defense.needs_model else None
-    run_purifications([purification_request(cfg, cache_dir, key, model)], progress=False)
+    first = first_part(cfg)
+    if first is not None:
+        purified(first, cache_dir, data_dir)
+    own = dataclasses.replace(cfg, defense=cfg.defense.purifying())
+    model = make_model(own, cache_dir) if own.defense.needs_model else None
+    run_purifications([purification_request(own, cache_dir, key, model,
+                                            None if first is None else purification_key(first))], progress=False)
     got = C.read_or_heal(loc, _train)
     if got is not None:
         return got, False

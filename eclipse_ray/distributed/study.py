@@ -18,6 +18,7 @@ seconds).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import OrderedDict
@@ -50,7 +51,8 @@ class PlannedTrial:
 class Plan:
     trials: list[PlannedTrial]
     poisons: "OrderedDict[str, Any]" = field(default_factory=OrderedDict)        # key -> TrialConfig (dataset, attack)
-    purifications: "OrderedDict[str, Any]" = field(default_factory=OrderedDict)  # key -> TrialConfig
+    purifications: "OrderedDict[str, Any]" = field(default_factory=OrderedDict)  # key -> TrialConfig (purifying)
+    sources: dict[str, str] = field(default_factory=dict)  # key of a chain's set -> key of its first part's
     references: "OrderedDict[str, Any]" = field(default_factory=OrderedDict)     # acc_ref key -> TrialConfig
 
 
@@ -63,14 +65,24 @@ def compile_plan(specs: list[dict[str, Any]]) -> Plan:
         t = PlannedTrial(s, cfg, C.poison_key(cfg.dataset, cfg.attack))
         plan.poisons.setdefault(t.poison_key, cfg)
         if cfg.defense.purifies:
-            t.purification_key = A.purification_key(cfg)
-            plan.purifications.setdefault(t.purification_key, cfg)
+            t.purification_key = plan_purification(plan, cfg)
         is_reference = cfg.attack.name == "none" and cfg.defense.name == "none"
         if not is_reference and (cfg.attack.kind == AVAILABILITY or cfg.attack.name == "none"):
             ref = reference_config(cfg)
             plan.references.setdefault(ref.hash(), ref)
         plan.trials.append(t)
     return plan
+
+
+def plan_purification(plan: Plan, cfg) -> str:
+    """Add ``cfg``'s purified set to the plan (a chain of purifiers: its first part's set first, which the
+    chain starts from and other chains share); its key."""
+    key = A.purification_key(cfg)
+    first = A.first_part(cfg)
+    if first is not None:
+        plan.sources[key] = plan_purification(plan, first)
+    plan.purifications.setdefault(key, dataclasses.replace(cfg, defense=cfg.defense.purifying()))
+    return key
 
 
 def _stage_line(name: str, computed: int, reused: int, seconds: float) -> None:
@@ -112,8 +124,10 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
 
     # 2. generative models: one task per distinct (dataset, recipe) first, then the rest (cache hits)
     t = time.perf_counter()
-    pending = {k: cfg for k, cfg in plan.purifications.items()
-               if not C.intact(C.purified_location(cache_dir, k), deep=False)}
+    missing = {k for k in plan.purifications if not C.intact(C.purified_location(cache_dir, k), deep=False)}
+    wanted = {tr.purification_key for tr in plan.trials if tr.purification_key in missing}
+    wanted |= {plan.sources[k] for k in wanted if plan.sources.get(k) in missing}  # a missing chain's first part
+    pending = {k: cfg for k, cfg in plan.purifications.items() if k in wanted}
     needs = OrderedDict()
     for k, cfg in pending.items():
         if cfg.defense.needs_model:
@@ -132,12 +146,15 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
 
     # 3. purified training sets: one Ray Data streaming job over the cluster's actors
     t = time.perf_counter()
-    requests = [A.purification_request(cfg, cache_dir, k, models[(C.poison_key(cfg.dataset, cfg.attack),
-                                                                   A.model_recipe(cfg.defense))]
-                                       if cfg.defense.needs_model else None)
-                for k, cfg in pending.items()]
-    if requests:
-        run_purifications(requests, actors=actors, desc=f"purify {len(requests)} sets")
+    def model_of(cfg):
+        return models[(C.poison_key(cfg.dataset, cfg.attack), A.model_recipe(cfg.defense))] \
+            if cfg.defense.needs_model else None
+
+    for wave in (False, True):  # sets read from the poisoned data, then chains read from their first part's
+        requests = [A.purification_request(cfg, cache_dir, k, model_of(cfg), plan.sources.get(k))
+                    for k, cfg in pending.items() if (k in plan.sources) == wave]
+        if requests:
+            run_purifications(requests, actors=actors, desc=f"purify {len(requests)} sets")
     computed = set(pending)
     for tr in plan.trials:  # the first trial of a purification computed now reports it as computed
         if tr.purification_key is not None:
@@ -190,7 +207,7 @@ def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, addr
         for tr in todo:  # only what the remaining trials need
             sub.poisons.setdefault(tr.poison_key, tr.cfg)
             if tr.purification_key:
-                sub.purifications.setdefault(tr.purification_key, tr.cfg)
+                plan_purification(sub, tr.cfg)
         sub.references = compile_plan([tr.spec for tr in todo]).references
         n_actors = actors or max(1, int(ray.cluster_resources().get("GPU", 0))
                                  or int(ray.cluster_resources().get("CPU", 1)))

@@ -31,6 +31,10 @@ from eclipse_ray.victim.nets import VICTIMS, FastNet, build_net
 
 # A per-batch training transform: float [0,1] NCHW batch and a generator in, batch out.
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# A per-batch adversary (adversarial training): the model on [0,1] inputs, the batch, its labels and a
+# generator in, the batch to train on out.
+Adversary = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor, torch.Generator],
+                     torch.Tensor]
 
 RECIPES = {
     "fast": dict(lr=0.2, weight_decay=5e-4, label_smoothing=0.2, schedule="linear", nesterov=True),
@@ -97,8 +101,9 @@ class Victim:
 
 def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int,
                  transform: BatchTransform | None = None, progress: bool = True,
-                 whiten_tol: float | None = 1e-6) -> Victim:
-    """Train a victim on uint8 NHWC ``images``; ``transform`` runs on every batch (e.g. compensation).
+                 whiten_tol: float | None = 1e-6, adversary: Adversary | None = None) -> Victim:
+    """Train a victim on uint8 NHWC ``images``; ``transform`` runs on every batch (e.g. compensation), then
+    ``adversary`` replaces the batch by what it returns against the current model (in eval mode).
 
     ``whiten_tol``: see :meth:`FastNet.init_whitening` (``None`` for an attacker's surrogate).
     """
@@ -139,6 +144,10 @@ def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_
                 x = augment_batch(x, gen, pad=cfg.translate)
             if transform is not None:
                 x = transform(x, gen)
+            if adversary is not None:
+                model.eval()
+                x = adversary(lambda z: model((z - mean) / std), x, y, gen)
+                model.train()
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, cfg)
             out = model((x - mean) / std)
