@@ -112,7 +112,7 @@ def test_a_chain_from_the_cache_gives_the_bytes_of_the_composite_in_memory(digit
 def test_adversarial_training_makes_the_victim_robust_within_its_budget(digits, quick_victim):
     """Under PGD at ε = 8/255 the plainly trained victim falls to chance; the adversarially trained one
     keeps most of its accuracy (measured: 6 % against 74 % with 5 epochs and 10 steps)."""
-    from eclipse_ray.defenses.advtrain import pgd_adversary
+    from eclipse_ray.attacks.surrogate import pgd_adversary
     from eclipse_ray.victim.train import VictimConfig, train_victim
 
     cfg = VictimConfig(epochs=3, width=16)

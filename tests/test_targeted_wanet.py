@@ -1,4 +1,5 @@
-"""WaNet and the targeted clean-label poisons (gradient matching, Bullseye Polytope, Narcissus) on digits."""
+"""WaNet and the targeted clean-label poisons (gradient matching, Bullseye Polytope, Narcissus, Poison Frogs,
+Convex Polytope) on digits."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ TINY_ATTACKS = {
     "gradient_matching": {**TINY, "iterations": "4", "restarts": "2", "targets": "3"},
     "bullseye": {**TINY, "iterations": "6", "targets": "3", "poisons": "4"},
     "narcissus": {**TINY, "rounds": "8", "poisons": "5"},
+    "poison_frogs": {**TINY, "iterations": "6", "targets": "3", "poisons": "4"},
+    "convex_polytope": {**TINY, "iterations": "6", "targets": "3", "poisons": "4"},
 }
 
 
@@ -157,3 +160,17 @@ def test_targeted_trial_row_and_cache(digits, crafted, tmp_path):
     assert row["attack.kind"] == TARGETED and 0.0 <= row["target_success"] <= 1.0
     assert row["poison_success"] == row["target_success"] and row["n_test"] == len(digits.test) - 3
     assert row["craft_seconds"] > 0 and row["n_poisoned"] == 3 * 14
+
+
+@pytest.mark.parametrize("convex", [False, True])
+def test_feature_collision_pulls_the_target_among_the_poisons(digits, convex):
+    """Poison Frogs brings every poison's feature to the target's; Convex Polytope brings the target into
+    the poisons' hull, its coefficients staying on the simplex (the loss falls by half in 40 steps)."""
+    from eclipse_ray.attacks.feature_collision import collide
+
+    sur = train_surrogate(digits.train, 1, 8, 0)
+    bases = to_tensor(digits.train.images[digits.train.labels == 3][:4], sur.device)
+    target = to_tensor(digits.test.images[digits.test.labels == 5][:1], sur.device)
+    delta, c, losses = collide(sur, bases, target, 8 / 255, 40, 0.04, convex)
+    assert losses[-1] < 0.5 * losses[0] and float(delta.abs().max()) <= 8 / 255 + 1e-6
+    assert torch.all(c >= 0) and abs(float(c.sum()) - 1) < 1e-5

@@ -7,7 +7,9 @@ from eclipse_ray.attacks.backdoor import SIG, BadNets, Blend
 from eclipse_ray.attacks.base import AVAILABILITY, BACKDOOR, NONE, TARGETED, AttackConfig, NoAttack
 from eclipse_ray.attacks.bullseye import BullseyePolytope
 from eclipse_ray.attacks.em import EM
+from eclipse_ray.attacks.feature_collision import ConvexPolytope, PoisonFrogs
 from eclipse_ray.attacks.gradient_matching import GradientMatching
+from eclipse_ray.attacks.label_consistent import LabelConsistent
 from eclipse_ray.attacks.narcissus import Narcissus
 from eclipse_ray.attacks.noise import AR, LSP, URP
 from eclipse_ray.attacks.ops import OPS
@@ -18,6 +20,6 @@ from eclipse_ray.registry import Registry
 
 ATTACKS: Registry[AttackConfig] = Registry("attack", [NoAttack, URP, LSP, AR, OPS, BadNets, Blend, SIG, WaNet,
                                                 GradientMatching, BullseyePolytope, Narcissus, EM, REM, TAP,
-                                                EMAdaptive], group="eclipse_ray.attacks", kind=AttackConfig)
+                                                EMAdaptive, LabelConsistent, PoisonFrogs, ConvexPolytope], group="eclipse_ray.attacks", kind=AttackConfig)
 
 __all__ = ["ATTACKS", "AttackConfig", "AVAILABILITY", "BACKDOOR", "NONE", "TARGETED"]

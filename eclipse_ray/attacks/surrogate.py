@@ -38,6 +38,7 @@ from eclipse_ray.config import setting
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.victim.nets import FastNet, build_net
 from eclipse_ray.tensors import pick_device, to_tensor
+from eclipse_ray.victim.train import Adversary
 
 # A differentiable map applied to a perturbed batch before the surrogate (augmentation, a defense's
 # compensation, a purifier); it draws its randomness from the generator.
@@ -153,6 +154,20 @@ def pgd(delta: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor],
         size = step(k) if callable(step) else step
         delta = project(delta.detach() + sign * size * grad.sign())
     return delta.detach()
+
+
+def pgd_adversary(eps: float, step: float, steps: int, random_start: bool = True) -> Adversary:
+    """The per-batch PGD ℓ∞ adversary (maximising the cross-entropy of the true labels)."""
+    def attack(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+               gen: torch.Generator) -> torch.Tensor:
+        project = linf_project(x, eps)
+        start = (torch.rand(x.shape, generator=gen) * 2 - 1).to(x.device) * eps if random_start \
+            else torch.zeros_like(x)
+        with torch.enable_grad():
+            delta = pgd(start, lambda d: F.cross_entropy(model(x + d), y), project, step, steps, minimise=False)
+        return (x + delta).detach()
+
+    return attack
 
 
 def linf_project(x: torch.Tensor, eps: float) -> Callable[[torch.Tensor], torch.Tensor]:

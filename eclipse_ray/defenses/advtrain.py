@@ -17,30 +17,13 @@ for a seed, like any victim.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-
-from eclipse_ray.attacks.surrogate import linf_project, pgd
+from eclipse_ray.attacks.surrogate import pgd_adversary
 from eclipse_ray.config import setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.defenses.base import DefenseConfig
-from eclipse_ray.victim.train import Adversary, Victim, VictimConfig, train_victim
-
-
-def pgd_adversary(eps: float, step: float, steps: int, random_start: bool = True) -> Adversary:
-    """The per-batch PGD ℓ∞ adversary (maximising the cross-entropy of the true labels)."""
-    def attack(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-               gen: torch.Generator) -> torch.Tensor:
-        project = linf_project(x, eps)
-        start = (torch.rand(x.shape, generator=gen) * 2 - 1).to(x.device) * eps if random_start \
-            else torch.zeros_like(x)
-        with torch.enable_grad():
-            delta = pgd(start, lambda d: F.cross_entropy(model(x + d), y), project, step, steps, minimise=False)
-        return (x + delta).detach()
-
-    return attack
+from eclipse_ray.victim.train import Victim, VictimConfig, train_victim
 
 
 @dataclass(frozen=True)
