@@ -56,9 +56,10 @@ def defense_settings(defense: str) -> dict[str, str]:
 
 def build_specs(seeds: list[int], dataset: str | None = None) -> list[dict]:
     preset = PRESETS["subset"]
+    # cell-major: the SIG composites (both seeds) first, adversarial training last
     return [spec(dataset or preset.dataset, a, d,
                  trial_settings(preset, d, {**SHARED["subset"], **defense_settings(d)}, seed))
-            for seed in seeds for a, d in CELLS]
+            for a, d in CELLS for seed in seeds]
 
 
 def best_single(reference: pd.DataFrame, attack: str, metric: str, lowest: bool) -> tuple[str, float] | None:

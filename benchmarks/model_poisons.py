@@ -48,6 +48,9 @@ ATTACK_SETTINGS = {
             "attack.step": str(2.5 / 255), "attack.adv_steps": "1", "attack.adv_step": str(4 / 255),
             "attack.eot": "1"},
     "em-adaptive": {**EM_CPU, "attack.through": "compensation", "attack.eot": "1"},
+    # SEP: 4 checkpoints of an 8-epoch run (paper: 15 of 120), 20 PGD steps (paper: 250), as TAP's.
+    "sep": {"attack.width": "16", "attack.steps": "20", "attack.tau": "0.25", "attack.surrogate_epochs": "8",
+            "attack.checkpoints": "4"},
 }
 DEFENSES = {
     "none": {},

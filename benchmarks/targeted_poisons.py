@@ -1,6 +1,7 @@
-"""Targeted clean-label poisons and WaNet on the CIFAR-10 subset, undefended and through ECLIPSE.
+"""Targeted clean-label poisons, WaNet and LC on the CIFAR-10 subset, undefended and through ECLIPSE.
 
-Measures, per attack (gradient matching, Bullseye Polytope, Narcissus, WaNet)
+Measures, per attack (gradient matching, Bullseye Polytope, Poison Frogs, Convex Polytope, HTBA, Narcissus,
+WaNet, LC)
 and defense (none, eclipse with the cached tiny DDPM, one-shot σ = 0.05), one
 trial each: ``target_success`` (targeted: share of the K targets classified as
 their adversarial class), ``asr`` / ``asr_max_class`` (Narcissus, WaNet),
@@ -36,10 +37,18 @@ ATTACKS = {
     "narcissus": {"rounds": "40"},
     # ε = 8/255, 1 % budget per target, 4 targets; 300 Adam steps (paper: 4,000).
     "bullseye": {"targets": "4", "iterations": "300"},
+    # Poison Frogs and Convex Polytope: as Bullseye (ε = 8/255, K = 4, 1 %, 300 Adam steps; papers: 4,000).
+    "poison_frogs": {"targets": "4", "iterations": "300"},
+    "convex_polytope": {"targets": "4", "iterations": "300"},
+    # HTBA: ε = 8/255, 1 % of the set from the target class 0, source class 1, 5 px patch; 300 steps.
+    "htba": {"iterations": "300"},
+    # LC: the whole target class (10 %), ε = 16/255, 20 PGD steps on an adversarially trained surrogate
+    # (8 epochs, 3 PGD steps per batch); the paper's four-corner trigger at full visibility.
+    "lc": {"steps": "20", "surrogate_epochs": "8", "robust_steps": "3"},
 }
 DEFENSES = {
     "none": {},
-    "eclipse": {"sampler": "oneshot", "sigma": "0.05", "train_preset": "tiny", "train_iterations": "600"},
+    "eclipse": {"sampler": "oneshot", "sigma": "0.05", "train.preset": "tiny", "train.iterations": "600"},
 }
 KEYS = ("attack.name", "defense.name", "test_acc", "target_success", "asr", "asr_max_class", "poison_success",
         "n_poisoned", "craft_seconds", "purify_seconds", "train_seconds", "seconds")

@@ -1,4 +1,4 @@
-"""Model-based availability poisons (EM, REM, TAP, em-adaptive): budget, bookkeeping, determinism, effect, cache."""
+"""Model-based availability poisons (EM, REM, TAP, SEP, em-adaptive): budget, bookkeeping, determinism, effect, cache."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ TINY = {
     "em-classwise": {**TINY_SURROGATE, "mode": "classwise", "pgd_steps": "2", "train_steps": "2", "max_rounds": "1"},
     "rem": {**TINY_SURROGATE, "pgd_steps": "2", "adv_steps": "1", "eot": "1", "train_steps": "2"},
     "tap": {**TINY_SURROGATE, "steps": "3", "surrogate_epochs": "1"},
+    "sep": {**TINY_SURROGATE, "steps": "3", "surrogate_epochs": "2", "checkpoints": "2"},
     "em-adaptive": {**TINY_SURROGATE, "pgd_steps": "2", "train_steps": "2", "max_rounds": "1", "eot": "2"},
 }
 
@@ -41,6 +42,7 @@ def diff(a, b):
 
 @pytest.mark.parametrize("key, rate, eps", [("em", 1.0, 8 / 255), ("em-classwise", 0.5, 8 / 255),
                                             ("rem", 0.25, 8 / 255), ("tap", 0.75, 6.5 / 255),
+                                            ("sep", 0.5, 8 / 255),
                                             ("em-adaptive", 1.0, 8 / 255)])
 def test_budget_rate_labels_and_determinism(small, key, rate, eps):
     cfg = build(key, rate=str(rate), eps=str(eps))
@@ -173,3 +175,32 @@ def test_second_prepare_reads_the_poison_cache(small, tmp_path, monkeypatch):
     row = trial.run_trial(dataclasses.replace(cfg, victim=VictimConfig(epochs=1, width=8, device="cpu")),
                           data=second, reference=False, progress=False)
     assert row["craft_seconds"] == pytest.approx(first.meta["craft_seconds"]) and row["n_poisoned"] == len(small.train)
+
+
+def test_sep_ensemble_is_checkpoints_of_one_run(small):
+    """SEP's ensemble: the states after evenly spaced epochs of one run (the last one included), distinct."""
+    import torch
+
+    from eclipse_ray.attacks.sep import checkpoint_epochs
+
+    assert checkpoint_epochs(30, 15) == list(range(1, 30, 2)) and checkpoint_epochs(5, 1) == [4]
+    cfg = build("sep", surrogate_epochs="3", checkpoints="3")
+    models, mean, std = cfg.ensemble(small.train, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert len(models) == 3 and mean.shape == std.shape
+    first, last = models[0].state_dict(), models[-1].state_dict()
+    assert any(not torch.equal(first[k], last[k]) for k in first)  # different states of the one run
+    with pytest.raises(ConfigError, match="more than the 3 epochs"):
+        build("sep", surrogate_epochs="3", checkpoints="4").apply(small)
+
+
+@pytest.mark.slow
+def test_sep_poisons_hurt_a_victim(digits):
+    """Adversarial examples against the self-ensemble, on every training image, cost a fast victim > 10 points."""
+    cfg = ATTACKS.build("sep", {"width": "16", "steps": "10", "tau": "0.25", "surrogate_epochs": "4",
+                                "checkpoints": "4"})
+    p = cfg.apply(digits)
+    victim_cfg = VictimConfig(epochs=5, width=16)
+    clean = train_victim(victim_cfg, digits.train.images, digits.train.labels, 10, 0, progress=False)
+    poisoned = train_victim(victim_cfg, p.train.images, p.train.labels, 10, 0, progress=False)
+    acc = [(v.predict(digits.test.images) == digits.test.labels).mean() for v in (clean, poisoned)]
+    assert acc[1] < acc[0] - 0.10, acc

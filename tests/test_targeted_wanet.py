@@ -174,3 +174,28 @@ def test_feature_collision_pulls_the_target_among_the_poisons(digits, convex):
     delta, c, losses = collide(sur, bases, target, 8 / 255, 40, 0.04, convex)
     assert losses[-1] < 0.5 * losses[0] and float(delta.abs().max()) <= 8 / 255 + 1e-6
     assert torch.all(c >= 0) and abs(float(c.sum()) - 1) < 1e-5
+
+
+def test_htba_poisons_target_images_towards_patched_sources(digits):
+    """HTBA: target-class poisons (labels kept, in budget) whose features move towards those of patched
+    source images; the triggered test split is the source class with the patch."""
+    from eclipse_ray.attacks.htba import paste_patches
+    from eclipse_ray.attacks.targeted_base import features
+
+    cfg = ATTACKS.build("htba", {**TINY, "iterations": "30", "poisons": "6", "repair_every": "10"})
+    p = cfg.apply(digits)
+    tr, clean = p.train, digits.train
+    assert cfg.kind == TARGETED and tr.poisoned.sum() == 6 and (tr.labels[tr.poisoned] == cfg.target).all()
+    assert np.array_equal(tr.labels, clean.labels) and np.abs(diff(tr.images, clean.images)).max() <= 8
+    trig = p.splits["test_triggered"]
+    assert (trig.labels == cfg.source).all() and len(trig) == (digits.test.labels == cfg.source).sum()
+    sur = train_surrogate(clean, 1, 8, cfg.seed)
+    patched = paste_patches(clean.images[clean.labels == cfg.source][:50], cfg.trigger_patch(3),
+                            np.random.default_rng(0))
+    with torch.no_grad():
+        goal = features(sur, to_tensor(patched, sur.device)).mean(0)
+        before = (features(sur, to_tensor(clean.images[tr.poisoned], sur.device)) - goal).norm(dim=1).mean()
+        after = (features(sur, to_tensor(tr.images[tr.poisoned], sur.device)) - goal).norm(dim=1).mean()
+    assert after < before
+    with pytest.raises(Exception, match="attack.source=0"):
+        ATTACKS.build("htba", {"source": "0"}).apply(digits)

@@ -101,9 +101,11 @@ class Victim:
 
 def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int,
                  transform: BatchTransform | None = None, progress: bool = True,
-                 whiten_tol: float | None = 1e-6, adversary: Adversary | None = None) -> Victim:
+                 whiten_tol: float | None = 1e-6, adversary: Adversary | None = None,
+                 on_epoch: Callable[[int, nn.Module], None] | None = None) -> Victim:
     """Train a victim on uint8 NHWC ``images``; ``transform`` runs on every batch (e.g. compensation), then
-    ``adversary`` replaces the batch by what it returns against the current model (in eval mode).
+    ``adversary`` replaces the batch by what it returns against the current model (in eval mode);
+    ``on_epoch(epoch, model)`` is called after each epoch (checkpoint ensembles).
 
     ``whiten_tol``: see :meth:`FastNet.init_whitening` (``None`` for an attacker's surrogate).
     """
@@ -131,7 +133,7 @@ def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_
     total = cfg.epochs * steps_per_epoch
     step = 0
     bar = tqdm(range(cfg.epochs), desc=f"victim {cfg.arch}", disable=not progress, leave=False)
-    for _ in bar:
+    for epoch in bar:
         model.train()
         order = torch.randperm(n, generator=gen).to(device)
         loss_sum, correct = 0.0, 0
@@ -159,4 +161,6 @@ def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_
             loss_sum += loss.item() * len(idx)
             correct += (out.argmax(1) == y).sum().item()
         bar.set_postfix(loss=f"{loss_sum / n:.3f}", train_acc=f"{correct / n:.3f}")
+        if on_epoch is not None:
+            on_epoch(epoch, model)
     return Victim(model, mean, std, device)
