@@ -162,8 +162,8 @@ def test_targeted_trial_row_and_cache(digits, crafted, tmp_path):
     assert row["craft_seconds"] > 0 and row["n_poisoned"] == 3 * 14
 
 
-@pytest.mark.parametrize("convex", [False, True])
-def test_feature_collision_pulls_the_target_among_the_poisons(digits, convex):
+@pytest.mark.parametrize("objective", ["each", "convex"])
+def test_feature_collision_pulls_the_target_among_the_poisons(digits, objective):
     """Poison Frogs brings every poison's feature to the target's; Convex Polytope brings the target into
     the poisons' hull, its coefficients staying on the simplex (the loss falls by half in 40 steps)."""
     from eclipse_ray.attacks.feature_collision import collide
@@ -171,7 +171,7 @@ def test_feature_collision_pulls_the_target_among_the_poisons(digits, convex):
     sur = train_surrogate(digits.train, 1, 8, 0)
     bases = to_tensor(digits.train.images[digits.train.labels == 3][:4], sur.device)
     target = to_tensor(digits.test.images[digits.test.labels == 5][:1], sur.device)
-    delta, c, losses = collide(sur, bases, target, 8 / 255, 40, 0.04, convex)
+    delta, c, losses = collide(sur, bases, target, 8 / 255, 40, 0.04, objective)
     assert losses[-1] < 0.5 * losses[0] and float(delta.abs().max()) <= 8 / 255 + 1e-6
     assert torch.all(c >= 0) and abs(float(c.sum()) - 1) < 1e-5
 

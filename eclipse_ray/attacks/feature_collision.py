@@ -14,7 +14,7 @@ classifies the target as that class too.
   ‖φ(x_t) − Σ_j c_j φ(x_j + Δ_j)‖² / ‖φ(x_t)‖²; each iteration one Adam step
   on Δ (projected on the ε-ball and [0,1]), then one projected gradient step
   on c. Bullseye Polytope (:mod:`eclipse_ray.attacks.bullseye`) is this with c
-  fixed at 1/k.
+  fixed at 1/k (``objective="mean"``: the same loop and settings).
 
 Optimiser as Bullseye's: Adam, lr in normalised pixel units, 4,000 iterations
 (CPU settings in benchmarks/targeted_poisons.py); bases drawn at random from
@@ -52,30 +52,36 @@ def collision_loss(poison_features: torch.Tensor, target_feature: torch.Tensor) 
     return (poison_features - target_feature).pow(2).sum(1).mean() / target_feature.pow(2).sum().clamp_min(1e-12)
 
 
+def bullseye_loss(poison_features: torch.Tensor, target_feature: torch.Tensor) -> torch.Tensor:
+    """Squared distance of the poisons' mean feature to the target's, relative to the target's norm."""
+    return (poison_features.mean(0) - target_feature).pow(2).sum() / target_feature.pow(2).sum().clamp_min(1e-12)
+
+
 def polytope_loss(poison_features: torch.Tensor, target_feature: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Squared distance of the target's feature to the poisons' ``c``-combination, relative to its norm."""
     return (c @ poison_features - target_feature).pow(2).sum() / target_feature.pow(2).sum().clamp_min(1e-12)
 
 
 def collide(surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, eps: float, iterations: int, lr: float,
-            convex: bool, coeff_lr: float = 0.1, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """(perturbation of ``bases``, final coefficients, loss per iteration) of feature collision (``convex``:
-    the convex-polytope objective with learned coefficients; else every poison onto the target)."""
+            objective: str, coeff_lr: float = 0.1, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """(perturbation of ``bases``, final coefficients, loss per iteration) of feature collision: ``objective``
+    ``each`` (every poison onto the target), ``mean`` (Bullseye: their mean onto it) or ``convex`` (the target
+    inside their hull, coefficients learned)."""
     with torch.no_grad():
         target_feature = features(surrogate, target)[0]
     delta = torch.zeros_like(bases, requires_grad=True)
     c = torch.full((len(bases),), 1.0 / len(bases), device=bases.device)
     opt = torch.optim.Adam([delta], lr=lr * float(surrogate.std.mean()))  # lr in normalised pixel units
+    loss_of = {"each": collision_loss, "mean": bullseye_loss,
+               "convex": lambda f, t: polytope_loss(f, t, c)}[objective]
     losses = []
-    for _ in tqdm(range(iterations), desc="convex polytope" if convex else "poison frogs", disable=not progress,
-                  leave=False):
-        feats = features(surrogate, bases + delta)
-        loss = polytope_loss(feats, target_feature, c) if convex else collision_loss(feats, target_feature)
+    for _ in tqdm(range(iterations), desc=f"feature collision ({objective})", disable=not progress, leave=False):
+        loss = loss_of(features(surrogate, bases + delta), target_feature)
         (delta.grad,) = torch.autograd.grad(loss, [delta])
         opt.step()
         with torch.no_grad():
             delta.copy_(linf_project(bases, eps)(delta))
-            if convex:  # one projected gradient step on the coefficients, the poisons fixed
+            if objective == "convex":  # one projected gradient step on the coefficients, the poisons fixed
                 feats = features(surrogate, bases + delta)
                 cc = c.clone().requires_grad_(True)
                 with torch.enable_grad():
@@ -86,8 +92,10 @@ def collide(surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, eps: f
 
 
 @dataclass(frozen=True)
-class _Collision(TargetedAttack):
-    convex: ClassVar[bool] = False
+class FeatureCollision(TargetedAttack):
+    """Settings and crafting shared by the feature-collision poisons (``objective`` picks the loss)."""
+
+    objective: ClassVar[str] = "each"
     eps: float = setting_eps()
     budget: float = setting(0.01, "share of the training set poisoned per target (from its adversarial class)",
                             ge=0.0, le=1.0)
@@ -101,20 +109,20 @@ class _Collision(TargetedAttack):
 
     def craft(self, surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, adv_class: int,
               gen: torch.Generator, progress: bool) -> torch.Tensor:
-        delta, _, _ = collide(surrogate, bases, target, self.eps, self.iterations, self.lr, self.convex,
+        delta, _, _ = collide(surrogate, bases, target, self.eps, self.iterations, self.lr, self.objective,
                               getattr(self, "coeff_lr", 0.1), progress)
         return delta
 
 
 @dataclass(frozen=True)
-class PoisonFrogs(_Collision):
+class PoisonFrogs(FeatureCollision):
     name: ClassVar[str] = "poison_frogs"
     summary: ClassVar[str] = "Poison Frogs: each poison's feature collides with the target's (feature collision)"
 
 
 @dataclass(frozen=True)
-class ConvexPolytope(_Collision):
+class ConvexPolytope(FeatureCollision):
     name: ClassVar[str] = "convex_polytope"
     summary: ClassVar[str] = "Convex Polytope: the target's feature inside the poisons' convex hull (learned weights)"
-    convex: ClassVar[bool] = True
+    objective: ClassVar[str] = "convex"
     coeff_lr: float = setting(0.1, "step of the projected gradient update of the convex coefficients", gt=0.0)

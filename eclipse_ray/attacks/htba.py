@@ -101,12 +101,7 @@ class HTBA(TargetedAttack):
         return (rng.integers(0, 2, size=(self.patch, self.patch, channels)) * 255).astype(np.uint8)
 
     def apply(self, data: Dataset, progress: bool = False) -> Dataset:
-        if any(s.poisoned.any() for s in data.splits.values()) or data.meta.get("attack"):
-            raise ConfigError(f"dataset {data.name} is already poisoned; use --attack none")
-        train, test = data.train, data.test
-        self.check_dataset(train)
-        t0 = time.perf_counter()
-        rng = np.random.default_rng([self.seed, _stable_id(self.name)])
+        train, test, t0, rng = self.begin(data)
         rows = choose_rows(np.flatnonzero(train.labels == self.target), self.poison_count(train), rng)
         patch = self.trigger_patch(train.image_shape[2])
         sources = train.images[train.labels == self.source]

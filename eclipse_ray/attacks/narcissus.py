@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eclipse_ray.attacks.base import _stable_id, choose_rows, mask_of, setting_seed, triggered_split
+from eclipse_ray.attacks.base import choose_rows, mask_of, setting_seed, triggered_split
 from eclipse_ray.attacks.surrogate import quantise
 from eclipse_ray.attacks.targeted_base import (TargetedAttack, logits, setting_surrogate_epochs,
                                                setting_surrogate_width, train_surrogate)
-from eclipse_ray.config import ConfigError, flatten, setting
+from eclipse_ray.config import flatten, setting
 from eclipse_ray.data.imageset import ImageSet, to_float, to_uint8
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.victim.train import Victim
@@ -98,12 +98,7 @@ class Narcissus(TargetedAttack):
         return delta[0].permute(1, 2, 0).cpu().numpy()
 
     def apply(self, data: Dataset, progress: bool = False) -> Dataset:
-        if any(s.poisoned.any() for s in data.splits.values()) or data.meta.get("attack"):
-            raise ConfigError(f"dataset {data.name} is already poisoned; use --attack none")
-        train = data.train
-        self.check_dataset(train)
-        t0 = time.perf_counter()
-        rng = np.random.default_rng([self.seed, _stable_id(self.name)])
+        train, _, t0, rng = self.begin(data)
         rows = choose_rows(np.flatnonzero(train.labels == self.target), self.poison_count(train), rng)
         delta = self.trigger(train, progress)
         images = quantise(train.images, rows, torch.from_numpy(delta).permute(2, 0, 1)[None], self.eps)

@@ -156,14 +156,17 @@ class TargetedAttack(AttackConfig):
         """The perturbation (same shape as float [0,1] NCHW ``bases``) for one target of class ≠ ``adv_class``."""
         raise NotImplementedError
 
-    def apply(self, data: Dataset, progress: bool = False) -> Dataset:
-        """Pick the targets, train the surrogate, craft each target's poisons; the dataset described above."""
+    def begin(self, data: Dataset) -> tuple[ImageSet, ImageSet, float, np.random.Generator]:
+        """(train, test, start time, the attack's generator), after the checks every targeted poison makes
+        before any work: the data are not poisoned already, the settings fit them."""
         if any(s.poisoned.any() for s in data.splits.values()) or data.meta.get("attack"):
             raise ConfigError(f"dataset {data.name} is already poisoned; use --attack none")
-        train, test = data.train, data.test
-        self.check_dataset(train)
-        t0 = time.perf_counter()
-        rng = np.random.default_rng([self.seed, _stable_id(self.name)])
+        self.check_dataset(data.train)
+        return data.train, data.test, time.perf_counter(), np.random.default_rng([self.seed, _stable_id(self.name)])
+
+    def apply(self, data: Dataset, progress: bool = False) -> Dataset:
+        """Pick the targets, train the surrogate, craft each target's poisons; the dataset described above."""
+        train, test, t0, rng = self.begin(data)
         rows, adv, bases = pick_targets(train.labels, test, self.targets, self.per_target(len(train)), rng)
         surrogate = train_surrogate(train, self.surrogate_epochs, self.surrogate_width, self.seed, progress)
         device = surrogate.device
