@@ -83,8 +83,12 @@ def write_table(df: pd.DataFrame, out: Path, wall: float | None) -> Path:
     for attacks, title in ((("sig", "badnets", "blend"), "Backdoors"), (("none", "urp", "lsp", "ar", "ops"),
                                                                         "Availability poisons and clean data")):
         part = df[df["attack.name"].isin(attacks)]
-        defenses = [d for d in dict.fromkeys(part["defense.name"])]
-        lines += [f"## {title}", "", markdown(defense_table(part, attacks, defenses)), ""]
+        present = [a for a in attacks if a in set(part["attack.name"])]
+        if not present:
+            lines += [f"## {title}", "", "Not run yet (rerun the command: it resumes).", ""]
+            continue
+        defenses = sorted(set(part["defense.name"]), key=lambda d: (SEPARATOR in d, d != "none", d))
+        lines += [f"## {title}", "", markdown(defense_table(part, present, defenses)), ""]
     if not ref.empty:
         lines += ["Best single defense of the reference study (results/reference/subset):", ""]
         for a in ("sig", "badnets", "blend"):
