@@ -108,7 +108,7 @@ def test_a_chain_from_the_cache_gives_the_bytes_of_the_composite_in_memory(digit
     assert alone[1] and np.array_equal(jpeg(alone[0].images, 40), chain.images)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # about a minute of training: with the heavy tests, so the default run stays ≤ 10 min
 def test_adversarial_training_makes_the_victim_robust_within_its_budget(digits, quick_victim):
     """Under PGD at ε = 8/255 the plainly trained victim falls to chance; the adversarially trained one
     keeps most of its accuracy (measured: 6 % against 74 % with 5 epochs and 10 steps)."""

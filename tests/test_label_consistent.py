@@ -19,7 +19,7 @@ def test_the_trigger_is_a_checkerboard_in_each_corner():
     assert not mask[3:29].any() and not mask[:, 3:29].any()
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # about a minute of training: with the heavy tests, so the default run stays ≤ 10 min
 def test_lc_poisons_only_the_target_class_keeps_labels_and_stays_in_budget(digits):
     cfg = ATTACKS.build("lc", TINY)
     assert cfg.kind == BACKDOOR and cfg.crafted

@@ -193,7 +193,7 @@ def test_sep_ensemble_is_checkpoints_of_one_run(small):
         build("sep", surrogate_epochs="3", checkpoints="4").apply(small)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # about a minute of training: with the heavy tests, so the default run stays ≤ 10 min
 def test_sep_poisons_hurt_a_victim(digits):
     """Adversarial examples against the self-ensemble, on every training image, cost a fast victim > 10 points."""
     cfg = ATTACKS.build("sep", {"width": "16", "steps": "10", "tau": "0.25", "surrogate_epochs": "4",
