@@ -51,9 +51,15 @@ ATTACK_SETTINGS = {
     # SEP: 4 checkpoints of an 8-epoch run (paper: 15 of 120), 20 PGD steps (paper: 250), as TAP's.
     "sep": {"attack.width": "16", "attack.steps": "20", "attack.tau": "0.25", "attack.surrogate_epochs": "8",
             "attack.checkpoints": "4"},
+    # EntF-Push: reference model adversarially trained 8 epochs at 4/255 with 3 PGD steps (paper: ResNet-18,
+    # 100 epochs, 10 steps), 20 PGD steps of 0.25·eps (paper: 300 of 0.05·eps).
+    "entf": {"attack.width": "16", "attack.steps": "20", "attack.tau": "0.25", "attack.surrogate_epochs": "8",
+             "attack.robust_steps": "3"},
 }
 DEFENSES = {
     "none": {},
+    # PGD-10 ℓ∞ 8/255 adversarial training of the victim (ECLIPSE's and APBench's baseline; costly on the CPU).
+    "advtrain": {},
     "eclipse": {"defense.sampler": "oneshot", "defense.sigma": "0.05", "defense.train.preset": "tiny",
                 "defense.train.iterations": "600"},
 }
@@ -63,7 +69,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--npz", default=str(DEFAULT_NPZ))
     p.add_argument("--attacks", nargs="+", default=list(ATTACK_SETTINGS), choices=list(ATTACK_SETTINGS))
-    p.add_argument("--defenses", nargs="+", default=list(DEFENSES), choices=list(DEFENSES))
+    p.add_argument("--defenses", nargs="+", default=["none", "eclipse"], choices=list(DEFENSES),
+                   help="defenses (default: none eclipse; advtrain is minutes per epoch on the CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default="results/model_poisons")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -1,7 +1,7 @@
-"""Targeted clean-label poisons, WaNet and LC on the CIFAR-10 subset, undefended and through ECLIPSE.
+"""Targeted clean-label poisons, WaNet, LC and IAD on the CIFAR-10 subset, undefended and through ECLIPSE.
 
-Measures, per attack (gradient matching, Bullseye Polytope, Poison Frogs, Convex Polytope, HTBA, Narcissus,
-WaNet, LC)
+Measures, per attack (gradient matching, Bullseye Polytope, Poison Frogs, Convex Polytope, HTBA, Sleeper Agent,
+Narcissus, WaNet, LC, IAD)
 and defense (none, eclipse with the cached tiny DDPM, one-shot σ = 0.05), one
 trial each: ``target_success`` (targeted: share of the K targets classified as
 their adversarial class), ``asr`` / ``asr_max_class`` (Narcissus, WaNet),
@@ -45,6 +45,12 @@ ATTACKS = {
     # LC: the whole target class (10 %), ε = 16/255, 20 PGD steps on an adversarially trained surrogate
     # (8 epochs, 3 PGD steps per batch); the paper's four-corner trigger at full visibility.
     "lc": {"steps": "20", "surrogate_epochs": "8", "robust_steps": "3"},
+    # Sleeper Agent: ε = 16/255, 1 % of the set from the target class 0, source class 1, 8 px patch;
+    # 100 signed-Adam steps with 2 retrainings of the surrogate (paper: 250 steps, 4 retrainings).
+    "sleeper_agent": {"iterations": "100", "retrain": "2"},
+    # IAD: 10 % backdoor rows + as many cross-trigger rows, target 0; generators of width 16 trained 5 (mask) +
+    # 10 (joint) epochs with a width-16 fast-net classifier (paper: width 32, 25 + 600 epochs, PreAct-ResNet-18).
+    "iad": {"mask_epochs": "5", "epochs": "10", "gen_width": "16", "width": "16"},
 }
 DEFENSES = {
     "none": {},

@@ -1,4 +1,4 @@
-"""Model-based availability poisons (EM, REM, TAP, SEP, em-adaptive): budget, bookkeeping, determinism, effect, cache."""
+"""Model-based availability poisons (EM, REM, TAP, SEP, EntF, em-adaptive): budget, bookkeeping, determinism, effect, cache."""
 
 from __future__ import annotations
 
@@ -22,11 +22,13 @@ TINY = {
     "tap": {**TINY_SURROGATE, "steps": "3", "surrogate_epochs": "1"},
     "sep": {**TINY_SURROGATE, "steps": "3", "surrogate_epochs": "2", "checkpoints": "2"},
     "em-adaptive": {**TINY_SURROGATE, "pgd_steps": "2", "train_steps": "2", "max_rounds": "1", "eot": "2"},
+    "entf": {**TINY_SURROGATE, "steps": "3", "surrogate_epochs": "1", "robust_steps": "1"},
+    "entf-pull": {**TINY_SURROGATE, "recipe": "pull", "steps": "3", "surrogate_epochs": "1", "robust_steps": "1"},
 }
 
 
 def build(key: str, **extra: str):
-    name = "em" if key == "em-classwise" else key
+    name = {"em-classwise": "em", "entf-pull": "entf"}.get(key, key)
     return ATTACKS.build(name, {**TINY[key], **extra})
 
 
@@ -42,7 +44,8 @@ def diff(a, b):
 
 @pytest.mark.parametrize("key, rate, eps", [("em", 1.0, 8 / 255), ("em-classwise", 0.5, 8 / 255),
                                             ("rem", 0.25, 8 / 255), ("tap", 0.75, 6.5 / 255),
-                                            ("sep", 0.5, 8 / 255),
+                                            ("sep", 0.5, 8 / 255), ("entf", 1.0, 8 / 255),
+                                            ("entf-pull", 0.5, 4 / 255),
                                             ("em-adaptive", 1.0, 8 / 255)])
 def test_budget_rate_labels_and_determinism(small, key, rate, eps):
     cfg = build(key, rate=str(rate), eps=str(eps))
@@ -198,6 +201,47 @@ def test_sep_poisons_hurt_a_victim(digits):
     """Adversarial examples against the self-ensemble, on every training image, cost a fast victim > 10 points."""
     cfg = ATTACKS.build("sep", {"width": "16", "steps": "10", "tau": "0.25", "surrogate_epochs": "4",
                                 "checkpoints": "4"})
+    p = cfg.apply(digits)
+    victim_cfg = VictimConfig(epochs=5, width=16)
+    clean = train_victim(victim_cfg, digits.train.images, digits.train.labels, 10, 0, progress=False)
+    poisoned = train_victim(victim_cfg, p.train.images, p.train.labels, 10, 0, progress=False)
+    acc = [(v.predict(digits.test.images) == digits.test.labels).mean() for v in (clean, poisoned)]
+    assert acc[1] < acc[0] - 0.10, acc
+
+
+@pytest.mark.parametrize("recipe", ["push", "pull"])
+def test_entf_entangles_the_reference_models_features(digits, recipe):
+    """EntF-Push moves robust features away from their own class centroid, EntF-Pull towards the nearest other
+    class's, by a clear margin over the clean images (no augmentation: measured exactly as optimised)."""
+    import torch
+
+    from eclipse_ray.attacks.entf import class_centroids, entangle, entangle_goal
+    from eclipse_ray.attacks.surrogate import features, images_tensor, robust_surrogate
+
+    cpu = torch.device("cpu")
+    train = digits.train.subset(np.arange(400))
+    ref = robust_surrogate(VictimConfig(epochs=3, width=16, device="cpu"), train.images, train.labels, 10,
+                           4 / 255, 2, 0)
+    y = torch.from_numpy(train.labels.astype(np.int64))
+    x = images_tensor(train.images, cpu)
+    cents = class_centroids(ref, x, y, 10)
+    gen = torch.Generator().manual_seed(0)
+    delta = entangle(ref, cents, x[:64], y[:64], 8 / 255, 20, 2 / 255, recipe, False, gen)
+    assert float(delta.abs().max()) <= 8 / 255 + 1e-6
+
+    def distance(images):
+        with torch.no_grad():
+            f = features(ref, images)
+            return (f - entangle_goal(f, y[:64], cents, recipe)).norm(dim=1).mean().item()
+
+    before, after = distance(x[:64]), distance(x[:64] + delta)
+    assert (after > 1.5 * before) if recipe == "push" else (after < 0.8 * before), (before, after)
+
+
+@pytest.mark.heavy  # about two minutes of adversarial training and crafting
+def test_entf_poisons_hurt_a_victim(digits):
+    """EntF-Push on every training image costs a fast victim more than 10 points on digits."""
+    cfg = ATTACKS.build("entf", {"width": "16", "steps": "30", "surrogate_epochs": "4", "robust_steps": "3"})
     p = cfg.apply(digits)
     victim_cfg = VictimConfig(epochs=5, width=16)
     clean = train_victim(victim_cfg, digits.train.images, digits.train.labels, 10, 0, progress=False)

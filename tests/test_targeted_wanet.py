@@ -180,7 +180,7 @@ def test_htba_poisons_target_images_towards_patched_sources(digits):
     """HTBA: target-class poisons (labels kept, in budget) whose features move towards those of patched
     source images; the triggered test split is the source class with the patch."""
     from eclipse_ray.attacks.htba import paste_patches
-    from eclipse_ray.attacks.targeted_base import features
+    from eclipse_ray.attacks.surrogate import features
 
     cfg = ATTACKS.build("htba", {**TINY, "iterations": "30", "poisons": "6", "repair_every": "10"})
     p = cfg.apply(digits)

@@ -31,8 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from eclipse_ray.attacks.base import setting_seed
-from eclipse_ray.attacks.surrogate import linf_project
-from eclipse_ray.attacks.targeted_base import (TargetedAttack, features, setting_eps, setting_surrogate_epochs,
+from eclipse_ray.attacks.surrogate import features, linf_project
+from eclipse_ray.attacks.targeted_base import (TargetedAttack, setting_eps, setting_surrogate_epochs,
                                                setting_surrogate_width)
 from eclipse_ray.config import setting
 from eclipse_ray.victim.train import Victim

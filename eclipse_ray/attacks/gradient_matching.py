@@ -40,7 +40,7 @@ from eclipse_ray.config import setting
 from eclipse_ray.victim.train import Victim
 
 
-def _grad(loss: torch.Tensor, params: list[torch.Tensor], create_graph: bool) -> list[torch.Tensor]:
+def param_grads(loss: torch.Tensor, params: list[torch.Tensor], create_graph: bool) -> list[torch.Tensor]:
     return list(torch.autograd.grad(loss, params, create_graph=create_graph))
 
 
@@ -60,7 +60,7 @@ def brew(surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, adv_class
     params = [p for p in model.parameters() if p.requires_grad]
     labels = torch.full((len(bases),), adv_class, dtype=torch.long, device=bases.device)
     adv = torch.tensor([adv_class], device=bases.device)
-    target_grad = [g.detach() for g in _grad(F.cross_entropy(logits(surrogate, target), adv), params, False)]
+    target_grad = [g.detach() for g in param_grads(F.cross_entropy(logits(surrogate, target), adv), params, False)]
     target_norm = torch.sqrt(sum(g.pow(2).sum() for g in target_grad))
     lr = tau * float(surrogate.std.mean())  # τ is in normalised pixel units, Δ lives on [0,1]
     milestones = [int(iterations / d) for d in (2.667, 1.6, 1.142)]
@@ -75,7 +75,7 @@ def brew(surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, adv_class
             x = bases + delta
             if augment:
                 x = random_flip(x, gen)
-            loss = matching_loss(_grad(F.cross_entropy(logits(surrogate, x), labels), params, True),
+            loss = matching_loss(param_grads(F.cross_entropy(logits(surrogate, x), labels), params, True),
                                  target_grad, target_norm)
             (g,) = torch.autograd.grad(loss, [delta])
             delta.grad = g.sign()
@@ -84,7 +84,7 @@ def brew(surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, adv_class
             with torch.no_grad():
                 delta.copy_(linf_project(bases, eps)(delta))
             losses.append(float(loss.detach()))
-        final = float(matching_loss(_grad(F.cross_entropy(logits(surrogate, bases + delta.detach()), labels),
+        final = float(matching_loss(param_grads(F.cross_entropy(logits(surrogate, bases + delta.detach()), labels),
                                           params, False), target_grad, target_norm))
         history.append(losses)
         if final < best_loss:

@@ -31,8 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from eclipse_ray.attacks.base import _stable_id, choose_rows, mask_of, setting_seed
-from eclipse_ray.attacks.surrogate import linf_project, quantise
-from eclipse_ray.attacks.targeted_base import (TargetedAttack, features, setting_eps, setting_surrogate_epochs,
+from eclipse_ray.attacks.surrogate import features, linf_project, quantise
+from eclipse_ray.attacks.targeted_base import (TargetedAttack, setting_eps, setting_surrogate_epochs,
                                                setting_surrogate_width, train_surrogate)
 from eclipse_ray.config import ConfigError, flatten, setting
 from eclipse_ray.data.imageset import ImageSet
@@ -65,22 +65,10 @@ def pair_nearest(poison_features: torch.Tensor, source_features: torch.Tensor) -
     return pairs
 
 
-@dataclass(frozen=True)
-class HTBA(TargetedAttack):
-    name: ClassVar[str] = "htba"
-    summary: ClassVar[str] = "hidden trigger backdoor: target-class poisons whose features collide with patched sources"
-    eps: float = setting_eps()
-    budget: float = setting(0.01, "share of the training set poisoned (target-class images)", ge=0.0, le=1.0)
-    poisons: int | None = setting(None, "number of poisons (none: max(1, round(budget·n)))", ge=1)
-    patch: int = setting(5, "side of the square random trigger patch in pixels", ge=1)
-    source: int = setting(1, "source class whose patched images should become the target", ge=0)
-    target: int = setting(0, "target class (poisons are taken from it, labels kept)", ge=0)
-    iterations: int = setting(2000, "Adam steps", ge=1)
-    lr: float = setting(0.01, "Adam learning rate in normalised pixel units", gt=0.0)
-    repair_every: int = setting(100, "steps between re-pairings of poisons with patched sources", ge=1)
-    surrogate_epochs: int = setting_surrogate_epochs()
-    surrogate_width: int = setting_surrogate_width()
-    seed: int = setting_seed()
+class HiddenTrigger(TargetedAttack):
+    """What the hidden-trigger backdoors (HTBA, Sleeper Agent) share: ``poisons`` target-class images with their
+    labels kept, a random ``patch`` trigger that never appears in training, ASR on patched ``source`` test images.
+    Subclasses declare ``source``, ``target``, ``patch``, ``budget``, ``poisons`` and ``seed``."""
 
     def poison_count(self, train: ImageSet) -> int:
         return self.poisons if self.poisons is not None else max(1, int(round(self.budget * len(train))))
@@ -99,6 +87,40 @@ class HTBA(TargetedAttack):
     def trigger_patch(self, channels: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, _stable_id(self.name), 2])
         return (rng.integers(0, 2, size=(self.patch, self.patch, channels)) * 255).astype(np.uint8)
+
+    def poisoned_dataset(self, data: Dataset, rows: np.ndarray, images: np.ndarray, t0: float) -> Dataset:
+        """The dataset: ``train`` with ``images`` (``rows`` marked poisoned, labels kept), the clean ``test``, the
+        patched source-class test images as ``test_triggered``, and the ``originals``."""
+        train, test = data.train, data.test
+        mask = mask_of(rows, len(train))
+        meta = {"attack": flatten(self, "attack."), "attack_kind": self.kind, "target": int(self.target),
+                "craft_seconds": time.perf_counter() - t0}
+        poisoned = ImageSet(images, train.labels, train.index, mask, train.classes, {**train.meta, **meta})
+        keep = np.flatnonzero(test.labels == self.source)
+        patched = paste_patches(test.images[keep], self.trigger_patch(train.image_shape[2]),
+                                np.random.default_rng([self.seed, _stable_id(self.name), 3]))
+        triggered = ImageSet(patched, test.labels[keep], test.index[keep], np.ones(len(keep), bool), test.classes,
+                             {**test.meta, "split": "test_triggered", "target": int(self.target)})
+        splits = {"train": poisoned, "test": test, "test_triggered": triggered, "originals": train.subset(rows)}
+        return Dataset(data.name, splits, {**data.meta, **meta})
+
+
+@dataclass(frozen=True)
+class HTBA(HiddenTrigger):
+    name: ClassVar[str] = "htba"
+    summary: ClassVar[str] = "hidden trigger backdoor: target-class poisons whose features collide with patched sources"
+    eps: float = setting_eps()
+    budget: float = setting(0.01, "share of the training set poisoned (target-class images)", ge=0.0, le=1.0)
+    poisons: int | None = setting(None, "number of poisons (none: max(1, round(budget·n)))", ge=1)
+    patch: int = setting(5, "side of the square random trigger patch in pixels", ge=1)
+    source: int = setting(1, "source class whose patched images should become the target", ge=0)
+    target: int = setting(0, "target class (poisons are taken from it, labels kept)", ge=0)
+    iterations: int = setting(2000, "Adam steps", ge=1)
+    lr: float = setting(0.01, "Adam learning rate in normalised pixel units", gt=0.0)
+    repair_every: int = setting(100, "steps between re-pairings of poisons with patched sources", ge=1)
+    surrogate_epochs: int = setting_surrogate_epochs()
+    surrogate_width: int = setting_surrogate_width()
+    seed: int = setting_seed()
 
     def apply(self, data: Dataset, progress: bool = False) -> Dataset:
         train, test, t0, rng = self.begin(data)
@@ -124,14 +146,4 @@ class HTBA(TargetedAttack):
             opt.step()
             with torch.no_grad():
                 delta.copy_(linf_project(x, self.eps)(delta))
-        images = quantise(train.images, rows, delta.detach(), self.eps)
-        mask = mask_of(rows, len(train))
-        meta = {"attack": flatten(self, "attack."), "attack_kind": self.kind, "target": int(self.target),
-                "craft_seconds": time.perf_counter() - t0}
-        poisoned = ImageSet(images, train.labels, train.index, mask, train.classes, {**train.meta, **meta})
-        keep = np.flatnonzero(test.labels == self.source)
-        patched = paste_patches(test.images[keep], patch, np.random.default_rng([self.seed, _stable_id(self.name), 3]))
-        triggered = ImageSet(patched, test.labels[keep], test.index[keep], np.ones(len(keep), bool), test.classes,
-                             {**test.meta, "split": "test_triggered", "target": int(self.target)})
-        splits = {"train": poisoned, "test": test, "test_triggered": triggered, "originals": train.subset(rows)}
-        return Dataset(data.name, splits, {**data.meta, **meta})
+        return self.poisoned_dataset(data, rows, quantise(train.images, rows, delta.detach(), self.eps), t0)

@@ -35,12 +35,12 @@ import torch.nn.functional as F
 
 from eclipse_ray.attacks.backdoor import _Backdoor, setting_target
 from eclipse_ray.attacks.base import choose_rows, mask_of, setting_seed
-from eclipse_ray.attacks.surrogate import (Surrogate, budget_steps, images_tensor, linf_project, pgd,
-                                           pgd_adversary, quantise, torch_generator)
+from eclipse_ray.attacks.surrogate import (budget_steps, images_tensor, linf_project, pgd, quantise,
+                                           robust_surrogate, torch_generator)
 from eclipse_ray.config import ConfigError, setting
 from eclipse_ray.data.imageset import ImageSet, to_float, to_uint8
 from eclipse_ray.tensors import pick_device
-from eclipse_ray.victim.train import VictimConfig, train_victim
+from eclipse_ray.victim.train import VictimConfig
 
 
 def corner_trigger(shape: tuple[int, ...], size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,13 +111,8 @@ class LabelConsistent(_Backdoor):
         device = pick_device("auto")
         seed = int(torch.randint(0, 2**31, (1,), generator=gen))
         cfg = VictimConfig(arch="fast", epochs=self.surrogate_epochs, width=self.surrogate_width, device=str(device))
-        robust = pgd_adversary(self.robust_eps, 2.5 * self.robust_eps / self.robust_steps, self.robust_steps) \
-            if self.robust_eps > 0 else None
-        victim = train_victim(cfg, train.images, train.labels, train.num_classes, seed, progress=False,
-                              whiten_tol=None, adversary=robust)
-        sur = Surrogate(victim.model.eval(), victim.mean, victim.std)
-        for p in sur.model.parameters():
-            p.requires_grad_(False)
+        sur = robust_surrogate(cfg, train.images, train.labels, train.num_classes, self.robust_eps,
+                               self.robust_steps, seed)
         eps = budget_steps(self.eps) / 255
         out = torch.zeros(len(rows), *images_tensor(train.images[rows[:1]], device).shape[1:], device=device)
         for i in range(0, len(rows), 256):

@@ -38,7 +38,7 @@ from eclipse_ray.config import setting
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.victim.nets import FastNet, build_net
 from eclipse_ray.tensors import pick_device, to_tensor
-from eclipse_ray.victim.train import Adversary
+from eclipse_ray.victim.train import Adversary, VictimConfig, train_victim
 
 # A differentiable map applied to a perturbed batch before the surrogate (augmentation, a defense's
 # compensation, a purifier); it draws its randomness from the generator.
@@ -168,6 +168,33 @@ def pgd_adversary(eps: float, step: float, steps: int, random_start: bool = True
         return (x + delta).detach()
 
     return attack
+
+
+def robust_surrogate(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_classes: int,
+                     robust_eps: float, robust_steps: int, seed: int) -> Surrogate:
+    """A frozen classifier in eval mode, trained by ``cfg`` on uint8 ``images`` adversarially (PGD ℓ∞
+    ``robust_eps``, ``robust_steps`` steps of 2.5·eps/steps per batch, random start; ``robust_eps=0``: plain
+    training). The reference model of the attacks aimed at robust features (LC, EntF)."""
+    adversary = pgd_adversary(robust_eps, 2.5 * robust_eps / robust_steps, robust_steps) if robust_eps > 0 else None
+    victim = train_victim(cfg, images, labels, num_classes, seed, progress=False, whiten_tol=None,
+                          adversary=adversary)
+    sur = Surrogate(victim.model.eval(), victim.mean, victim.std)
+    for p in sur.model.parameters():
+        p.requires_grad_(False)
+    return sur
+
+
+def features(net: Surrogate, x: torch.Tensor) -> torch.Tensor:
+    """Penultimate features (the input of the last linear layer) of float [0,1] NCHW ``x`` under ``net`` (a
+    :class:`Surrogate` or anything with ``model``, ``mean`` and ``std``); differentiable in ``x``."""
+    last = [m for m in net.model.modules() if isinstance(m, nn.Linear)][-1]
+    out: list[torch.Tensor] = []
+    handle = last.register_forward_pre_hook(lambda _m, args: out.append(args[0]))
+    try:
+        net.model((x - net.mean) / net.std)
+    finally:
+        handle.remove()
+    return out[0]
 
 
 def linf_project(x: torch.Tensor, eps: float) -> Callable[[torch.Tensor], torch.Tensor]:

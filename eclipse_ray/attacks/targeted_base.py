@@ -36,7 +36,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from eclipse_ray.attacks.base import TARGETED, AttackConfig, _stable_id
 from eclipse_ray.attacks.surrogate import linf_project, quantise
@@ -84,18 +83,6 @@ def train_surrogate(train: ImageSet, epochs: int, width: int, seed: int, progres
 def logits(victim: Victim, x: torch.Tensor) -> torch.Tensor:
     """Surrogate logits of float [0,1] NCHW ``x`` (differentiable in ``x``)."""
     return victim.model((x - victim.mean) / victim.std)
-
-
-def features(victim: Victim, x: torch.Tensor) -> torch.Tensor:
-    """Penultimate features (the input of the last linear layer) of float [0,1] NCHW ``x``."""
-    last = [m for m in victim.model.modules() if isinstance(m, nn.Linear)][-1]
-    out: list[torch.Tensor] = []
-    handle = last.register_forward_pre_hook(lambda _m, args: out.append(args[0]))
-    try:
-        logits(victim, x)
-    finally:
-        handle.remove()
-    return out[0]
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
