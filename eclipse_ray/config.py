@@ -63,9 +63,12 @@ def setting(
     le: float | None = None,
     lt: float | None = None,
     choices: tuple[Any, ...] | Callable[[], Iterable[Any]] | None = None,
+    added: bool = False,
 ) -> Any:
-    """Declare a config field with help text and a valid range."""
-    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+    """Declare a config field with help text and a valid range. ``added``: a setting a later version
+    introduced; at its default it is left out of the earlier spelling (:meth:`Config.legacy_flat`), so the
+    rows and caches of configs made before it stay addressable."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "added": added}
     return field(default=default, metadata=meta)
 
 
@@ -204,15 +207,19 @@ class Config:
 
     def legacy_flat(self, prefix: str = "") -> dict[str, Any] | None:
         """:func:`flatten` as versions before the nested fields spelled it (nested settings that had an
-        alias under their old name, the others left out), or ``None`` when a left-out setting differs from
-        its default (no earlier version could express this config). Old rows and caches stay addressable."""
+        alias under their old name, the others left out; settings declared ``added`` left out), or ``None``
+        when a left-out setting differs from its default (no earlier version could express this config).
+        Old rows and caches stay addressable."""
         old = {new: alias for alias, new in self.aliases.items()}
         out: dict[str, Any] = {}
         for key, value in flatten(self, prefix).items():
             rel = key[len(prefix):]
             head = rel.split(".", 1)[0]
             f = next((f for f in fields(self) if f.name == head), None)
-            if f is None or not f.metadata.get("nested"):
+            if f is not None and f.metadata.get("added"):
+                if value != f.default:
+                    return None
+            elif f is None or not f.metadata.get("nested"):
                 out[key] = value
             elif rel in old:
                 out[prefix + old[rel]] = value

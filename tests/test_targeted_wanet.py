@@ -199,3 +199,39 @@ def test_htba_poisons_target_images_towards_patched_sources(digits):
     assert after < before
     with pytest.raises(Exception, match="attack.source=0"):
         ATTACKS.build("htba", {"source": "0"}).apply(digits)
+
+
+@pytest.mark.parametrize("name", ["gradient_matching", "poison_frogs", "htba", "sleeper_agent"])
+def test_l2_variants_keep_every_poison_within_its_l2_budget(digits, name):
+    """With ``norm=l2`` each poison's whole perturbation (uint8 steps, after rounding) has ℓ2 norm ≤ eps, and
+    the attack uses a good part of that ball."""
+    tiny = {"gradient_matching": TINY_ATTACKS["gradient_matching"], "poison_frogs": TINY_ATTACKS["poison_frogs"],
+            "htba": {**TINY, "iterations": "20", "poisons": "4"},
+            "sleeper_agent": {**TINY, "iterations": "6", "retrain": "0", "poisons": "4", "sources": "20"}}[name]
+    eps = 1.0
+    p = ATTACKS.build(name, {**tiny, "norm": "l2", "eps": str(eps), "lr": "0.5"} if name in ("poison_frogs", "htba")
+                      else {**tiny, "norm": "l2", "eps": str(eps), "tau": "0.5"}).apply(digits)
+    d = diff(p.train.images, digits.train.images)[p.train.poisoned].reshape(int(p.train.poisoned.sum()), -1) / 255
+    norms = np.linalg.norm(d, axis=1)
+    assert norms.max() <= eps + 1e-9 and norms.max() > 0.3 * eps, norms
+
+
+def test_l2_projection_and_rounding_never_exceed_the_ball():
+    from eclipse_ray.attacks.surrogate import ball_project, quantise_ball
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 8, 8, generator=gen)
+    d = ball_project(x, 0.5, "l2")(torch.randn(6, 3, 8, 8, generator=gen))
+    assert (d.flatten(1).norm(dim=1) <= 0.5 + 1e-6).all() and ((x + d) >= 0).all() and ((x + d) <= 1).all()
+    images = (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    q = quantise_ball(images, np.arange(6), d, 0.5, "l2")
+    assert (np.linalg.norm(diff(q, images).reshape(6, -1) / 255, axis=1) <= 0.5 + 1e-9).all()
+
+
+def test_the_norm_setting_keeps_earlier_hashes_and_cache_keys():
+    """``attack.norm`` was added later: at its default (linf) the earlier hash of a targeted trial stays one of
+    :meth:`TrialConfig.hashes` (pinned from the version before), and l2 gets a hash no earlier version had."""
+    cfg = build_config("digits", "gradient_matching", "none", {"attack.eps": "0.0627451"})
+    assert "0f410cab83de8327" in cfg.hashes() and cfg.attack.norm == "linf"
+    l2 = build_config("digits", "gradient_matching", "none", {"attack.eps": "0.0627451", "attack.norm": "l2"})
+    assert len(l2.hashes()) == 1 and l2.hash() not in cfg.hashes()

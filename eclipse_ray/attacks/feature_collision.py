@@ -31,8 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from eclipse_ray.attacks.base import setting_seed
-from eclipse_ray.attacks.surrogate import features, linf_project
-from eclipse_ray.attacks.targeted_base import (TargetedAttack, setting_eps, setting_surrogate_epochs,
+from eclipse_ray.attacks.surrogate import ball_project, features
+from eclipse_ray.attacks.targeted_base import (TargetedAttack, setting_eps, setting_norm, setting_surrogate_epochs,
                                                setting_surrogate_width)
 from eclipse_ray.config import setting
 from eclipse_ray.victim.train import Victim
@@ -63,7 +63,8 @@ def polytope_loss(poison_features: torch.Tensor, target_feature: torch.Tensor, c
 
 
 def collide(surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, eps: float, iterations: int, lr: float,
-            objective: str, coeff_lr: float = 0.1, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, list]:
+            objective: str, coeff_lr: float = 0.1, progress: bool = False,
+            norm: str = "linf") -> tuple[torch.Tensor, torch.Tensor, list]:
     """(perturbation of ``bases``, final coefficients, loss per iteration) of feature collision: ``objective``
     ``each`` (every poison onto the target), ``mean`` (Bullseye: their mean onto it) or ``convex`` (the target
     inside their hull, coefficients learned)."""
@@ -80,7 +81,7 @@ def collide(surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, eps: f
         (delta.grad,) = torch.autograd.grad(loss, [delta])
         opt.step()
         with torch.no_grad():
-            delta.copy_(linf_project(bases, eps)(delta))
+            delta.copy_(ball_project(bases, eps, norm)(delta))
             if objective == "convex":  # one projected gradient step on the coefficients, the poisons fixed
                 feats = features(surrogate, bases + delta)
                 cc = c.clone().requires_grad_(True)
@@ -97,6 +98,7 @@ class FeatureCollision(TargetedAttack):
 
     objective: ClassVar[str] = "each"
     eps: float = setting_eps()
+    norm: str = setting_norm()
     budget: float = setting(0.01, "share of the training set poisoned per target (from its adversarial class)",
                             ge=0.0, le=1.0)
     poisons: int | None = setting(None, "poisons per target (none: max(1, round(budget·n)); papers: 5)", ge=1)
@@ -110,7 +112,7 @@ class FeatureCollision(TargetedAttack):
     def craft(self, surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, adv_class: int,
               gen: torch.Generator, progress: bool) -> torch.Tensor:
         delta, _, _ = collide(surrogate, bases, target, self.eps, self.iterations, self.lr, self.objective,
-                              getattr(self, "coeff_lr", 0.1), progress)
+                              getattr(self, "coeff_lr", 0.1), progress, self.norm)
         return delta
 
 

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eclipse_ray.attacks.base import setting_seed
-from eclipse_ray.attacks.surrogate import linf_project
-from eclipse_ray.attacks.targeted_base import (TargetedAttack, logits, random_flip, setting_eps,
+from eclipse_ray.attacks.surrogate import ball_project
+from eclipse_ray.attacks.targeted_base import (TargetedAttack, logits, random_flip, setting_eps, setting_norm,
                                                setting_surrogate_epochs, setting_surrogate_width)
 from eclipse_ray.config import setting
 from eclipse_ray.victim.train import Victim
@@ -54,7 +54,7 @@ def matching_loss(poison_grad: list[torch.Tensor], target_grad: list[torch.Tenso
 
 def brew(surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, adv_class: int, eps: float,
          iterations: int, restarts: int, tau: float, augment: bool, gen: torch.Generator,
-         progress: bool = False) -> tuple[torch.Tensor, list[list[float]]]:
+         progress: bool = False, norm: str = "linf") -> tuple[torch.Tensor, list[list[float]]]:
     """(best perturbation of ``bases``, matching loss per iteration of every restart)."""
     model = surrogate.model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -67,7 +67,8 @@ def brew(surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, adv_class
     best, best_loss, history = None, float("inf"), []
     for _ in tqdm(range(restarts), desc="gradient matching", disable=not progress, leave=False):
         delta = (torch.randn(bases.shape, generator=gen).to(bases.device) * eps)
-        delta = linf_project(bases, eps)(delta).requires_grad_(True)
+        project = ball_project(bases, eps, norm)
+        delta = project(delta).requires_grad_(True)
         opt = torch.optim.Adam([delta], lr=lr)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
         losses = []
@@ -82,7 +83,7 @@ def brew(surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, adv_class
             opt.step()
             sched.step()
             with torch.no_grad():
-                delta.copy_(linf_project(bases, eps)(delta))
+                delta.copy_(project(delta))
             losses.append(float(loss.detach()))
         final = float(matching_loss(param_grads(F.cross_entropy(logits(surrogate, bases + delta.detach()), labels),
                                           params, False), target_grad, target_norm))
@@ -97,6 +98,7 @@ class GradientMatching(TargetedAttack):
     name: ClassVar[str] = "gradient_matching"
     summary: ClassVar[str] = "Witches' Brew: poisons whose training gradient aligns with the target's adversarial one"
     eps: float = setting_eps()
+    norm: str = setting_norm()
     budget: float = setting(0.01, "share of the training set poisoned per target (from its adversarial class)",
                             ge=0.0, le=1.0)
     poisons: int | None = setting(None, "poisons per target (none: max(1, round(budget·n)))", ge=1)
@@ -112,5 +114,5 @@ class GradientMatching(TargetedAttack):
     def craft(self, surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, adv_class: int,
               gen: torch.Generator, progress: bool) -> torch.Tensor:
         delta, _ = brew(surrogate, bases, target, adv_class, self.eps, self.iterations, self.restarts, self.tau,
-                        self.augment, gen, progress)
+                        self.augment, gen, progress, self.norm)
         return delta

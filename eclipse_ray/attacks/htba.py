@@ -31,8 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from eclipse_ray.attacks.base import _stable_id, choose_rows, mask_of, setting_seed
-from eclipse_ray.attacks.surrogate import features, linf_project, quantise
-from eclipse_ray.attacks.targeted_base import (TargetedAttack, setting_eps, setting_surrogate_epochs,
+from eclipse_ray.attacks.surrogate import ball_project, features, quantise_ball
+from eclipse_ray.attacks.targeted_base import (TargetedAttack, setting_eps, setting_norm, setting_surrogate_epochs,
                                                setting_surrogate_width, train_surrogate)
 from eclipse_ray.config import ConfigError, flatten, setting
 from eclipse_ray.data.imageset import ImageSet
@@ -110,6 +110,7 @@ class HTBA(HiddenTrigger):
     name: ClassVar[str] = "htba"
     summary: ClassVar[str] = "hidden trigger backdoor: target-class poisons whose features collide with patched sources"
     eps: float = setting_eps()
+    norm: str = setting_norm()
     budget: float = setting(0.01, "share of the training set poisoned (target-class images)", ge=0.0, le=1.0)
     poisons: int | None = setting(None, "number of poisons (none: max(1, round(budget·n)))", ge=1)
     patch: int = setting(5, "side of the square random trigger patch in pixels", ge=1)
@@ -145,5 +146,6 @@ class HTBA(HiddenTrigger):
             (delta.grad,) = torch.autograd.grad(loss, [delta])
             opt.step()
             with torch.no_grad():
-                delta.copy_(linf_project(x, self.eps)(delta))
-        return self.poisoned_dataset(data, rows, quantise(train.images, rows, delta.detach(), self.eps), t0)
+                delta.copy_(ball_project(x, self.eps, self.norm)(delta))
+        images = quantise_ball(train.images, rows, delta.detach(), self.eps, self.norm)
+        return self.poisoned_dataset(data, rows, images, t0)

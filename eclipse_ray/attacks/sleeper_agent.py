@@ -44,8 +44,8 @@ from tqdm.auto import tqdm
 from eclipse_ray.attacks.base import choose_rows, setting_seed
 from eclipse_ray.attacks.gradient_matching import matching_loss, param_grads
 from eclipse_ray.attacks.htba import HiddenTrigger, paste_patches
-from eclipse_ray.attacks.surrogate import linf_project, quantise
-from eclipse_ray.attacks.targeted_base import (logits, random_flip, setting_surrogate_epochs,
+from eclipse_ray.attacks.surrogate import ball_project, quantise_ball
+from eclipse_ray.attacks.targeted_base import (logits, random_flip, setting_norm, setting_surrogate_epochs,
                                                setting_surrogate_width)
 from eclipse_ray.config import setting
 from eclipse_ray.data.sources import Dataset
@@ -86,7 +86,9 @@ class SleeperAgent(HiddenTrigger):
     name: ClassVar[str] = "sleeper_agent"
     summary: ClassVar[str] = ("hidden-trigger backdoor by gradient matching: target-class poisons that train like "
                               "patched sources labelled target")
-    eps: float = setting(16 / 255, "ℓ∞ budget on the [0,1] scale (paper: 16/255)", ge=0.0, le=1.0)
+    eps: float = setting(16 / 255, "budget on the [0,1] scale: ℓ∞ 16/255 in the paper; with norm=l2 the ℓ2 norm "
+                         "of each perturbation", ge=0.0)
+    norm: str = setting_norm()
     budget: float = setting(0.01, "share of the training set poisoned (target-class images)", ge=0.0, le=1.0)
     poisons: int | None = setting(None, "number of poisons (none: max(1, round(budget·n)))", ge=1)
     patch: int = setting(8, "side of the square random trigger patch in pixels (paper: 8 on 32px)", ge=1)
@@ -131,7 +133,7 @@ class SleeperAgent(HiddenTrigger):
         patched = to_tensor(paste_patches(train.images[src], self.trigger_patch(train.image_shape[2]), rng), device)
         x = to_tensor(train.images[rows], device)
         y = torch.full((len(rows),), self.target, dtype=torch.long, device=device)
-        project = linf_project(x, self.eps)
+        project = ball_project(x, self.eps, self.norm)
         delta = project(torch.randn(x.shape, generator=gen).to(device) * self.eps).requires_grad_(True)
         opt = torch.optim.Adam([delta], lr=self.tau * float(sur.std.mean()))
         sched = torch.optim.lr_scheduler.MultiStepLR(
@@ -140,7 +142,7 @@ class SleeperAgent(HiddenTrigger):
         goal, goal_norm = source_gradient(sur, patched, self.target)
         for it in tqdm(range(self.iterations), desc="sleeper agent", disable=not progress, leave=False):
             if it in retrain_at:
-                images = quantise(train.images, rows, delta.detach(), self.eps)
+                images = quantise_ball(train.images, rows, delta.detach(), self.eps, self.norm)
                 sur = self.surrogate(images, train.labels, train.num_classes, 1 + sorted(retrain_at).index(it))
                 goal, goal_norm = source_gradient(sur, patched, self.target)
             v = random_flip(x + delta, gen) if self.augment else x + delta
@@ -152,4 +154,4 @@ class SleeperAgent(HiddenTrigger):
             sched.step()
             with torch.no_grad():
                 delta.copy_(project(delta))
-        return self.poisoned_dataset(data, rows, quantise(train.images, rows, delta.detach(), self.eps), t0)
+        return self.poisoned_dataset(data, rows, quantise_ball(train.images, rows, delta.detach(), self.eps, self.norm), t0)

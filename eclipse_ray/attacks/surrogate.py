@@ -202,6 +202,36 @@ def linf_project(x: torch.Tensor, eps: float) -> Callable[[torch.Tensor], torch.
     return lambda d: (x + d.clamp(-eps, eps)).clamp(0, 1) - x
 
 
+def l2_project(x: torch.Tensor, eps: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Per-sample δ scaled into the ℓ2 ball of radius ``eps``, then x + δ clipped to [0,1] (which only
+    shortens δ, so it stays in the ball)."""
+    def project(d: torch.Tensor) -> torch.Tensor:
+        norm = d.flatten(1).norm(dim=1).clamp_min(1e-12)
+        d = d * (eps / norm).clamp(max=1.0).view(-1, *([1] * (d.ndim - 1)))
+        return (x + d).clamp(0, 1) - x
+    return project
+
+
+NORMS = ("linf", "l2")
+
+
+def ball_project(x: torch.Tensor, eps: float, norm: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The projection onto the ``norm`` ball (``linf`` or ``l2``) of radius ``eps`` around ``x``, in [0,1]."""
+    return linf_project(x, eps) if norm == "linf" else l2_project(x, eps)
+
+
+def quantise_ball(images: np.ndarray, rows: np.ndarray, delta: torch.Tensor, eps: float, norm: str) -> np.ndarray:
+    """:func:`quantise` for ``linf``; for ``l2`` δ is rounded *towards zero* to whole uint8 steps (every
+    |step| ≤ |δ|, so the ℓ2 norm after rounding and clipping never exceeds ``eps``)."""
+    if norm == "linf":
+        return quantise(images, rows, delta, eps)
+    out = images.copy()
+    if len(rows):
+        d = torch.trunc(delta.detach().float().cpu() * 255).to(torch.int16).permute(0, 2, 3, 1).numpy()
+        out[rows] = np.clip(images[rows].astype(np.int16) + d, 0, 255).astype(np.uint8)
+    return out
+
+
 @torch.no_grad()
 def accuracy(sur: Surrogate, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512,
              view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from eclipse_ray.attacks.base import TARGETED, AttackConfig, _stable_id
-from eclipse_ray.attacks.surrogate import linf_project, quantise
+from eclipse_ray.attacks.surrogate import NORMS, ball_project, quantise_ball
 from eclipse_ray.config import ConfigError, flatten, setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
@@ -47,7 +47,13 @@ from eclipse_ray.tensors import pick_device, to_tensor
 
 
 def setting_eps(default: float = 8 / 255) -> float:
-    return setting(default, "ℓ∞ budget on the [0,1] scale (8/255; PureGen uses 16/255)", ge=0.0, le=1.0)
+    return setting(default, "budget on the [0,1] scale: ℓ∞ 8/255 (PureGen uses 16/255); with norm=l2 the ℓ2 "
+                   "norm of each perturbation", ge=0.0)
+
+
+def setting_norm() -> str:
+    return setting("linf", "budget norm: linf (eps per pixel) or l2 (eps = the ℓ2 norm of each poison's "
+                   "perturbation on [0,1]; Hong et al. evaluate both)", choices=NORMS, added=True)
 
 
 def setting_surrogate_epochs() -> int:
@@ -124,7 +130,7 @@ def pick_targets(train_labels: np.ndarray, test: ImageSet, k: int, per_target: i
 class TargetedAttack(AttackConfig):
     """Base of the targeted clean-label poisons; subclasses implement :meth:`craft` for one target.
 
-    Subclasses declare ``eps``, ``budget``, ``poisons``, ``targets``,
+    Subclasses declare ``eps``, ``norm``, ``budget``, ``poisons``, ``targets``,
     ``surrogate_epochs``, ``surrogate_width`` and ``seed`` settings.
     """
 
@@ -164,7 +170,8 @@ class TargetedAttack(AttackConfig):
             x_base = to_tensor(train.images[b], device)
             x_target = to_tensor(test.images[[r]], device)
             delta = self.craft(surrogate, x_base, x_target, int(a), gen, progress)
-            images = quantise(images, b, linf_project(x_base, self.eps)(delta), self.eps)
+            project = ball_project(x_base, self.eps, self.norm)
+            images = quantise_ball(images, b, project(delta), self.eps, self.norm)
             owner[b] = i
         mask = owner >= 0
         meta = {"attack": flatten(self, "attack."), "attack_kind": self.kind, "adv_labels": adv.tolist(),
