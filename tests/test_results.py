@@ -40,11 +40,18 @@ def test_pareto_frontier_keeps_only_non_dominated_configs():
     assert pareto_front(pts, "a", "b").tolist() == [False, False, True, True]
 
 
-def test_report_and_plot_are_written(tmp_path):
+def test_report_and_plot_are_written(tmp_path, monkeypatch):
+    import eclipse_ray.results.pareto as pareto_mod
+
     append_rows(tmp_path, rows()[:6])
     append_rows(tmp_path, rows()[6:])
     assert len(read_results(tmp_path)) == 11
+    calls = []
+    real = pareto_mod.summarize
+    for mod in ("eclipse_ray.results.pareto", "eclipse_ray.results.report", "eclipse_ray.results.html"):
+        monkeypatch.setattr(f"{mod}.summarize", lambda df: calls.append(1) or real(df))
     report = write_report(tmp_path)
+    assert len(calls) == 1, "the plots, the Markdown and the HTML report share one summary of the store"
     text = Path(report).read_text()
     assert "Pareto frontier" in text and "eclipse" in text and "![Pareto](pareto.png)" in text
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"

@@ -273,11 +273,12 @@ def summary_table(s: pd.DataFrame, varying: list[str]) -> tuple[list[str], list[
     return cols, [[_fmt(v) for v in r] for r in s[cols].itertuples(index=False)]
 
 
-def render(df: pd.DataFrame, title: str, cache: str | None = None) -> str:
-    """The page for the rows ``df`` of one results store."""
+def render(df: pd.DataFrame, title: str, cache: str | None = None, summary: pd.DataFrame | None = None) -> str:
+    """The page for the rows ``df`` of one results store (``summary``: :func:`summarize` of them, if known)."""
     df = labelled(df)
     varying = varying_settings(df)
-    s, p = summarize(df), pareto(df)
+    s = summarize(df) if summary is None else summary
+    p = pareto(df, summary=s)
     cols, rows = summary_table(s, varying)
     sections = [("Pareto fronts", pareto_svgs(p, varying), "plots"), ("Accuracy against σ", sigma_svgs(s, varying),
                                                                    "plots"),
@@ -303,11 +304,13 @@ def render(df: pd.DataFrame, title: str, cache: str | None = None) -> str:
             f"<style>{CSS}</style></head><body>{''.join(body)}<script>{JS}</script></body></html>")
 
 
-def write_html(study: str, df: pd.DataFrame, out: str, cache: str | None = None) -> str:
+def write_html(study: str, df: pd.DataFrame, out: str, cache: str | None = None,
+               summary: pd.DataFrame | None = None) -> str:
     """Write ``report.html`` for the rows ``df`` of ``study`` into ``out``; returns its location."""
     title = f"Results: {study.rstrip('/').rsplit('/', 1)[-1]}"
     path = storage.join(out, "report.html")
-    storage.write_bytes(path, render(df, title, cache if cache is not None else study_cache(study)).encode())
+    page = render(df, title, cache if cache is not None else study_cache(study), summary)
+    storage.write_bytes(path, page.encode())
     return path
 
 

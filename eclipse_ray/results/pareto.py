@@ -60,9 +60,11 @@ def pareto_front(points: pd.DataFrame, x: str = "test_acc_mean", y: str = "poiso
     return pd.Series(mask, index=points.index)
 
 
-def pareto(df: pd.DataFrame, x: str = "test_acc", y: str = "poison_success") -> pd.DataFrame:
-    """Per (dataset, attack): every seed-aggregated config with ``on_front`` marking the frontier."""
-    s = summarize(df)
+def pareto(df: pd.DataFrame, x: str = "test_acc", y: str = "poison_success",
+           summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per (dataset, attack): every seed-aggregated config with ``on_front`` marking the frontier
+    (``summary``: :func:`summarize` of ``df`` when the caller has it already)."""
+    s = summarize(df) if summary is None else summary
     if s.empty or f"{y}_mean" not in s:
         return s.assign(on_front=False) if not s.empty else s
     s = s[s["attack.name"] != "none"].copy()

@@ -23,14 +23,16 @@ from eclipse_ray.results.pareto import pareto, point_label, summarize
 from eclipse_ray.result_store import HEADLINE, read_results
 
 
-def plot_pareto(df: pd.DataFrame, path: str | Path, x: str = "test_acc", y: str = "poison_success") -> Path | None:
-    """One panel per (dataset, attack); returns the PNG path, or None when there is nothing to draw."""
+def plot_pareto(df: pd.DataFrame, path: str | Path, x: str = "test_acc", y: str = "poison_success",
+                summary: pd.DataFrame | None = None) -> Path | None:
+    """One panel per (dataset, attack); returns the PNG path, or None when there is nothing to draw
+    (``summary``: :func:`summarize` of the labelled rows, when the caller has it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    p = pareto(labelled(df), x, y)  # panels named by dataset label, never a path
+    p = pareto(labelled(df), x, y, summary)  # panels named by dataset label, never a path
     if p.empty or f"{y}_mean" not in p:
         return None
     panels = list(p.groupby(["dataset", "attack.name"]))
@@ -58,7 +60,7 @@ def plot_pareto(df: pd.DataFrame, path: str | Path, x: str = "test_acc", y: str 
     return save_png(fig, path, dpi=110)
 
 
-def plot_sigma(df: pd.DataFrame, path: str | Path) -> Path | None:
+def plot_sigma(df: pd.DataFrame, path: str | Path, summary: pd.DataFrame | None = None) -> Path | None:
     """Test accuracy against the noise level σ, one panel per (dataset, attack), one line per purifier;
     the undefended and model-free defenses as horizontal lines. None when fewer than 3 σ values."""
     import matplotlib
@@ -66,7 +68,7 @@ def plot_sigma(df: pd.DataFrame, path: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = summarize(labelled(df))
+    s = summarize(labelled(df)) if summary is None else summary
     if s.empty or "defense.sigma" not in s or s["defense.sigma"].dropna().nunique() < 3:
         return None
     panels = list(s.groupby(["dataset", "attack.name"]))
@@ -124,14 +126,14 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
         raise FileNotFoundError(f"{study}: no results (no part-*.parquet files)")
     df = labelled(raw)
     cols = summary_columns(df)
+    s = summarize(df)  # once: the plots, the Markdown and the HTML report share it
     with tempfile.TemporaryDirectory(prefix="eclipse_ray-report-") as tmp:
-        png = plot_pareto(df, Path(tmp) / "pareto.png")
-        sigma_png = plot_sigma(df, Path(tmp) / "sigma.png")
+        png = plot_pareto(df, Path(tmp) / "pareto.png", summary=s)
+        sigma_png = plot_sigma(df, Path(tmp) / "sigma.png", summary=s)
         for f in (png, sigma_png):
             if f is not None:
                 storage.write_bytes(storage.join(out, f.name), Path(f).read_bytes())
-    s = summarize(df)
-    p = pareto(df)
+    p = pareto(df, summary=s)
     front = p[p["on_front"]] if "on_front" in p else p.iloc[0:0]
     text = [f"# Results: {study.rstrip('/').rsplit('/', 1)[-1]}", "",
             f"{len(df)} trials, {s.shape[0]} configurations, seeds {sorted(df['seed'].unique().tolist())}.", "",
@@ -146,5 +148,5 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
         text += ["## Accuracy against σ", "", f"![sigma]({sigma_png.name})", ""]
     path = storage.join(out, "report.md")
     storage.write_bytes(path, "\n".join(text).encode())
-    write_html(study, raw, out, cache_dir)
+    write_html(study, raw, out, cache_dir, summary=s)
     return path
