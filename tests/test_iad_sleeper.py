@@ -43,12 +43,30 @@ def test_iad_backdoor_and_cross_rows_and_input_aware_triggers(small):
     assert changed[tr.poisoned].mean() > 0.9 and not changed[~tr.poisoned].any()
     trig = a.splits["test_triggered"]
     assert (trig.labels != cfg.target).all() and len(trig) == (small.test.labels != cfg.target).sum()
-    d = diff(trig.images, small.test.images[small.test.labels != cfg.target])
-    assert np.abs(d[0] - d[1]).max() > 0 and np.abs(d[1] - d[2]).max() > 0, "one trigger for every image"
+    assert (diff(trig.images, small.test.images[small.test.labels != cfg.target]) != 0).any(axis=(1, 2, 3)).all()
     sub = clean.subset(np.arange(40))
     odd = ImageSet(np.ascontiguousarray(sub.images[:, :28, :28]), sub.labels, sub.index, sub.poisoned, sub.classes)
     with pytest.raises(ConfigError, match="multiple of 8"):
         cfg.check_dataset(odd)
+
+
+def test_iad_generators_make_a_different_sparse_trigger_for_each_image(small):
+    """Input-aware: after the mask training the masks stay near the target density, and two images get
+    different masks and patterns (a fixed trigger would give the same m·G for every image)."""
+    from eclipse_ray.attacks.iad import soft_threshold
+    from eclipse_ray.attacks.surrogate import images_tensor
+
+    cfg = ATTACKS.build("iad", {**TINY_IAD, "mask_epochs": "6"})
+    x = images_tensor(small.train.images, torch.device("cpu"))
+    y = torch.from_numpy(small.train.labels.astype(np.int64))
+    net_g, net_m = cfg.train_generators(x, y, 10, torch.Generator().manual_seed(0))
+    xn = (x[:32] - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True)
+    with torch.no_grad():
+        m, g = soft_threshold(net_m(xn)), net_g(xn)
+    assert m.mean() < 0.25, "the norm loss keeps the masks sparse"
+    trig = (m * g).flatten(1)
+    gaps = (trig[1:] - trig[:-1]).abs().mean(1)
+    assert (gaps > 1e-3).all(), gaps
 
 
 @pytest.mark.heavy  # about a minute and a half of attacker and victim training
@@ -86,12 +104,16 @@ def test_sleeper_agent_poisons_are_clean_label_within_budget_and_chosen_by_gradi
     sur = cfg.surrogate(clean.images, clean.labels, 10, 0)
     cand = np.flatnonzero(clean.labels == cfg.target)
     norms = gradient_norms(sur, to_tensor(clean.images[cand], sur.device),
-                           torch.from_numpy(clean.labels[cand].astype(np.int64)))
+                           torch.from_numpy(clean.labels[cand].astype(np.int64)).to(sur.device))
     assert set(np.flatnonzero(tr.poisoned)) == set(cand[torch.argsort(norms, descending=True)[:6].numpy()])
     rnd = ATTACKS.build("sleeper_agent", {**TINY_SA, "select": "random"}).apply(small).train
     assert set(np.flatnonzero(rnd.poisoned)) != set(np.flatnonzero(tr.poisoned))
     with pytest.raises(ConfigError, match="attack.source=0"):
         ATTACKS.build("sleeper_agent", {"source": "0"}).apply(small)
+    with pytest.raises(ConfigError, match="attack.retrain=4"):
+        ATTACKS.build("sleeper_agent", {"retrain": "4", "iterations": "4"}).apply(small)
+    with pytest.raises(ConfigError, match="attack.norm=l2"):  # the ℓ∞ default is no ℓ2 budget
+        ATTACKS.build("sleeper_agent", {"norm": "l2"}).apply(small)
 
 
 @pytest.mark.heavy  # about a minute of crafting (one retraining) and victim training

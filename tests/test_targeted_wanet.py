@@ -213,7 +213,7 @@ def test_l2_variants_keep_every_poison_within_its_l2_budget(digits, name):
                       else {**tiny, "norm": "l2", "eps": str(eps), "tau": "0.5"}).apply(digits)
     d = diff(p.train.images, digits.train.images)[p.train.poisoned].reshape(int(p.train.poisoned.sum()), -1) / 255
     norms = np.linalg.norm(d, axis=1)
-    assert norms.max() <= eps + 1e-9 and norms.max() > 0.3 * eps, norms
+    assert norms.max() <= eps + 1e-9 and np.median(norms) > 0.5 * eps, norms
 
 
 def test_l2_projection_and_rounding_never_exceed_the_ball():
@@ -225,7 +225,8 @@ def test_l2_projection_and_rounding_never_exceed_the_ball():
     assert (d.flatten(1).norm(dim=1) <= 0.5 + 1e-6).all() and ((x + d) >= 0).all() and ((x + d) <= 1).all()
     images = (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     q = quantise_ball(images, np.arange(6), d, 0.5, "l2")
-    assert (np.linalg.norm(diff(q, images).reshape(6, -1) / 255, axis=1) <= 0.5 + 1e-9).all()
+    norms = np.linalg.norm(diff(q, images).reshape(6, -1) / 255, axis=1)
+    assert (norms <= 0.5 + 1e-9).all() and (norms > 0.4).all(), norms  # inside, and most of δ kept
 
 
 def test_the_norm_setting_keeps_earlier_hashes_and_cache_keys():

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eclipse_ray.attacks.base import setting_seed
-from eclipse_ray.attacks.surrogate import ball_project
+from eclipse_ray.attacks.surrogate import ball_project, steepest
 from eclipse_ray.attacks.targeted_base import (TargetedAttack, logits, random_flip, setting_eps, setting_norm,
                                                setting_surrogate_epochs, setting_surrogate_width)
 from eclipse_ray.config import setting
@@ -79,7 +79,7 @@ def brew(surrogate: Victim, bases: torch.Tensor, target: torch.Tensor, adv_class
             loss = matching_loss(param_grads(F.cross_entropy(logits(surrogate, x), labels), params, True),
                                  target_grad, target_norm)
             (g,) = torch.autograd.grad(loss, [delta])
-            delta.grad = g.sign()
+            delta.grad = steepest(g, norm)  # signed Adam under ℓ∞ (the authors'), normalised under ℓ2
             opt.step()
             sched.step()
             with torch.no_grad():

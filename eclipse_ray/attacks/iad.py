@@ -25,8 +25,9 @@ for G and, with one output channel, for M.
 
 Deviation (as for WaNet): IAD is a *training-controlled* attack — the
 attacker trains the victim. Here, as for every attack in eclipse_ray, it is a
-data-only poison: after the attacker's training, ``rate`` (10 %) of the
-non-target training images get their own trigger and the target label, and
+data-only poison: after the attacker's training, ``rate``·n training images
+(10 % of the set, drawn from the non-target ones) get their own trigger and
+the target label, and
 ``cross_ratio``·that many other images get a random partner's trigger with
 their labels kept (all marked ``poisoned``); ``test_triggered`` holds the
 non-target test images with their own triggers. The attacker's classifier is

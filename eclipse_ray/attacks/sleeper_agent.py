@@ -44,10 +44,11 @@ from tqdm.auto import tqdm
 from eclipse_ray.attacks.base import choose_rows, setting_seed
 from eclipse_ray.attacks.gradient_matching import matching_loss, param_grads
 from eclipse_ray.attacks.htba import HiddenTrigger, paste_patches
-from eclipse_ray.attacks.surrogate import ball_project, quantise_ball
+from eclipse_ray.attacks.surrogate import ball_project, quantise_ball, steepest
 from eclipse_ray.attacks.targeted_base import (logits, random_flip, setting_norm, setting_surrogate_epochs,
                                                setting_surrogate_width)
-from eclipse_ray.config import setting
+from eclipse_ray.config import ConfigError, setting
+from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.tensors import pick_device, to_tensor
 from eclipse_ray.victim.train import Victim, VictimConfig, train_victim
@@ -106,6 +107,12 @@ class SleeperAgent(HiddenTrigger):
     surrogate_width: int = setting_surrogate_width()
     seed: int = setting_seed()
 
+    def check_dataset(self, train: ImageSet) -> None:
+        super().check_dataset(train)
+        if self.retrain >= self.iterations:
+            raise ConfigError(f"attack.retrain={self.retrain}: at most attack.iterations - 1 "
+                              f"({self.iterations - 1}) retrainings fit between the steps")
+
     def surrogate(self, images: np.ndarray, labels: np.ndarray, num_classes: int, round_: int) -> Victim:
         """The attacker's fast net trained on ``images`` (round 0: the clean set; later: retrained)."""
         cfg = VictimConfig(arch="fast", epochs=self.surrogate_epochs, width=self.surrogate_width,
@@ -149,7 +156,7 @@ class SleeperAgent(HiddenTrigger):
             loss = matching_loss(param_grads(F.cross_entropy(logits(sur, v), y), params_of(sur.model), True),
                                  goal, goal_norm)
             (g,) = torch.autograd.grad(loss, [delta])
-            delta.grad = g.sign()
+            delta.grad = steepest(g, self.norm)
             opt.step()
             sched.step()
             with torch.no_grad():

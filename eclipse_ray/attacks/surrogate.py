@@ -215,20 +215,42 @@ def l2_project(x: torch.Tensor, eps: float) -> Callable[[torch.Tensor], torch.Te
 NORMS = ("linf", "l2")
 
 
+def steepest(g: torch.Tensor, norm: str) -> torch.Tensor:
+    """The steepest-ascent direction of a per-sample gradient under ``norm``: its sign (ℓ∞) or the gradient
+    scaled to unit ℓ2 norm per sample (ℓ2)."""
+    if norm == "linf":
+        return g.sign()
+    return g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (g.ndim - 1)))
+
+
+MIN_L2_EPS = 0.1  # below this an ℓ2 budget on [0,1] images rounds to (almost) nothing in uint8
+
+
 def ball_project(x: torch.Tensor, eps: float, norm: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The projection onto the ``norm`` ball (``linf`` or ``l2``) of radius ``eps`` around ``x``, in [0,1]."""
     return linf_project(x, eps) if norm == "linf" else l2_project(x, eps)
 
 
 def quantise_ball(images: np.ndarray, rows: np.ndarray, delta: torch.Tensor, eps: float, norm: str) -> np.ndarray:
-    """:func:`quantise` for ``linf``; for ``l2`` δ is rounded *towards zero* to whole uint8 steps (every
-    |step| ≤ |δ|, so the ℓ2 norm after rounding and clipping never exceeds ``eps``)."""
+    """:func:`quantise` for ``linf``; for ``l2`` δ is rounded to whole uint8 steps and, where rounding pushed a
+    row's ℓ2 norm past ``eps``, shrunk by the largest factor (bisection) whose rounding stays inside: the
+    stored perturbation never leaves the ball (clipping to [0, 255] only shortens it) and keeps almost all
+    of its norm."""
     if norm == "linf":
         return quantise(images, rows, delta, eps)
     out = images.copy()
     if len(rows):
-        d = torch.trunc(delta.detach().float().cpu() * 255).to(torch.int16).permute(0, 2, 3, 1).numpy()
-        out[rows] = np.clip(images[rows].astype(np.int16) + d, 0, 255).astype(np.uint8)
+        d = delta.detach().double().cpu().flatten(1) * 255
+        q = torch.round(d)
+        limit = eps * 255
+        for i in torch.nonzero(q.norm(dim=1) > limit).flatten().tolist():
+            lo, hi = 0.0, 1.0
+            for _ in range(30):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if torch.round(d[i] * mid).norm() <= limit else (lo, mid)
+            q[i] = torch.round(d[i] * lo)
+        q = q.view(delta.shape).to(torch.int16).permute(0, 2, 3, 1).numpy()
+        out[rows] = np.clip(images[rows].astype(np.int16) + q, 0, 255).astype(np.uint8)
     return out
 
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from eclipse_ray.attacks.base import TARGETED, AttackConfig, _stable_id
-from eclipse_ray.attacks.surrogate import NORMS, ball_project, quantise_ball
+from eclipse_ray.attacks.surrogate import MIN_L2_EPS, NORMS, ball_project, quantise_ball
 from eclipse_ray.config import ConfigError, flatten, setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
@@ -136,6 +136,14 @@ class TargetedAttack(AttackConfig):
 
     kind: ClassVar[str] = TARGETED
     crafted: ClassVar[bool] = True
+
+    def check_dataset(self, train: ImageSet) -> None:
+        super().check_dataset(train)
+        norm = getattr(self, "norm", "linf")  # Narcissus learns an ℓ∞ trigger and has no norm setting
+        if norm == "l2" and self.eps < MIN_L2_EPS:
+            raise ConfigError(f"attack.eps={self.eps:.4g} with attack.norm=l2: eps is then the ℓ2 norm of a whole "
+                              f"perturbation, and below {MIN_L2_EPS} it rounds to (almost) nothing in uint8 images; "
+                              f"ℓ2 budgets are about 0.5–2 on 32×32 colour images")
 
     def per_target(self, n_train: int) -> int:
         """Number of poisons per target: ``poisons`` if set, else ``max(1, round(budget·n))``."""
