@@ -11,7 +11,7 @@ from eclipse_ray.config import ConfigError
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.victim import metrics
-from eclipse_ray.victim.train import VictimConfig, train_victim
+from victims import accuracy, clean_and_poisoned
 
 TINY_IAD = {"mask_epochs": "1", "epochs": "1", "gen_width": "4", "width": "8", "batch_size": "64"}
 TINY_SA = {"surrogate_epochs": "1", "surrogate_width": "8", "iterations": "4", "retrain": "1", "poisons": "6",
@@ -78,12 +78,9 @@ def test_iad_implants_its_backdoor(digits):
     cfg = ATTACKS.build("iad", {"mask_epochs": "10", "epochs": "8", "gen_width": "8", "width": "16",
                                 "cross_ratio": "0"})
     p = cfg.apply(digits)
-    vcfg = VictimConfig(epochs=5, width=16)
-    victim = train_victim(vcfg, p.train.images, p.train.labels, 10, 0, progress=False)
-    clean = train_victim(vcfg, digits.train.images, digits.train.labels, 10, 0, progress=False)
-    trig = p.splits["test_triggered"]
-    asr = metrics.attack_success_rate(victim.predict(trig.images), cfg.target)
-    acc = [(v.predict(digits.test.images) == digits.test.labels).mean() for v in (clean, victim)]
+    clean, victim = clean_and_poisoned(digits, p)
+    asr = metrics.attack_success_rate(victim.predict(p.splits["test_triggered"].images), cfg.target)
+    acc = [accuracy(v, digits) for v in (clean, victim)]
     assert asr >= 0.8 and acc[1] > acc[0] - 0.15, (asr, acc)
 
 
@@ -124,8 +121,6 @@ def test_sleeper_agent_implants_a_hidden_trigger(digits):
                                           "surrogate_epochs": "5", "surrogate_width": "16"})
     p = cfg.apply(digits)
     trig = p.splits["test_triggered"]
-    vcfg = VictimConfig(epochs=5, width=16)
-    victim = train_victim(vcfg, p.train.images, p.train.labels, 10, 0, progress=False)
-    clean = train_victim(vcfg, digits.train.images, digits.train.labels, 10, 0, progress=False)
-    asr, base = (metrics.attack_success_rate(v.predict(trig.images), cfg.target) for v in (victim, clean))
+    asr, base = (metrics.attack_success_rate(v.predict(trig.images), cfg.target)
+                 for v in reversed(clean_and_poisoned(digits, p)))
     assert asr >= 0.5 and base <= 0.1, (asr, base)

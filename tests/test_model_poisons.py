@@ -13,6 +13,7 @@ from eclipse_ray.config import ConfigError
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.victim import metrics
 from eclipse_ray.victim.train import VictimConfig, train_victim
+from victims import accuracy, clean_and_poisoned
 
 TINY_SURROGATE = {"width": "4", "batch_size": "32", "device": "cpu"}
 TINY = {
@@ -201,11 +202,7 @@ def test_sep_poisons_hurt_a_victim(digits):
     """Adversarial examples against the self-ensemble, on every training image, cost a fast victim > 10 points."""
     cfg = ATTACKS.build("sep", {"width": "16", "steps": "10", "tau": "0.25", "surrogate_epochs": "4",
                                 "checkpoints": "4"})
-    p = cfg.apply(digits)
-    victim_cfg = VictimConfig(epochs=5, width=16)
-    clean = train_victim(victim_cfg, digits.train.images, digits.train.labels, 10, 0, progress=False)
-    poisoned = train_victim(victim_cfg, p.train.images, p.train.labels, 10, 0, progress=False)
-    acc = [(v.predict(digits.test.images) == digits.test.labels).mean() for v in (clean, poisoned)]
+    acc = [accuracy(v, digits) for v in clean_and_poisoned(digits, cfg.apply(digits))]
     assert acc[1] < acc[0] - 0.10, acc
 
 
@@ -242,9 +239,5 @@ def test_entf_entangles_the_reference_models_features(digits, recipe):
 def test_entf_poisons_hurt_a_victim(digits):
     """EntF-Push on every training image costs a fast victim more than 10 points on digits."""
     cfg = ATTACKS.build("entf", {"width": "16", "steps": "30", "surrogate_epochs": "4", "robust_steps": "3"})
-    p = cfg.apply(digits)
-    victim_cfg = VictimConfig(epochs=5, width=16)
-    clean = train_victim(victim_cfg, digits.train.images, digits.train.labels, 10, 0, progress=False)
-    poisoned = train_victim(victim_cfg, p.train.images, p.train.labels, 10, 0, progress=False)
-    acc = [(v.predict(digits.test.images) == digits.test.labels).mean() for v in (clean, poisoned)]
+    acc = [accuracy(v, digits) for v in clean_and_poisoned(digits, cfg.apply(digits))]
     assert acc[1] < acc[0] - 0.10, acc
