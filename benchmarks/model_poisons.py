@@ -20,13 +20,15 @@ CPU crafting settings (paper values in brackets):
 * em-adaptive — em's settings, crafted through ECLIPSE's compensation (random
   grayscale p = 0.4 + Gaussian σ = 0.05, one draw per step).
 
-Usage:  ECLIPSE_RAY_CACHE=cache python benchmarks/model_poisons.py [--attacks em tap rem em-adaptive]
+Usage:  ECLIPSE_RAY_CACHE=cache python benchmarks/model_poisons.py [--attacks em tap rem em-adaptive sep entf]
+        [--defenses none eclipse advtrain]
 Cost:   crafting, measured on a shared 2-core machine under heavy load (wall inflated; CPU = one thread):
         em 779 s wall / 56 s CPU (3 rounds, surrogate 100 % on the poisons), tap 345 s / 167 s,
         em-adaptive 229 s / 114 s (6 rounds, cap reached at 57 %), rem 267 s / 208 s; each victim
         training ≈ 100–400 s wall, eclipse one-shot purification ≈ 50–450 s wall.
 Result (seed 0, test_acc; clean 72.7 %, clean through eclipse 66.5 %):
-        em 10.8 / eclipse 63.3, tap 11.3 / 62.6, rem 34.9 / 52.6, em-adaptive 22.9 / 57.0.
+        em 10.8 / eclipse 63.3, tap 11.3 / 62.6, rem 34.9 / 52.6, em-adaptive 22.9 / 57.0,
+        sep 17.1 / 63.6 (crafted in 1,214 s wall), entf 66.7 / 66.5 (720 s; aimed at adversarial training).
 """
 
 from __future__ import annotations
