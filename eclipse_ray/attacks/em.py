@@ -32,10 +32,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eclipse_ray.attacks.base import mask_of, rate_rows, setting_rate, setting_seed
+from eclipse_ray.attacks.base import mask_of, setting_rate, setting_seed
 from eclipse_ray.attacks.surrogate import (BatchStream, CraftedAttack, Surrogate, View, accuracy, budget_steps,
-                                           build_surrogate, crafting_device, images_tensor, linf_project, pgd,
-                                           quantise, torch_generator, train_step)
+                                           build_surrogate, images_tensor, linf_project, pgd, quantise, train_step)
 from eclipse_ray.config import setting
 from eclipse_ray.data.imageset import ImageSet
 
@@ -61,9 +60,7 @@ class EM(CraftedAttack):
         return None, 1
 
     def poison_train(self, train: ImageSet, rng: np.random.Generator):
-        rows = rate_rows(len(train), self.rate, rng)
-        gen = torch_generator(rng)
-        device = crafting_device(self)
+        rows, gen, device = self.begin(len(train), rng)
         view, draws = self.make_view(train, device)
         x = images_tensor(train.images, device)
         y = torch.from_numpy(train.labels).to(device)

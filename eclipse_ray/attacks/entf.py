@@ -36,10 +36,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from eclipse_ray.attacks.base import mask_of, rate_rows, setting_rate, setting_seed
-from eclipse_ray.attacks.surrogate import (CraftedAttack, Surrogate, budget_steps, crafting_device, features,
-                                           images_tensor, linf_project, pgd, quantise, robust_surrogate,
-                                           torch_generator)
+from eclipse_ray.attacks.base import mask_of, setting_rate, setting_seed
+from eclipse_ray.attacks.surrogate import (CraftedAttack, Surrogate, budget_steps, features, images_tensor,
+                                           linf_project, pgd, quantise, robust_surrogate)
 from eclipse_ray.config import setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.tensors import augment_batch
@@ -101,9 +100,7 @@ class EntF(CraftedAttack):
     seed: int = setting_seed()
 
     def poison_train(self, train: ImageSet, rng: np.random.Generator):
-        rows = rate_rows(len(train), self.rate, rng)
-        gen = torch_generator(rng)
-        device = crafting_device(self)
+        rows, gen, device = self.begin(len(train), rng)
         seed = int(torch.randint(0, 2**31, (1,), generator=gen))
         vcfg = VictimConfig(arch=self.arch, epochs=self.surrogate_epochs, width=self.width,
                             batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,

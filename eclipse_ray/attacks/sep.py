@@ -28,9 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eclipse_ray.attacks.base import mask_of, rate_rows, setting_rate, setting_seed
-from eclipse_ray.attacks.surrogate import (CraftedAttack, budget_steps, crafting_device, images_tensor, linf_project,
-                                           pgd, quantise, torch_generator)
+from eclipse_ray.attacks.base import mask_of, setting_rate, setting_seed
+from eclipse_ray.attacks.surrogate import CraftedAttack, budget_steps, images_tensor, linf_project, pgd, quantise
 from eclipse_ray.attacks.tap import step_size
 from eclipse_ray.config import ConfigError, setting
 from eclipse_ray.data.imageset import ImageSet
@@ -87,9 +86,7 @@ class SEP(CraftedAttack):
         return models, victim.mean, victim.std
 
     def poison_train(self, train: ImageSet, rng: np.random.Generator):
-        rows = rate_rows(len(train), self.rate, rng)
-        gen = torch_generator(rng)
-        device = crafting_device(self)
+        rows, gen, device = self.begin(len(train), rng)
         models, mean, std = self.ensemble(train, gen, device)
         eps = budget_steps(self.eps) / 255
         x_all = images_tensor(train.images[rows], device)

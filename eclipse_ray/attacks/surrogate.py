@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from eclipse_ray.attacks.base import AVAILABILITY, AttackConfig
+from eclipse_ray.attacks.base import AVAILABILITY, AttackConfig, rate_rows
 from eclipse_ray.config import setting
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.victim.nets import FastNet, build_net
@@ -60,6 +60,12 @@ class CraftedAttack(AttackConfig):
     momentum: float = setting(0.9, "surrogate SGD momentum", ge=0.0, lt=1.0)
     weight_decay: float = setting(5e-4, "surrogate weight decay", ge=0.0)
     device: str = setting("auto", "crafting device: auto (CUDA if present), cpu or cuda[:N]")
+
+    def begin(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, torch.Generator, torch.device]:
+        """(the ``rate`` share of the ``n`` rows to poison, the crafting's torch generator, the device), drawn
+        in this order from the attack's generator: what every crafted poison does first."""
+        rows = rate_rows(n, self.rate, rng)
+        return rows, torch_generator(rng), crafting_device(self)
 
     def apply(self, data: Dataset) -> Dataset:
         """Craft (see :meth:`AttackConfig.apply`); record wall and process-CPU time (``craft_seconds``,

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eclipse_ray.attacks.base import mask_of, rate_rows, setting_rate, setting_seed
-from eclipse_ray.attacks.surrogate import (CraftedAttack, Surrogate, budget_steps, crafting_device, images_tensor,
-                                           linf_project, pgd, quantise, torch_generator)
+from eclipse_ray.attacks.base import mask_of, setting_rate, setting_seed
+from eclipse_ray.attacks.surrogate import (CraftedAttack, Surrogate, budget_steps, images_tensor, linf_project, pgd,
+                                           quantise)
 from eclipse_ray.config import ConfigError, setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.victim.train import VictimConfig, train_victim
@@ -55,9 +55,7 @@ class TAP(CraftedAttack):
                               "keeps every label (no permutation)")
 
     def poison_train(self, train: ImageSet, rng: np.random.Generator):
-        rows = rate_rows(len(train), self.rate, rng)
-        gen = torch_generator(rng)
-        device = crafting_device(self)
+        rows, gen, device = self.begin(len(train), rng)
         surrogate_seed = int(torch.randint(0, 2**31, (1,), generator=gen))
         vcfg = VictimConfig(arch=self.arch, epochs=self.surrogate_epochs, width=self.width,
                             batch_size=self.batch_size, device=str(device))
