@@ -27,6 +27,12 @@ CIFAR-10 (``cifar10-jpeg``), the model-free Table 1 attacks (URP, LSP, AR, OPS) 
 Blend, SIG at their Table 1 rates, plus clean data, against ``none``, ``jpeg``, ``gray``,
 ``eclipse`` and ``denoise`` with the subset's purifier and victim settings (tiny DDPM trained
 600 iterations on the defender's 2,000-image clean set; width-16 fast victim, 6 epochs).
+Its ≈ 4 CPU hours run in parts, two attacks at a time (``--attacks none urp``, ``lsp ar``, ``ops badnets``,
+``blend sig``): each part's rows land in the store, its wall time in ``<reference>/wall.jsonl``, and the
+report sums the parts. The finished parts' rows are kept in ``results/reference/full/parts/``; copy them
+into the study store (``cp results/reference/full/parts/part-*.parquet <store>/``) to continue on another
+machine without recomputing their poisons and purified sets. The report puts every cell beside the
+subset study's (``results/reference/subset/rows.parquet``).
 
 ``--preset cifar10`` (GPUs, full CIFAR-10): the paper UNet and ResNet-18 for 80
 epochs, published purifier settings (full reverse chains), crafted poisons at
@@ -62,6 +68,7 @@ from eclipse_ray.results.table import (
     best_backdoor,
     clean_cost,
     defense_table,
+    scale_change,
     markdown,
     won_back,
 )
@@ -94,6 +101,7 @@ DEFENSE_SETTINGS = {
 DEFENSE_SETTINGS["full"] = {d: DEFENSE_SETTINGS["subset"][d] for d in ("eclipse", "denoise")}
 ATTACK_SETTINGS = {"subset": CPU_CRAFTING, "full": {}, "cifar10": {a: {"attack.arch": "resnet18"} for a in ("em", "rem", "tap")}}
 SHARED = {"subset": {"purify_seed": "0"}, "full": {"purify_seed": "0"}, "cifar10": {}}
+SUBSET_ROWS = Path(__file__).parent.parent / "results" / "reference" / "subset" / "rows.parquet"
 FULL_ATTACKS = ("none", "urp", "lsp", "ar", "ops", "badnets", "blend", "sig")
 FULL_DEFENSES = ("none", "jpeg", "gray", "eclipse", "denoise")
 FIRST = [("none", "none"), ("lsp", "eclipse"), ("lsp", "puregen-ddpm"), ("lsp", "puregen-ebm"), ("em", "none"),
@@ -121,8 +129,10 @@ def build_specs(preset_name: str, seeds: list[int], dataset: str | None = None) 
     return specs
 
 
-def write_reference(df: pd.DataFrame, out: Path, wall_seconds: float | None) -> Path:
-    """rows.parquet, report.md (Table 1, clean cost, won-back) and pareto PNGs into ``out``."""
+def write_reference(df: pd.DataFrame, out: Path, wall_seconds: float | None,
+                    compare: tuple[str, pd.DataFrame] | None = None) -> Path:
+    """rows.parquet, report.md (Table 1, clean cost, won-back) and pareto PNGs into ``out``; with ``compare``
+    (a name and another study's rows, e.g. the subset's) a section with both side by side."""
     df = labelled(df)  # datasets by short name and content fingerprint, never a path
     out.mkdir(parents=True, exist_ok=True)
     df[[c for c in ROW_COLUMNS if c in df]].to_parquet(out / "rows.parquet", index=False)
@@ -143,6 +153,18 @@ def write_reference(df: pd.DataFrame, out: Path, wall_seconds: float | None) -> 
             f"{100 * counted['won_back'].mean():.1f} % ({', '.join(counted['attack'])}); left out (remove < 10 "
             f"points): {', '.join(wb[~wb['counted']]['attack']) or 'none'}." if not counted.empty else "", "",
             "## Lowest backdoor ASR", "", markdown(bd.set_index("attack")) if not bd.empty else "(none)", ""]
+    if compare is not None:
+        name, other = compare
+        both = [a for a in ("none", *AVAILABILITY, *BACKDOORS) if a in set(df["attack.name"])]
+        other_wb = won_back(other, AVAILABILITY).set_index("attack")
+        text += [f"## What changes with the size: {name} → this study", "",
+                 "Mean accuracy % (/ ASR %) per cell, and each defense's clean cost in points:", "",
+                 markdown(scale_change(other, df, both, defenses)), ""]
+        if not wb.empty:
+            lines = [f"{r.attack}: {100 * other_wb.loc[r.attack, 'won_back']:.0f} % → {100 * r.won_back:.0f} %"
+                     for r in wb.itertuples() if r.attack in other_wb.index]
+            text += ["Share of the removed accuracy won back by the best defense (each study's own defenses): "
+                     + "; ".join(lines) + ".", ""]
     if wall_seconds is not None:
         text += [f"Study wall time: {wall_seconds / 60:.1f} min.", ""]
     text += ["![availability](pareto_availability.png)" if avail_png else "",
@@ -150,6 +172,19 @@ def write_reference(df: pd.DataFrame, out: Path, wall_seconds: float | None) -> 
     path = out / "report.md"
     path.write_text("\n".join(text))
     return path
+
+
+def log_part(reference: Path, attacks: list[str], trials: int, seconds: float) -> None:
+    """Append one part of a study run in parts (``--attacks``) to ``<reference>/wall.jsonl``."""
+    reference.mkdir(parents=True, exist_ok=True)
+    with open(reference / "wall.jsonl", "a") as f:
+        f.write(json.dumps({"attacks": attacks, "trials": trials, "seconds": round(seconds, 1),
+                            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+
+
+def read_parts_log(reference: Path) -> list[dict]:
+    path = reference / "wall.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def main() -> None:
@@ -168,6 +203,9 @@ def main() -> None:
     p.add_argument("--only", nargs="+", default=None, metavar="DEFENSE",
                    help="run only these defenses' cells (e.g. after changing their settings); the report "
                         "still covers every cell")
+    p.add_argument("--attacks", nargs="+", default=None, metavar="ATTACK",
+                   help="run only these attacks' cells (a long study in parts: each part's trials land in the store "
+                        "and its wall time in <reference>/wall.jsonl; the report sums the parts)")
     args = p.parse_args()
     seeds = args.seeds or {"subset": [0, 1], "full": [0]}.get(args.preset, [0, 1, 2])
     study = storage.normalize(args.results or f"results/defense_quality-{args.preset}")
@@ -176,29 +214,40 @@ def main() -> None:
     specs = build_specs(args.preset, seeds, args.dataset)
     # every setting checked before any work starts; the report shows only these trials' rows
     wanted = {h for s in specs for h in build_config(s["dataset"], s["attack"], s["defense"], s["set"]).hashes()}
-    unknown = set(args.only or ()) - {s["defense"] for s in specs}
-    if unknown:
-        p.error(f"--only {' '.join(sorted(unknown))}: not a defense of this study")
+    for flag, chosen, key in (("--only", args.only, "defense"), ("--attacks", args.attacks, "attack")):
+        unknown = set(chosen or ()) - {s[key] for s in specs}
+        if unknown:
+            p.error(f"{flag} {' '.join(sorted(unknown))}: not {'a defense' if key == 'defense' else 'an attack'} "
+                    f"of this study")
     if not args.report_only:
         gpus = args.gpus_per_trial
         if gpus is None:
             import torch
 
             gpus = 0.25 if torch.cuda.is_available() else 0.0
-        todo = [s for s in specs if args.only is None or s["defense"] in args.only]
+        todo = [s for s in specs if (args.only is None or s["defense"] in args.only)
+                and (args.attacks is None or s["attack"] in args.attacks)]
         print(f"defense_quality: {len(todo)} trials -> {study}", flush=True)
         t = time.perf_counter()
         concurrent = args.concurrent or (2 if args.preset in ("subset", "full") else None)
         run_study(study, todo, address=args.address, cpus_per_trial=1.0, gpus_per_trial=gpus,
                   max_concurrent=concurrent, data_dir=args.data_dir)
-        wall = time.perf_counter() - t if args.only is None else None  # a partial rerun is not the study's time
+        wall = time.perf_counter() - t
+        if args.only is not None:  # a rerun of some defenses' cells is not the study's time
+            wall = None
+        elif args.attacks is not None:  # one part of a study run in parts: the report sums the parts
+            log_part(reference, args.attacks, len(todo), wall)
+            wall = sum(r["seconds"] for r in read_parts_log(reference))
     df = read_results(study)
     stale = ~df["config_hash"].isin(wanted)
     if stale.any():
         print(f"defense_quality: {int(stale.sum())} stored rows with other settings left out of the report "
               f"({', '.join(sorted(set(df.loc[stale, 'defense.name'])))})", flush=True)
     df = df[~stale]
-    report = write_reference(df, reference, wall)
+    compare = None
+    if args.preset == "full" and (SUBSET_ROWS).exists():
+        compare = ("the 4,660-image subset (seeds 0 and 1)", pd.read_parquet(SUBSET_ROWS))
+    report = write_reference(df, reference, wall, compare)
     computed, reused = cache_counts(df)
     print(json.dumps({"rows": len(df), "purifications_computed": computed, "purifications_reused": reused,
                       "report": str(report), "wall_seconds": None if wall is None else round(wall, 1)}))

@@ -69,14 +69,17 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10, help="victim epochs (fast net)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/targeted")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="settings on top of the attack's CPU ones (a variant, e.g. attack.rate=0.5)")
     args = ap.parse_args()
+    extra = dict(kv.split("=", 1) for kv in args.set)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for attack in args.attacks:
         for defense in args.defenses:
             overrides = {**{f"attack.{k}": v for k, v in ATTACKS[attack].items()},
                          **{f"defense.{k}": v for k, v in DEFENSES[defense].items()},
-                         "victim.epochs": str(args.epochs), "seed": str(args.seed)}
+                         "victim.epochs": str(args.epochs), "seed": str(args.seed), **extra}
             cfg = build_config(DATASET, attack, defense, overrides)
             if is_stored(cfg, out / "store"):
                 continue  # measured already (rerun to finish an interrupted benchmark)

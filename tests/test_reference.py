@@ -13,7 +13,7 @@ from eclipse_ray.config import ConfigError
 from eclipse_ray.distributed.artifacts import purification_key
 from eclipse_ray.distributed.tune import run_spec, spec
 from eclipse_ray.presets import PRESETS, trial_settings
-from eclipse_ray.results.table import best_backdoor, clean_cost, defense_table, won_back
+from eclipse_ray.results.table import best_backdoor, clean_cost, defense_table, scale_change, won_back
 from eclipse_ray.trial import build_config
 
 
@@ -43,6 +43,18 @@ def test_table_cells_clean_cost_and_won_back():
     assert bool(wb.loc["lsp", "counted"]) and not bool(wb.loc["urp", "counted"])  # URP removes only 3 points
     bd = best_backdoor(df, ["badnets"]).iloc[0]
     assert bd["best_defense"] == "eclipse" and bd["best_asr"] == pytest.approx(0.10)
+
+
+def test_scale_change_puts_two_studies_side_by_side():
+    small = _rows()
+    large = small[small["seed"] == 0].assign(test_acc=lambda d: d["test_acc"] + 0.1)
+    large = large[~((large["attack.name"] == "lsp") & (large["defense.name"] == "jpeg"))]
+    t = scale_change(small, large, ["none", "lsp", "badnets"], ["none", "eclipse", "jpeg"])
+    assert t.loc["none", "none"] == "71.0 → 80.0"
+    assert t.loc["badnets", "eclipse"] == "65.0 / 10.0 → 74.0 / 5.0"
+    assert t.loc["lsp", "jpeg"] == "50.0 → –"  # measured in one study only
+    assert t.loc["clean cost", "eclipse"] == "+5.0 → +4.0"
+    assert t.loc["clean cost", "jpeg"] == "– → –"
 
 
 def test_purify_seed_shares_one_purification_across_victim_seeds():

@@ -94,6 +94,29 @@ def best_backdoor(df: pd.DataFrame, attacks: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def scale_change(before: pd.DataFrame, after: pd.DataFrame, attacks: Sequence[str],
+                 defenses: Sequence[str]) -> pd.DataFrame:
+    """Two studies of one grid side by side (e.g. the subset and full CIFAR-10): per attack and defense,
+    ``"before → after"`` of the mean accuracy (``/`` the mean ASR where there is one), in %, and a
+    ``clean cost`` row (undefended clean minus defended clean, points). A cell measured in only one
+    study shows ``–`` on the other side."""
+    stats = [(cell_stats(df, "test_acc")["mean"], cell_stats(df, "asr")["mean"]) for df in (before, after)]
+
+    def side(acc: pd.Series, asr: pd.Series, key: tuple[str, str]) -> str:
+        if key not in acc.index:
+            return "–"
+        return f"{100 * acc[key]:.1f}" + (f" / {100 * asr[key]:.1f}" if key in asr.index else "")
+
+    out = pd.DataFrame(index=[*attacks, "clean cost"], columns=list(defenses), dtype=object)
+    for a in attacks:
+        for d in defenses:
+            out.loc[a, d] = " → ".join(side(acc, asr, (a, d)) for acc, asr in stats)
+    costs = [clean_cost(df, defenses) for df in (before, after)]
+    for d in defenses:
+        out.loc["clean cost", d] = " → ".join("–" if pd.isna(c[d]) else f"{c[d]:+.1f}" for c in costs)
+    return out
+
+
 def markdown(table: pd.DataFrame, index_name: str = "attack") -> str:
     """A DataFrame of strings/numbers as a GitHub markdown table."""
     cols = [index_name, *map(str, table.columns)]
