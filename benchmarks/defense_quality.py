@@ -130,16 +130,18 @@ def build_specs(preset_name: str, seeds: list[int], dataset: str | None = None) 
 
 
 def write_reference(df: pd.DataFrame, out: Path, wall_seconds: float | None,
-                    compare: tuple[str, pd.DataFrame] | None = None) -> Path:
+                    compare: tuple[str, pd.DataFrame] | None = None, parts: list[dict] | None = None) -> Path:
     """rows.parquet, report.md (Table 1, clean cost, won-back) and pareto PNGs into ``out``; with ``compare``
-    (a name and another study's rows, e.g. the subset's) a section with both side by side."""
+    (a name and another study's rows, e.g. the subset's) a section with both side by side; with ``parts``
+    (a study run in parts, :func:`read_parts_log`) each part's wall time."""
     df = labelled(df)  # datasets by short name and content fingerprint, never a path
     out.mkdir(parents=True, exist_ok=True)
     df[[c for c in ROW_COLUMNS if c in df]].to_parquet(out / "rows.parquet", index=False)
     avail_png = plot_pareto(df[df["attack.name"].isin(AVAILABILITY)], out / "pareto_availability.png")
     back_png = plot_pareto(df[df["attack.name"].isin(BACKDOORS)], out / "pareto_backdoor.png")
     defenses = [d for d in (*PURIFIERS, "vab") if d in set(df["defense.name"])]
-    table = defense_table(df, ("none", *AVAILABILITY, *BACKDOORS), defenses)
+    attacks = [a for a in ("none", *AVAILABILITY, *BACKDOORS) if a in set(df["attack.name"])]
+    table = defense_table(df, attacks, defenses)
     cost = clean_cost(df, defenses).map(lambda v: "–" if pd.isna(v) else f"{v:+.1f}").to_frame("clean cost (pts)").T
     wb, bd = won_back(df, AVAILABILITY), best_backdoor(df, BACKDOORS)
     counted = wb[wb["counted"]] if not wb.empty else wb
@@ -155,18 +157,20 @@ def write_reference(df: pd.DataFrame, out: Path, wall_seconds: float | None,
             "## Lowest backdoor ASR", "", markdown(bd.set_index("attack")) if not bd.empty else "(none)", ""]
     if compare is not None:
         name, other = compare
-        both = [a for a in ("none", *AVAILABILITY, *BACKDOORS) if a in set(df["attack.name"])]
         other_wb = won_back(other, AVAILABILITY).set_index("attack")
         text += [f"## What changes with the size: {name} → this study", "",
                  "Mean accuracy % (/ ASR %) per cell, and each defense's clean cost in points:", "",
-                 markdown(scale_change(other, df, both, defenses)), ""]
+                 markdown(scale_change(other, df, attacks, defenses)), ""]
         if not wb.empty:
             lines = [f"{r.attack}: {100 * other_wb.loc[r.attack, 'won_back']:.0f} % → {100 * r.won_back:.0f} %"
                      for r in wb.itertuples() if r.attack in other_wb.index]
             text += ["Share of the removed accuracy won back by the best defense (each study's own defenses): "
                      + "; ".join(lines) + ".", ""]
     if wall_seconds is not None:
-        text += [f"Study wall time: {wall_seconds / 60:.1f} min.", ""]
+        text += [f"Study wall time: {wall_seconds / 60:.1f} min"
+                 + (f" ({wall_seconds / 3600:.2f} h) in {len(parts)} parts: " + "; ".join(
+                     f"{' '.join(r['attacks'])} — {r['trials']} trials, {r['seconds'] / 60:.1f} min" for r in parts)
+                    if parts else "") + ".", ""]
     text += ["![availability](pareto_availability.png)" if avail_png else "",
              "![backdoors](pareto_backdoor.png)" if back_png else "", ""]
     path = out / "report.md"
@@ -238,6 +242,9 @@ def main() -> None:
         elif args.attacks is not None:  # one part of a study run in parts: the report sums the parts
             log_part(reference, args.attacks, len(todo), wall)
             wall = sum(r["seconds"] for r in read_parts_log(reference))
+    parts = read_parts_log(reference) if args.preset == "full" or args.attacks is not None else []
+    if args.report_only and parts:
+        wall = sum(r["seconds"] for r in parts)
     df = read_results(study)
     stale = ~df["config_hash"].isin(wanted)
     if stale.any():
@@ -247,7 +254,7 @@ def main() -> None:
     compare = None
     if args.preset == "full" and (SUBSET_ROWS).exists():
         compare = ("the 4,660-image subset (seeds 0 and 1)", pd.read_parquet(SUBSET_ROWS))
-    report = write_reference(df, reference, wall, compare)
+    report = write_reference(df, reference, wall, compare, parts)
     computed, reused = cache_counts(df)
     print(json.dumps({"rows": len(df), "purifications_computed": computed, "purifications_reused": reused,
                       "report": str(report), "wall_seconds": None if wall is None else round(wall, 1)}))

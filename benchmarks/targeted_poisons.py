@@ -13,6 +13,7 @@ the papers; see ``ATTACKS`` below): these figures show the pipeline and the
 direction of the effects, not the papers' numbers. One seed per cell.
 
 Usage:  ECLIPSE_RAY_CACHE=cache python benchmarks/targeted_poisons.py [--attacks ...] [--defenses ...]
+        [--set KEY=VALUE ...]   (a variant: extra settings for every trial, e.g. ``--set attack.rate=0.5``)
 Cost:   CPU: gradient matching ≈ 46 min of crafting (1 restart × 60 steps); Bullseye ≈ 3 min, Narcissus < 1 min
         of crafting; Sleeper Agent 17 min, IAD 28 min, LC 14 min, HTBA 7 min, Poison Frogs 6 min (wall, 2 shared
         cores); each victim 2–6 min (see README); results in results/targeted/ (published:

@@ -124,6 +124,21 @@ def test_reference_grid_is_complete_and_valid():
     assert PRESETS["subset"].victim.width == 16
 
 
+def test_report_of_a_study_in_parts_sums_the_parts_and_shows_only_its_attacks(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import defense_quality as dq
+
+    dq.log_part(tmp_path, ["none", "lsp"], 4, 600.0)
+    dq.log_part(tmp_path, ["urp"], 2, 300.0)
+    parts = dq.read_parts_log(tmp_path)
+    assert [p["attacks"] for p in parts] == [["none", "lsp"], ["urp"]]
+    df = _rows().assign(dataset="digits")
+    text = dq.write_reference(df, tmp_path, sum(p["seconds"] for p in parts), ("small", _rows()), parts).read_text()
+    assert "15.0 min (0.25 h) in 2 parts: none lsp — 4 trials, 10.0 min; urp — 2 trials, 5.0 min" in text
+    assert "| em |" not in text and "| lsp | 21.0" in text  # rows only for the attacks this study ran
+    assert "| lsp | 21.0 → 21.0" in text
+
+
 @pytest.mark.parametrize("name, pinned", [
     ("smoke", ("7597e19e84015bc9", "1faeeedd1167d3dd", "a0972cfe57c46fcf")),
     ("cifar10", ("a51ebc6e09faea97", "f11d0b91411394e7", "0bac9b1bcbdca776")),
