@@ -41,3 +41,22 @@ def test_lc_poisons_only_the_target_class_keeps_labels_and_stays_in_budget(digit
                                                           * 255)).all()
     plain = ATTACKS.build("lc", {**TINY, "steps": "0"}).apply(digits).train
     assert not (plain.images[plain.poisoned][:, ~corners] != clean.images[plain.poisoned][:, ~corners]).any()
+
+
+def test_an_linf_budget_above_one_is_refused_before_any_work():
+    from eclipse_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match="norm=l2"):
+        ATTACKS.build("lc", {"eps": "1.176"})
+    assert ATTACKS.build("lc", {"eps": "1.176", "norm": "l2"}).norm == "l2"
+
+
+@pytest.mark.heavy  # about a minute of training
+def test_lc_l2_poisons_stay_in_their_l2_ball(digits):
+    cfg = ATTACKS.build("lc", {**TINY, "norm": "l2", "eps": "1.0"})
+    tr, clean = cfg.apply(digits).train, digits.train
+    corners = np.broadcast_to(corner_trigger(clean.image_shape, cfg.size)[0] > 0, clean.image_shape)
+    d = (tr.images[tr.poisoned].astype(float) - clean.images[tr.poisoned])[:, ~corners]
+    norms = np.linalg.norm(d.reshape(len(d), -1), axis=1)
+    assert norms.max() <= cfg.eps * 255 + 1e-6 and norms.min() > 0.5 * cfg.eps * 255  # in the ball, and used
+    assert np.abs(d).max() > round(16 / 255 * 255)  # ℓ2 concentrates where ℓ∞ 16/255 could not go

@@ -3,7 +3,9 @@
 A clean-label backdoor: only images of the target class are poisoned and their
 labels are kept. To make the victim rely on the trigger rather than on the
 images' own content, each poisoned image is first made hard to classify — an
-untargeted PGD ℓ∞ adversarial example (``eps``, paper 16/255) against an
+untargeted PGD adversarial example (``norm``/``eps``: ℓ∞ 16/255 by default; the
+reference code's default data set ``two_300`` is ℓ2 ε = 300 on the 0–255 scale,
+``norm=l2 eps=1.176``) against an
 *adversarially trained* surrogate (as the paper's examples come from a robust
 model: its adversarial examples change what the image looks like, where a
 plain model's are a learnable shortcut — measured on digits: with a plain
@@ -35,7 +37,7 @@ import torch.nn.functional as F
 
 from eclipse_ray.attacks.backdoor import _Backdoor, setting_target
 from eclipse_ray.attacks.base import choose_rows, mask_of, setting_seed
-from eclipse_ray.attacks.surrogate import (budget_steps, images_tensor, linf_project, pgd, quantise,
+from eclipse_ray.attacks.surrogate import (NORMS, ball_project, budget_steps, images_tensor, pgd, quantise_ball,
                                            robust_surrogate, torch_generator)
 from eclipse_ray.config import ConfigError, setting
 from eclipse_ray.data.imageset import ImageSet, to_float, to_uint8
@@ -63,8 +65,10 @@ class LabelConsistent(_Backdoor):
     clean_label: ClassVar[bool] = True
     crafted: ClassVar[bool] = True
     summary: ClassVar[str] = "label-consistent: adversarially hardened target-class images + four-corner trigger"
-    eps: float = setting(16 / 255, "ℓ∞ budget of the adversarial perturbation on [0,1] (paper: 16/255)",
-                         ge=0.0, le=1.0)
+    eps: float = setting(16 / 255, "budget of the adversarial perturbation on [0,1]: ℓ∞ per pixel (paper: 16/255) "
+                         "or, with norm=l2, each image's ℓ2 norm (reference code: 300/255 = 1.176)", ge=0.0)
+    norm: str = setting("linf", "budget norm of the adversarial perturbation: linf or l2 (the paper has both)",
+                        choices=NORMS, added=True)
     steps: int = setting(100, "PGD steps", ge=0)
     tau: float = setting(0.1, "PGD step size as a fraction of eps", gt=0.0)
     size: int = setting(3, "side of each corner's checkerboard in pixels", ge=1)
@@ -79,6 +83,11 @@ class LabelConsistent(_Backdoor):
                           ge=0.0, le=1.0)
     target: int = setting_target()
     seed: int = setting_seed()
+
+    def validate(self) -> None:
+        super().validate()
+        if self.norm == "linf" and self.eps > 1:
+            raise ConfigError(f"attack.eps={self.eps}: an ℓ∞ budget on [0,1] is at most 1 (ℓ2 budgets: norm=l2)")
 
     def check_dataset(self, train: ImageSet) -> None:
         super().check_dataset(train)
@@ -106,19 +115,19 @@ class LabelConsistent(_Backdoor):
 
     def harden(self, train: ImageSet, rows: np.ndarray, gen: torch.Generator) -> np.ndarray:
         """``train.images`` with ``rows`` replaced by untargeted adversarial examples against a surrogate."""
-        if self.steps == 0 or budget_steps(self.eps) == 0 or not len(rows):
+        eps = budget_steps(self.eps) / 255 if self.norm == "linf" else self.eps  # ℓ∞: whole uint8 steps
+        if self.steps == 0 or eps == 0 or not len(rows):
             return train.images
         device = pick_device("auto")
         seed = int(torch.randint(0, 2**31, (1,), generator=gen))
         cfg = VictimConfig(arch="fast", epochs=self.surrogate_epochs, width=self.surrogate_width, device=str(device))
         sur = robust_surrogate(cfg, train.images, train.labels, train.num_classes, self.robust_eps,
                                self.robust_steps, seed)
-        eps = budget_steps(self.eps) / 255
         out = torch.zeros(len(rows), *images_tensor(train.images[rows[:1]], device).shape[1:], device=device)
         for i in range(0, len(rows), 256):
             x = images_tensor(train.images[rows[i:i + 256]], device)
             y = torch.from_numpy(train.labels[rows[i:i + 256]].astype(np.int64)).to(device)
-            start = (torch.rand(x.shape, generator=gen) * 2 - 1).to(device) * eps
-            out[i:i + 256] = pgd(start, lambda d: F.cross_entropy(sur(x + d), y), linf_project(x, eps),
-                                 self.tau * eps, self.steps, minimise=False)
-        return quantise(train.images, rows, out, eps)
+            start = (torch.rand(x.shape, generator=gen) * 2 - 1).to(device) * eps  # ℓ2: projected onto the ball
+            out[i:i + 256] = pgd(start, lambda d: F.cross_entropy(sur(x + d), y), ball_project(x, eps, self.norm),
+                                 self.tau * eps, self.steps, minimise=False, norm=self.norm)
+        return quantise_ball(train.images, rows, out, eps, self.norm)

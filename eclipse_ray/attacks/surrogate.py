@@ -150,15 +150,16 @@ def train_step(sur: Surrogate, x: torch.Tensor, y: torch.Tensor, lr: float | Non
 
 def pgd(delta: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor],
         project: Callable[[torch.Tensor], torch.Tensor], step: float | Callable[[int], float], steps: int,
-        minimise: bool) -> torch.Tensor:
-    """``steps`` signed-gradient steps on ``delta`` (down if ``minimise``), projected after each."""
+        minimise: bool, norm: str = "linf") -> torch.Tensor:
+    """``steps`` steepest-ascent steps on ``delta`` (down if ``minimise``) under ``norm`` (ℓ∞: the gradient's
+    sign; ℓ2: the gradient scaled to unit norm per sample), projected after each."""
     sign = -1.0 if minimise else 1.0
     delta = project(delta.detach())
     for k in range(steps):
         delta.requires_grad_(True)
         (grad,) = torch.autograd.grad(loss_fn(delta), delta)
         size = step(k) if callable(step) else step
-        delta = project(delta.detach() + sign * size * grad.sign())
+        delta = project(delta.detach() + sign * size * steepest(grad, norm))
     return delta.detach()
 
 
