@@ -124,3 +124,11 @@ def test_sleeper_agent_implants_a_hidden_trigger(digits):
     asr, base = (metrics.attack_success_rate(v.predict(trig.images), cfg.target)
                  for v in reversed(clean_and_poisoned(digits, p)))
     assert asr >= 0.5 and base <= 0.1, (asr, base)
+
+
+def test_iad_schedule_scales_the_papers_decays_or_keeps_its_epochs():
+    scaled, kept = ATTACKS.build("iad", {}), ATTACKS.build("iad", {"schedule": "truncated"})
+    assert scaled.milestones((100, 200, 300, 400), 600, 600) == [100, 200, 300, 400]
+    assert scaled.milestones((100, 200, 300, 400), 600, 10) == [1, 3, 5, 6]  # a short run decays early
+    assert kept.milestones((100, 200, 300, 400), 600, 10) == []  # the paper run's first 10 epochs: no decay yet
+    assert kept.milestones((10, 20), 25, 15) == [10]

@@ -17,7 +17,10 @@ Training (the authors' code, on [0,1] images here):
    ``p_cross`` (10 %) gets *another* image's trigger, x + (G(x') − x) ⊙ m(x'),
    and keeps its label (*cross-trigger mode*: a trigger only works on the
    image it was made for), the rest stays clean; loss = CE + λ_div·‖x − x'‖/‖G(x) − G(x')‖.
-   Both learning rates ×0.1 at 1/6, 2/6, 3/6, 4/6 (C) and 2/6 … 5/6 (G) of the epochs.
+   Both learning rates ×0.1 at epochs 100, 200, 300, 400 (C) and 200 … 500 (G) of the
+   paper's 600 (mask: 10, 20 of 25). ``schedule``: ``scaled`` puts the decays at the same
+   fractions of a shorter run (a 10-epoch run decays C after its first epoch); ``truncated``
+   keeps the paper's epochs, so a shorter run is the paper run's first epochs.
 
 Networks: the authors' encoder–decoder (3×3 conv–BN–ReLU blocks, two per level,
 max-pool down, bilinear up; ``gen_width`` 32 doubling over 3 levels, tanh out)
@@ -119,6 +122,9 @@ class IAD(_Backdoor):
     gen_width: int = setting(32, "base width of the generators (doubled over 3 levels)", ge=4)
     width: int = setting(32, "base width of the attacker's fast-net classifier", ge=4)
     batch_size: int = setting(128, "attacker batch size", ge=2)
+    schedule: str = setting("scaled", "learning-rate decays: scaled (the paper's fractions of the run) or "
+                            "truncated (the paper's epochs: a short run is its first epochs)",
+                            choices=("scaled", "truncated"), added=True)
     cross_ratio: float = setting(1.0, "cross-trigger rows per poisoned row in the poisoned set (p_cross/p_attack)",
                                  ge=0.0)
     rate: float = setting_rate(0.1)
@@ -132,6 +138,12 @@ class IAD(_Backdoor):
             raise ConfigError(f"iad: the generators halve the image 3 times; {h}x{w} is not a multiple of 8")
         if self.p_attack + self.p_cross > 1:
             raise ConfigError(f"attack.p_attack + attack.p_cross = {self.p_attack + self.p_cross}: more than a batch")
+
+    def milestones(self, paper: tuple[int, ...], paper_epochs: int, epochs: int) -> list[int]:
+        """The epochs after which a learning rate decays ×0.1 (the paper's, scaled to ``epochs`` or kept)."""
+        if self.schedule == "truncated":
+            return [m for m in paper if m < epochs]
+        return [int(epochs * m / paper_epochs) for m in paper]
 
     def train_generators(self, x_all: torch.Tensor, y_all: torch.Tensor, num_classes: int,
                          gen: torch.Generator) -> tuple[Generator, Generator]:
@@ -159,8 +171,7 @@ class IAD(_Backdoor):
             return (x - mean) / std
 
         opt_m = torch.optim.Adam(net_m.parameters(), self.lr_generator, betas=(0.5, 0.9))
-        sched_m = torch.optim.lr_scheduler.MultiStepLR(opt_m, [int(0.4 * self.mask_epochs),
-                                                               int(0.8 * self.mask_epochs)], 0.1)
+        sched_m = torch.optim.lr_scheduler.MultiStepLR(opt_m, self.milestones((10, 20), 25, self.mask_epochs), 0.1)
         net_m.train()
         for _ in tqdm(range(self.mask_epochs), desc="iad mask", disable=None, leave=False):
             for _ in range(steps):
@@ -176,8 +187,10 @@ class IAD(_Backdoor):
 
         opt_c = torch.optim.SGD(clf.parameters(), self.lr, momentum=0.9, weight_decay=5e-4)
         opt_g = torch.optim.Adam(net_g.parameters(), self.lr_generator, betas=(0.5, 0.9))
-        sched_c = torch.optim.lr_scheduler.MultiStepLR(opt_c, [int(self.epochs * k / 6) for k in (1, 2, 3, 4)], 0.1)
-        sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, [int(self.epochs * k / 6) for k in (2, 3, 4, 5)], 0.1)
+        sched_c = torch.optim.lr_scheduler.MultiStepLR(opt_c, self.milestones((100, 200, 300, 400), 600, self.epochs),
+                                                       0.1)
+        sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, self.milestones((200, 300, 400, 500), 600, self.epochs),
+                                                       0.1)
         clf.train()
         net_g.train()
         for _ in tqdm(range(self.epochs), desc="iad generator", disable=None, leave=False):
