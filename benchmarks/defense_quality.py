@@ -242,7 +242,9 @@ def main() -> None:
         elif args.attacks is not None:  # one part of a study run in parts: the report sums the parts
             log_part(reference, args.attacks, len(todo), wall)
             wall = sum(r["seconds"] for r in read_parts_log(reference))
-    parts = read_parts_log(reference) if args.preset == "full" or args.attacks is not None else []
+    # a part's own run, or a report of a study run in parts: the wall time is the parts' sum
+    parts = read_parts_log(reference) if args.attacks is not None or (args.report_only and args.preset == "full") \
+        else []
     if args.report_only and parts:
         wall = sum(r["seconds"] for r in parts)
     df = read_results(study)

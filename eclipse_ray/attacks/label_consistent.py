@@ -18,7 +18,8 @@ is stamped on every non-target image; ASR is the share classified as target.
 
 Defaults follow V&B's protocol (target 0, 10 % of the training set poisoned:
 the whole target class of CIFAR-10, ``rate=1`` of the class). PGD: random
-start, ``steps`` signed steps of ``tau``·eps, maximising the surrogate's
+start, ``steps`` steepest steps of ``tau``·eps (the gradient's sign under ℓ∞, the unit-ℓ2 gradient
+under ℓ2), maximising the surrogate's
 cross-entropy on the true label.
 
 Deviation: the robust surrogate is the fast victim adversarially trained
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 
 from eclipse_ray.attacks.backdoor import _Backdoor, setting_target
 from eclipse_ray.attacks.base import choose_rows, mask_of, setting_seed
-from eclipse_ray.attacks.surrogate import (NORMS, ball_project, budget_steps, images_tensor, pgd, quantise_ball,
+from eclipse_ray.attacks.surrogate import (MIN_L2_EPS, NORMS, ball_project, budget_steps, images_tensor, pgd, quantise_ball,
                                            robust_surrogate, torch_generator)
 from eclipse_ray.config import ConfigError, setting
 from eclipse_ray.data.imageset import ImageSet, to_float, to_uint8
@@ -88,6 +89,9 @@ class LabelConsistent(_Backdoor):
         super().validate()
         if self.norm == "linf" and self.eps > 1:
             raise ConfigError(f"attack.eps={self.eps}: an ℓ∞ budget on [0,1] is at most 1 (ℓ2 budgets: norm=l2)")
+        if self.norm == "l2" and 0 < self.eps < MIN_L2_EPS:
+            raise ConfigError(f"attack.eps={self.eps}: with norm=l2 eps is each image's ℓ2 norm on [0,1]; below "
+                              f"{MIN_L2_EPS} it rounds to (almost) nothing in uint8 images")
 
     def check_dataset(self, train: ImageSet) -> None:
         super().check_dataset(train)
