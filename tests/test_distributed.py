@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from eclipse_ray.config import ConfigError
@@ -97,3 +98,17 @@ def test_baseline_defenses_run_through_the_same_path(poisoned_dir, tmp_path):
     out = store.read_split(tmp_path / "j", "train")
     direct = DEFENSES.build("jpeg").purify(store.read_split(poisoned_dir, "train"), 0)
     assert r["rows"] == 48 and np.array_equal(out.images, direct.images)
+
+
+@pytest.mark.slow
+def test_a_lone_training_task_gets_every_cpu_of_the_node():
+    import ray
+
+    from eclipse_ray.distributed import study
+    from eclipse_ray.distributed.connect import init_ray
+
+    init_ray(None, num_cpus=2)
+    cpus = int(ray.cluster_resources()["CPU"])
+    assert study._cpu_share(1) == {"num_cpus": cpus} and study._cpu_share(4 * cpus) == {"num_cpus": 1}
+    assert study._run_tasks(torch.get_num_threads, [()], study._cpu_share(1)) == [cpus]  # torch uses them
+    assert study._run_tasks(torch.get_num_threads, [(), ()], study._cpu_share(cpus)) == [1, 1]
