@@ -112,3 +112,43 @@ def test_a_lone_training_task_gets_every_cpu_of_the_node():
     assert study._cpu_share(1) == {"num_cpus": cpus} and study._cpu_share(4 * cpus) == {"num_cpus": 1}
     assert study._run_tasks(torch.get_num_threads, [()], study._cpu_share(1)) == [cpus]  # torch uses them
     assert study._run_tasks(torch.get_num_threads, [(), ()], study._cpu_share(cpus)) == [1, 1]
+
+
+@pytest.mark.slow
+def test_a_set_sharing_rows_with_a_purified_one_copies_them_and_gets_the_same_bytes(digits, model_dir, tmp_path):
+    n = 48
+    bad = ATTACKS.build("badnets").apply(digits)
+    for name, data in (("clean", digits), ("bad", bad)):
+        store.write_dataset(tmp_path / name, {k: s.subset(np.arange(min(len(s), n))) for k, s in data.splits.items()},
+                            data.meta, shard_rows=12)
+    d = defense(model_dir)
+    dp.purify_dataset(tmp_path / "clean", d, tmp_path / "clean_p", chunk_rows=8, progress=False)
+    full = dp.purify_dataset(tmp_path / "bad", d, tmp_path / "bad_full", chunk_rows=8, progress=False)
+    got = dp.purify_dataset(tmp_path / "bad", d, tmp_path / "bad_reuse", chunk_rows=8, progress=False,
+                            reuse=[tmp_path / "clean_p", tmp_path / "bad"])  # a non-purified candidate is skipped
+    poisoned = store.read_dataset(tmp_path / "bad")[0]["train"].poisoned
+    assert full["rows_reused"] == 0 and got["rows_reused"] == (~poisoned).sum() and 0 < poisoned.sum() < n
+    assert got["donor"] == str(tmp_path / "clean_p")
+    a, b = (store.read_dataset(tmp_path / m)[0]["train"] for m in ("bad_full", "bad_reuse"))
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.index, b.index)  # the same bytes
+    other = DEFENSES.build("denoise", {"model": str(model_dir), "t_star": "30", "batch_size": "8"})
+    again = dp.purify_dataset(tmp_path / "bad", other, tmp_path / "bad_other", chunk_rows=8, progress=False,
+                              reuse=[tmp_path / "clean_p"])  # another noise level: nothing to copy
+    assert again["rows_reused"] == 0 and "donor" not in again
+
+
+def test_a_study_purifies_clean_sets_first_where_a_backdoor_set_can_copy_their_rows():
+    from types import SimpleNamespace as NS
+
+    from eclipse_ray.distributed.study import _donor_order
+
+    def req(name):
+        return NS(defense=DEFENSES.build(name, {"model": "m"} if name != "jpeg" else {}), seed=0, model_dir="m")
+
+    cfgs = {k: NS(attack=ATTACKS.build(a)) for k, a in (("c", "none"), ("b", "badnets"), ("u", "urp"),
+                                                          ("cj", "none"), ("bj", "badnets"))}
+    reqs = {"c": req("denoise"), "b": req("denoise"), "u": req("denoise"), "cj": req("jpeg"), "bj": req("jpeg")}
+    first, rest = _donor_order(reqs, cfgs)
+    assert first == [reqs["c"]] and rest == [reqs[k] for k in ("b", "u", "cj", "bj")]  # jpeg is not row-wise
+    only_availability = {k: reqs[k] for k in ("c", "u")}
+    assert _donor_order(only_availability, cfgs) == [[reqs["c"], reqs["u"]]]  # nothing to copy: one job

@@ -114,6 +114,9 @@ class DefenseConfig(Config):
     section: ClassVar[str] = "defense"
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    # True where a purified row is the same bytes whichever rows share its call (model batches through
+    # fixed_shape): a set sharing rows with one already purified then copies them (distributed.purify)
+    row_wise: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)

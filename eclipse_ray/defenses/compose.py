@@ -77,6 +77,10 @@ class CompositeDefense(DefenseConfig):
         cls = composite(SEPARATOR.join(parts), _REGISTRY[0])
         return cls(**{field_name(p): getattr(self, field_name(p)) for p in parts})
 
+    @property
+    def row_wise(self) -> bool:  # type: ignore[override]
+        return all(m.row_wise for m in self.purifiers())
+
     def purifying(self) -> DefenseConfig:
         return self.sub(tuple(p for p, m in zip(self.parts, self.members()) if m.purifies))
 

@@ -54,6 +54,7 @@ from eclipse_ray.victim.train import BatchTransform
 class DiffusionDefense(DefenseConfig):
     """Shared settings and machinery of the diffusion purifiers."""
 
+    row_wise: ClassVar[bool] = True  # fixed_shape model calls, per-sample noise and compensation
     default_sigma: ClassVar[float | None] = None
     default_t_star: ClassVar[int | None] = None
     aliases: ClassVar[dict[str, str]] = {f"train_{k}": f"train.{k}"  # the names before train was nested

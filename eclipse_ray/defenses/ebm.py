@@ -43,6 +43,7 @@ class PureGenEBM(DefenseConfig):
     aliases: ClassVar[dict[str, str]] = {f"train_{k}": f"train.{k}"  # the names before train was nested
                                          for k in ("preset", "iterations", "batch_size", "mcmc_steps", "clean_fraction")}
     summary: ClassVar[str] = "Langevin dynamics on an EBM: 150 steps, η = 1.25e-2, τ = 1e-4 (PureGen)"
+    row_wise: ClassVar[bool] = True  # fixed_shape energy calls, per-sample Langevin noise
 
     model: str = setting("auto", "EBM directory, or auto: train one on the clean reference set (cached)")
     steps: int = setting(150, "Langevin steps (PureGen: 150)", ge=0)

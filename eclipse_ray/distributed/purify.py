@@ -17,6 +17,13 @@ sample's noise is a function of (seed, index): a purified image does not depend
 on the actor count, the unit size, the shards, the block layout or which worker
 ran it — the same bytes with 0, 1 or N actors.
 
+Reuse: a request may name a *donor* — a published purification by the same row-wise
+purifier (same settings, seed and model) of a dataset with the same shard layout,
+e.g. the clean set behind a backdoor's 10 % of poisoned rows. A unit's rows whose
+index, label, flag and pixels equal the donor input's are copied from the donor's
+output (a row-wise purifier's output is a function of the row: the same bytes as
+purifying it again); only the others go through the model (``rows_reused`` in the report).
+
 Resume: a finished unit is a file; a rerun computes only the missing ones (a
 per-unit resume is simpler than Ray Data's row-keyed checkpointing and holds the
 same guarantee, because units are written whole). Node loss: Ray Data restarts
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -53,6 +61,16 @@ _SCHEMA = pa.schema([pa.field("index", pa.int64()), pa.field("label", pa.int64()
 
 
 @dataclass(frozen=True)
+class Donor:
+    """A published purification whose rows a request may copy (see the module docstring)."""
+
+    input: str
+    out: str
+    input_sums: dict[str, str] = field(default_factory=dict)  # its input's train shard -> SHA-256
+    out_shards: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # unit name -> (shard, SHA-256)
+
+
+@dataclass(frozen=True)
 class PurifyRequest:
     """One purification: ``input``'s train split through ``defense`` into ``out`` (locations)."""
 
@@ -67,6 +85,7 @@ class PurifyRequest:
     resolved: dict[str, Any] = field(default_factory=dict)  # result columns that depend on the model
     chunk_rows: int = CHUNK_ROWS
     copy_splits: bool = True  # copy the input's other splits (a sweep's purified sets hold train only)
+    donor: Donor | None = None  # rows equal to its input's are copied from its output (row-wise purifiers)
 
     @property
     def chunk(self) -> int:
@@ -123,7 +142,14 @@ def purify_unit(req: PurifyRequest, unit: Unit, purifier, shape: tuple[int, int,
     images = store.decode_images(table.column("image"), shape)
     index = table.column("index").to_numpy()
     t = time.perf_counter()
-    out = purifier(images, index)  # the whole unit: the purifier splits it into its fixed model batches
+    same, given = donor_rows(req, unit, table, images, shape)
+    if same.any():
+        out = given.copy()
+        todo = ~same
+        if todo.any():  # the purifier splits the rows into its fixed model batches
+            out[todo] = purifier(images[todo], index[todo])
+    else:
+        out = purifier(images, index)  # the whole unit: the purifier splits it into its fixed model batches
     seconds = time.perf_counter() - t
     if out.shape != images.shape or out.dtype != np.uint8:
         raise RuntimeError(f"purify {req.defense.name}: {unit.shard}[{unit.start}:{unit.stop}] came back as "
@@ -133,7 +159,8 @@ def purify_unit(req: PurifyRequest, unit: Unit, purifier, shape: tuple[int, int,
                                                [None, pa.py_buffer(flat.tobytes())]).cast(pa.binary())
     result = table.set_column(table.schema.get_field_index("image"), "image", col).cast(_SCHEMA)
     result = result.replace_schema_metadata({**(table.schema.metadata or {}),
-                                             b"purify_seconds": repr(seconds).encode()})
+                                             b"purify_seconds": repr(seconds).encode(),
+                                             b"rows_reused": str(int(same.sum())).encode()})
     sha = store.write_table(req.unit_loc(unit), result)
     back = store.read_table(req.unit_loc(unit), columns=["index", "label", "poisoned"])
     for c in ("index", "label", "poisoned"):  # the rows on storage are the rows read, in order
@@ -142,12 +169,74 @@ def purify_unit(req: PurifyRequest, unit: Unit, purifier, shape: tuple[int, int,
     return len(out), sha
 
 
-def unit_seconds(loc: str) -> float:
-    """The purification seconds a unit recorded (its parquet schema metadata)."""
+def donor_rows(req: PurifyRequest, unit: Unit, table: pa.Table, images: np.ndarray,
+               shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(which of the unit's rows the donor has purified already, the donor's purified images of the unit)."""
+    none = np.zeros(len(images), bool), None
+    d = req.donor
+    if d is None or unit.name not in d.out_shards:
+        return none
+    src = store.read_table(storage.join(d.input, unit.shard), columns=list(store.COLUMNS),
+                           sha256=d.input_sums.get(unit.shard)).slice(unit.start, unit.stop - unit.start)
+    shard, sha = d.out_shards[unit.name]
+    got = store.read_table(storage.join(d.out, shard), columns=list(store.COLUMNS), sha256=sha)
+    if src.num_rows != len(images) or got.num_rows != len(images) or not src.column("index").equals(
+            table.column("index")) or not got.column("index").equals(table.column("index")) or \
+            not got.column("label").equals(src.column("label")):
+        return none  # not the same samples, or not the donor's output of its input: purify them all
+    same = (src.column("label").to_numpy() == table.column("label").to_numpy()) & \
+        (store.decode_images(src.column("image"), shape) == images).reshape(len(images), -1).all(axis=1)
+    return same, store.decode_images(got.column("image"), shape)
+
+
+def find_donor(req: PurifyRequest, doc: dict[str, Any], candidates: list[str]) -> Donor | None:
+    """Of ``candidates`` (published purified sets) made by ``req``'s purifier — the same defense settings,
+    seed, model and resolved columns, of a row-wise purifier — from a dataset with ``req``'s input's train
+    shards, rows and unit size (``doc``: the input's ``meta.json``), the one whose input has the fewest
+    poisoned rows (most rows in common with any set poisoning few); else None."""
+    if not getattr(req.defense, "row_wise", False):
+        return None
+    mine = doc["splits"]["train"]
+
+    def as_json(v: Any) -> Any:  # what a published report holds (tuples as lists)
+        return json.loads(json.dumps(v, default=str))
+
+    want = as_json([flatten(req.defense, "defense."), req.seed, req.model_dir, req.resolved or {}])
+    best: tuple[int, Donor] | None = None
+    for loc in candidates:
+        if storage.normalize(loc) == storage.normalize(req.out) or not store.is_dataset(loc):
+            continue
+        out_doc = store.read_meta(loc)
+        rep = out_doc.get("meta", {}).get("purify", {})
+        if [rep.get("defense"), rep.get("seed"), rep.get("model"), rep.get("resolved") or {}] != want:
+            continue
+        src = rep.get("input")
+        if not src or not store.is_dataset(src):
+            continue
+        theirs = store.read_meta(src)["splits"].get("train", {})
+        if theirs.get("shards") != mine["shards"] or theirs.get("rows") != mine["rows"]:
+            continue
+        shards = out_doc["splits"]["train"]
+        by_name = {sh.rsplit("/", 1)[-1]: (sh, shards.get("sha256", {}).get(sh)) for sh in shards["shards"]}
+        rows = {s: store.num_rows(storage.join(req.input, s)) for s in mine["shards"]}
+        if not all(u.name in by_name for u in plan_units(rows, 0, req.chunk)):  # another unit size
+            continue
+        poisoned = sum(int(store.read_table(storage.join(src, sh), columns=["poisoned"]).column("poisoned")
+                           .to_numpy().sum()) for sh in theirs["shards"])
+        if best is None or poisoned < best[0]:
+            best = poisoned, Donor(storage.normalize(src), storage.normalize(loc), theirs.get("sha256", {}), by_name)
+    return None if best is None else best[1]
+
+
+def unit_meta(loc: str) -> dict[bytes, bytes]:
     fs, path = storage.filesystem(loc)
     with fs.open_input_file(path) as fh:
-        meta = pq.ParquetFile(fh).schema_arrow.metadata or {}
-    return float(meta.get(b"purify_seconds", b"0"))
+        return pq.ParquetFile(fh).schema_arrow.metadata or {}
+
+
+def unit_seconds(loc: str) -> float:
+    """The purification seconds a unit recorded (its parquet schema metadata)."""
+    return float(unit_meta(loc).get(b"purify_seconds", b"0"))
 
 
 class ShardPurifier:
@@ -278,7 +367,9 @@ def _publish(req: PurifyRequest, doc: dict[str, Any], units: list[Unit], actors:
     rows = sum(store.num_rows(req.unit_loc(u)) for u in units)
     if rows != doc["splits"]["train"]["rows"] or rows != sum(u.stop - u.start for u in units):
         raise RuntimeError(f"purify: {rows} rows written, the input has {doc['splits']['train']['rows']}")
-    seconds = sum(unit_seconds(req.unit_loc(u)) for u in units)  # all units, also those of earlier runs
+    metas = [unit_meta(req.unit_loc(u)) for u in units]
+    seconds = sum(float(m.get(b"purify_seconds", b"0")) for m in metas)  # all units, also those of earlier runs
+    reused = sum(int(m.get(b"rows_reused", b"0")) for m in metas)
     splits = {}
     for name, info in doc["splits"].items():
         if name == "train":  # what a trial reading this set reports: the model's settings, the compute time
@@ -296,7 +387,8 @@ def _publish(req: PurifyRequest, doc: dict[str, Any], units: list[Unit], actors:
             splits[name] = {**info, "sha256": sums}
     report = {"key": req.key, "defense": flatten(req.defense, "defense."), "model": req.model_dir,
               "seed": req.seed, "input": storage.normalize(req.input), "rows": rows, "units": len(units),
-              "units_computed": computed, "seconds": seconds, "actors": actors,
+              "units_computed": computed, "seconds": seconds, "actors": actors, "rows_reused": reused,
+              **({"donor": req.donor.out} if req.donor else {}),
               **({"resolved": req.resolved} if req.resolved else {})}
     new_doc = {**doc, "splits": splits, "meta": {**doc.get("meta", {}), **req.meta, "purify": report}}
     storage.write_json(storage.join(req.work, "meta.json"), new_doc)
@@ -311,8 +403,12 @@ def _publish(req: PurifyRequest, doc: dict[str, Any], units: list[Unit], actors:
 
 def purify_dataset(input_dir: str | os.PathLike, defense: DefenseConfig, out_dir: str | os.PathLike, *,
                    seed: int = 0, actors: int = 0, address: str | None = None, batch_size: int | None = None,
-                   chunk_rows: int = CHUNK_ROWS, progress: bool = True) -> dict[str, Any]:
-    """Purify the ``train`` split of ``input_dir`` into ``out_dir`` (other splits copied). Returns a report."""
+                   chunk_rows: int = CHUNK_ROWS, progress: bool = True,
+                   reuse: list[str | os.PathLike] = ()) -> dict[str, Any]:
+    """Purify the ``train`` split of ``input_dir`` into ``out_dir`` (other splits copied). Returns a report.
+
+    ``reuse``: published purified sets whose rows may be copied where ``input_dir`` has the same rows
+    (:func:`find_donor` picks one made by the same purifier, seed and model, or none)."""
     input_dir, out_dir = storage.normalize(input_dir), storage.normalize(out_dir)
     doc = store.read_meta(input_dir)
     if "train" not in doc["splits"]:
@@ -338,6 +434,8 @@ def purify_dataset(input_dir: str | os.PathLike, defense: DefenseConfig, out_dir
         raise ConfigError(f"{out_dir} already exists; choose a new output directory")
     resolved = {} if model_dir is None else defense.model_resolved(model_dir)
     req = dataclasses.replace(req, resolved=resolved)
+    if reuse:
+        req = dataclasses.replace(req, donor=find_donor(req, doc, [storage.normalize(r) for r in reuse]))
     report = run_purifications([req], actors=actors, address=address, progress=progress,
                                desc=f"purify {defense.name}")[0]
     return {**report, "model_fingerprint": model_fp}

@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eclipse_ray import storage
+from eclipse_ray.config import flatten
 from eclipse_ray.data import cache as C
+from eclipse_ray.data import store
 from eclipse_ray.data.kinds import AVAILABILITY
 from eclipse_ray.distributed import artifacts as A
 from eclipse_ray.distributed.connect import init_ray
-from eclipse_ray.distributed.purify import run_purifications
+from eclipse_ray.distributed.purify import find_donor, run_purifications
 from eclipse_ray.distributed.tune import run_trials, tune_loggers
 from eclipse_ray.result_store import read_results
 from eclipse_ray.trial import build_config, reference_accuracy, reference_config
@@ -178,10 +180,11 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
             if cfg.defense.needs_model else None
 
     for wave in (False, True):  # sets read from the poisoned data, then chains read from their first part's
-        requests = [A.purification_request(cfg, cache_dir, k, model_of(cfg), plan.sources.get(k))
-                    for k, cfg in pending.items() if (k in plan.sources) == wave]
-        if requests:
-            run_purifications(requests, actors=actors, desc=f"purify {len(requests)} sets")
+        requests = {k: A.purification_request(cfg, cache_dir, k, model_of(cfg), plan.sources.get(k))
+                    for k, cfg in pending.items() if (k in plan.sources) == wave}
+        for group in _donor_order(requests, pending):
+            run_purifications(_with_donors(group, pending, cache_dir), actors=actors,
+                              desc=f"purify {len(group)} sets")
     computed = set(pending)
     for tr in plan.trials:  # the first trial of a purification computed now reports it as computed
         if tr.purification_key is not None:
@@ -199,6 +202,44 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
         _run_tasks(A.make_poison, [(cfg, cache_dir, data_dir) for cfg in missing], {"num_cpus": 1})
         _run_tasks(_make_reference, [(cfg, cache_dir) for cfg in refs], res if gpu else _cpu_share(len(refs)))
     _stage_line("references", len(refs), len(plan.references) - len(refs), time.perf_counter() - t)
+
+
+def _shares_rows(cfg) -> bool:
+    """Whether ``cfg``'s poisoned set leaves rows clean (clean data, a backdoor's or targeted poison's few
+    rows, an availability poison below rate 1), so that its purification may copy the rows another
+    purification of the same data has made."""
+    return cfg.attack.kind != AVAILABILITY or float(getattr(cfg.attack, "rate", 1.0)) < 1
+
+
+def _donor_order(requests: dict[str, Any], cfgs: dict[str, Any]) -> list[list[Any]]:
+    """The requests in groups run one after the other: clean sets first where the same row-wise purifier
+    also purifies a set that shares most of its rows (which then copies them), then the rest."""
+    def purifier(k: str) -> str:
+        return repr((flatten(requests[k].defense), requests[k].seed, requests[k].model_dir))
+
+    partial = {purifier(k) for k in requests if cfgs[k].attack.name != "none" and _shares_rows(cfgs[k])
+               and requests[k].defense.row_wise}
+    first = [k for k in requests if cfgs[k].attack.name == "none" and purifier(k) in partial]
+    rest = [k for k in requests if k not in first]
+    return [[requests[k] for k in g] for g in (first, rest) if g]
+
+
+def _with_donors(requests: list[Any], cfgs: dict[str, Any], cache_dir: str) -> list[Any]:
+    """Each request of a set that shares most rows with its dataset's other sets, with a donor: the
+    published purification by the same purifier with the fewest poisoned rows (see distributed.purify)."""
+    by_out = {storage.normalize(C.purified_location(cache_dir, k)): cfg for k, cfg in cfgs.items()}
+    out = []
+    published = None
+    for req in requests:
+        cfg = by_out.get(storage.normalize(req.out))
+        if cfg is not None and _shares_rows(cfg) and req.defense.row_wise:
+            if published is None:
+                root = storage.join(cache_dir, "purified")
+                published = [storage.join(root, n) for n in storage.listdir(root)]
+            donor = find_donor(req, store.read_meta(req.input), published)
+            req = dataclasses.replace(req, donor=donor) if donor else req
+        out.append(req)
+    return out
 
 
 def _count_models(cache_dir: str) -> int:
