@@ -192,10 +192,14 @@ def _args_purify(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--actors", type=int, default=0, help="Ray actors (one GPU each if present); 0: in-process")
     sp.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     sp.add_argument("--seed", type=seed_arg, default=0, help="seed of the purification noise (0 ≤ seed < 2**63)")
+    sp.add_argument("--reuse", nargs="+", default=[], metavar="DIR",
+                    help="purified datasets to copy shared rows from (the same purifier, seed and model on a "
+                         "dataset with the same rows, e.g. the clean set's: only the differing rows are purified)")
     shared(sp, "set", "quiet", set_help="defense.* settings")
 
 
 def _cmd_purify(args: argparse.Namespace) -> None:
+    from eclipse_ray.data import store
     from eclipse_ray.defenses import DEFENSES
     from eclipse_ray.distributed.purify import purify_dataset
 
@@ -205,12 +209,15 @@ def _cmd_purify(args: argparse.Namespace) -> None:
                           f"use it with `eclipse-ray run`")
     if args.actors < 0:
         raise ConfigError(f"--actors={args.actors}: must be ≥ 0")
+    for d in args.reuse:
+        if not store.is_dataset(d):
+            raise ConfigError(f"--reuse {d}: not a dataset directory")
     storage.check_writable(args.out, "--out")
     with storage.claim(args.out, "--out"):
         report = purify_dataset(args.input, defense, args.out, seed=args.seed, actors=args.actors,
-                                address=args.address, progress=not args.quiet)
-    print(json.dumps({k: report[k] for k in ("out", "rows", "units", "units_computed", "seconds", "cached", "key")
-                      if k in report}))
+                                address=args.address, progress=not args.quiet, reuse=args.reuse)
+    print(json.dumps({k: report[k] for k in ("out", "rows", "units", "units_computed", "rows_reused", "donor",
+                                             "seconds", "cached", "key") if k in report}))
 
 
 def _args_results(sp: argparse.ArgumentParser) -> None:

@@ -226,6 +226,17 @@ def test_cli_purify_refuses_a_seed_parquet_cannot_hold(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_cli_purify_refuses_a_reuse_directory_that_is_no_dataset(tmp_path, capsys):
+    from eclipse_ray.cli import main
+
+    out = tmp_path / "out"
+    assert main(["purify", "--input", str(tmp_path / "in"), "--defense", "jpeg", "--out", str(out),
+                 "--reuse", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--reuse" in err and "not a dataset directory" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_purify_dataset_checks_the_seed_before_any_unit(tmp_path, monkeypatch):
     data = tiny_data(6)
     store.write_dataset(tmp_path / "in", data.splits)
