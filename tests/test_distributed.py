@@ -114,7 +114,7 @@ def test_a_lone_training_task_gets_every_cpu_of_the_node():
     assert study._run_tasks(torch.get_num_threads, [(), ()], study._cpu_share(cpus)) == [1, 1]
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # three purifications (≈ 15 s): with the heavy tests, so the default run stays ≤ 10 min
 def test_a_set_sharing_rows_with_a_purified_one_copies_them_and_gets_the_same_bytes(digits, model_dir, tmp_path):
     n = 48
     bad = ATTACKS.build("badnets").apply(digits)
