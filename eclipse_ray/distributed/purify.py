@@ -229,14 +229,10 @@ def find_donor(req: PurifyRequest, doc: dict[str, Any], candidates: list[str]) -
 
 
 def unit_meta(loc: str) -> dict[bytes, bytes]:
+    """A unit's parquet schema metadata (purify_seconds, rows_reused)."""
     fs, path = storage.filesystem(loc)
     with fs.open_input_file(path) as fh:
         return pq.ParquetFile(fh).schema_arrow.metadata or {}
-
-
-def unit_seconds(loc: str) -> float:
-    """The purification seconds a unit recorded (its parquet schema metadata)."""
-    return float(unit_meta(loc).get(b"purify_seconds", b"0"))
 
 
 class ShardPurifier:
