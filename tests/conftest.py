@@ -7,6 +7,11 @@ import os
 import pytest
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# No Ray Data usage poller: its daemon thread outlives every test, fails to reach Prometheus every
+# 10 s and formats the traceback, and on CPython 3.11.7 that ast.parse races any parse in the main
+# thread ("SystemError: AST constructor recursion depth mismatch"), which once failed a CI run at
+# pytest's terminal summary after every test had passed.
+os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
 
 from eclipse_ray.data.sources import Dataset, load_digits  # noqa: E402
 from eclipse_ray.victim.train import VictimConfig  # noqa: E402
