@@ -143,7 +143,8 @@ def test_a_study_purifies_clean_sets_first_where_a_backdoor_set_can_copy_their_r
     from eclipse_ray.distributed.study import _donor_order
 
     def req(name):
-        return NS(defense=DEFENSES.build(name, {"model": "m"} if name != "jpeg" else {}), seed=0, model_dir="m")
+        return NS(defense=DEFENSES.build(name, {"model": "m"} if name != "jpeg" else {}), seed=0, model_dir="m",
+                  resolved={})
 
     cfgs = {k: NS(attack=ATTACKS.build(a)) for k, a in (("c", "none"), ("b", "badnets"), ("u", "urp"),
                                                           ("cj", "none"), ("bj", "badnets"))}

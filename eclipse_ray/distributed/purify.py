@@ -189,6 +189,13 @@ def donor_rows(req: PurifyRequest, unit: Unit, table: pa.Table, images: np.ndarr
     return same, store.decode_images(got.column("image"), shape)
 
 
+def purifier_identity(req: PurifyRequest) -> list[Any]:
+    """What makes two purifications of the same rows give the same images: the defense settings, seed, model
+    and resolved columns, as a published purification's report holds them (JSON: tuples as lists)."""
+    return json.loads(json.dumps([flatten(req.defense, "defense."), req.seed, req.model_dir, req.resolved or {}],
+                                 default=str))
+
+
 def find_donor(req: PurifyRequest, doc: dict[str, Any], candidates: list[str]) -> Donor | None:
     """Of ``candidates`` (published purified sets) made by ``req``'s purifier — the same defense settings,
     seed, model and resolved columns, of a row-wise purifier — from a dataset with ``req``'s input's train
@@ -197,11 +204,7 @@ def find_donor(req: PurifyRequest, doc: dict[str, Any], candidates: list[str]) -
     if not getattr(req.defense, "row_wise", False):
         return None
     mine = doc["splits"]["train"]
-
-    def as_json(v: Any) -> Any:  # what a published report holds (tuples as lists)
-        return json.loads(json.dumps(v, default=str))
-
-    want = as_json([flatten(req.defense, "defense."), req.seed, req.model_dir, req.resolved or {}])
+    want = purifier_identity(req)
     best: tuple[int, Donor] | None = None
     for loc in candidates:
         if storage.normalize(loc) == storage.normalize(req.out) or not store.is_dataset(loc):

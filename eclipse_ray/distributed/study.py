@@ -19,6 +19,7 @@ seconds).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections import OrderedDict
@@ -26,13 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eclipse_ray import storage
-from eclipse_ray.config import flatten
 from eclipse_ray.data import cache as C
 from eclipse_ray.data import store
 from eclipse_ray.data.kinds import AVAILABILITY
 from eclipse_ray.distributed import artifacts as A
 from eclipse_ray.distributed.connect import init_ray
-from eclipse_ray.distributed.purify import find_donor, run_purifications
+from eclipse_ray.distributed.purify import find_donor, purifier_identity, run_purifications
 from eclipse_ray.distributed.tune import run_trials, tune_loggers
 from eclipse_ray.result_store import read_results
 from eclipse_ray.trial import build_config, reference_accuracy, reference_config
@@ -215,7 +215,7 @@ def _donor_order(requests: dict[str, Any], cfgs: dict[str, Any]) -> list[list[An
     """The requests in groups run one after the other: clean sets first where the same row-wise purifier
     also purifies a set that shares most of its rows (which then copies them), then the rest."""
     def purifier(k: str) -> str:
-        return repr((flatten(requests[k].defense), requests[k].seed, requests[k].model_dir))
+        return json.dumps(purifier_identity(requests[k]))
 
     partial = {purifier(k) for k in requests if cfgs[k].attack.name != "none" and _shares_rows(cfgs[k])
                and requests[k].defense.row_wise}
