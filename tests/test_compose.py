@@ -131,3 +131,17 @@ def test_adversarial_training_makes_the_victim_robust_within_its_budget(digits, 
 
     assert under_attack(robust) > under_attack(plain) + 0.3
     assert (robust.predict(test.images) == test.labels).mean() > 0.8 and extra == {}
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_adversarial_training_trains_the_fast_nets_stem_unless_told_to_keep_it_frozen(digits, monkeypatch, whiten):
+    """The frozen patch-whitening stem amplifies ℓ∞ perturbations (CIFAR subset: 14.3 % clean accuracy under
+    advtrain with it, 47.3 % without), so advtrain trains the victim without it unless ``whiten`` keeps it."""
+    import eclipse_ray.defenses.advtrain as advtrain
+    from eclipse_ray.victim.train import VictimConfig
+
+    seen = []
+    monkeypatch.setattr(advtrain, "train_victim", lambda cfg, *a, **k: seen.append(cfg) or "victim")
+    victim, _ = DEFENSES.build("advtrain", {"whiten": str(whiten)}).train_victim(VictimConfig(), digits.train, 0,
+                                                                                  False)
+    assert victim == "victim" and seen[0].whiten is whiten and seen[0].epochs == VictimConfig().epochs

@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 
 from eclipse_ray.attacks.base import mask_of, setting_rate, setting_seed
 from eclipse_ray.attacks.surrogate import (CraftedAttack, Surrogate, budget_steps, features, images_tensor,
-                                           linf_project, pgd, quantise, robust_surrogate)
+                                           linf_project, pgd, quantise, robust_surrogate,
+                                           setting_robust_whiten)
 from eclipse_ray.config import setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.tensors import augment_batch
@@ -96,6 +97,7 @@ class EntF(CraftedAttack):
     robust_eps: float = setting(4 / 255, "ℓ∞ radius of the reference model's adversarial training (paper: 4/255)",
                                 ge=0.0, le=1.0)
     robust_steps: int = setting(10, "PGD steps per batch of that adversarial training (paper: 10)", ge=1)
+    robust_whiten: bool = setting_robust_whiten()
     rate: float = setting_rate(1.0)
     seed: int = setting_seed()
 
@@ -104,7 +106,8 @@ class EntF(CraftedAttack):
         seed = int(torch.randint(0, 2**31, (1,), generator=gen))
         vcfg = VictimConfig(arch=self.arch, epochs=self.surrogate_epochs, width=self.width,
                             batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
-                            weight_decay=self.weight_decay, device=str(device))
+                            weight_decay=self.weight_decay, device=str(device),
+                            whiten=self.robust_whiten or self.robust_eps == 0)
         ref = robust_surrogate(vcfg, train.images, train.labels, train.num_classes, self.robust_eps,
                                self.robust_steps, seed)
         labels = torch.from_numpy(train.labels.astype(np.int64)).to(device)

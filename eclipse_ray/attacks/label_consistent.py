@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from eclipse_ray.attacks.backdoor import _Backdoor, setting_target
 from eclipse_ray.attacks.base import choose_rows, mask_of, setting_seed
 from eclipse_ray.attacks.surrogate import (MIN_L2_EPS, NORMS, ball_project, budget_steps, images_tensor, pgd, quantise_ball,
-                                           robust_surrogate, torch_generator)
+                                           robust_surrogate, setting_robust_whiten, torch_generator)
 from eclipse_ray.config import ConfigError, setting
 from eclipse_ray.data.imageset import ImageSet, to_float, to_uint8
 from eclipse_ray.tensors import pick_device
@@ -80,6 +80,7 @@ class LabelConsistent(_Backdoor):
     robust_eps: float = setting(8 / 255, "ℓ∞ radius of the surrogate's adversarial training (0: plain training)",
                                 ge=0.0, le=1.0)
     robust_steps: int = setting(5, "PGD steps per batch of the surrogate's adversarial training", ge=1)
+    robust_whiten: bool = setting_robust_whiten()
     rate: float = setting(1.0, "fraction of the *target class* poisoned (1: 10 % of CIFAR-10, V&B's ratio)",
                           ge=0.0, le=1.0)
     target: int = setting_target()
@@ -124,7 +125,8 @@ class LabelConsistent(_Backdoor):
             return train.images
         device = pick_device("auto")
         seed = int(torch.randint(0, 2**31, (1,), generator=gen))
-        cfg = VictimConfig(arch="fast", epochs=self.surrogate_epochs, width=self.surrogate_width, device=str(device))
+        cfg = VictimConfig(arch="fast", epochs=self.surrogate_epochs, width=self.surrogate_width, device=str(device),
+                           whiten=self.robust_whiten or self.robust_eps == 0)
         sur = robust_surrogate(cfg, train.images, train.labels, train.num_classes, self.robust_eps,
                                self.robust_steps, seed)
         out = torch.zeros(len(rows), *images_tensor(train.images[rows[:1]], device).shape[1:], device=device)

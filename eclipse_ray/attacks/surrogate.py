@@ -177,11 +177,17 @@ def pgd_adversary(eps: float, step: float, steps: int, random_start: bool = True
     return attack
 
 
+def setting_robust_whiten() -> bool:
+    return setting(False, "fast reference model: keep the victim's frozen patch-whitening stem in its adversarial "
+                   "training (off: the stem is trained; the frozen one amplifies the PGD perturbations, see advtrain)")
+
+
 def robust_surrogate(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_classes: int,
                      robust_eps: float, robust_steps: int, seed: int) -> Surrogate:
     """A frozen classifier in eval mode, trained by ``cfg`` on uint8 ``images`` adversarially (PGD ℓ∞
     ``robust_eps``, ``robust_steps`` steps of 2.5·eps/steps per batch, random start; ``robust_eps=0``: plain
-    training). The reference model of the attacks aimed at robust features (LC, EntF)."""
+    training). The reference model of the attacks aimed at robust features (LC, EntF); their
+    ``robust_whiten`` setting goes in ``cfg.whiten``."""
     adversary = pgd_adversary(robust_eps, 2.5 * robust_eps / robust_steps, robust_steps) if robust_eps > 0 else None
     victim = train_victim(cfg, images, labels, num_classes, seed, progress=False, whiten_tol=None,
                           adversary=adversary)
