@@ -20,7 +20,7 @@ CPU crafting settings (paper values in brackets):
 * em-adaptive — em's settings, crafted through ECLIPSE's compensation (random
   grayscale p = 0.4 + Gaussian σ = 0.05, one draw per step).
 
-Usage:  ECLIPSE_RAY_CACHE=cache python benchmarks/model_poisons.py [--attacks em tap rem em-adaptive sep entf]
+Usage:  ECLIPSE_RAY_CACHE=cache python benchmarks/model_poisons.py [--attacks none em tap rem em-adaptive sep entf]
         [--defenses none eclipse advtrain]
 Cost:   crafting, measured on a shared 2-core machine under heavy load (wall inflated; CPU = one thread):
         em 779 s wall / 56 s CPU (3 rounds, surrogate 100 % on the poisons), tap 345 s / 167 s,
@@ -29,6 +29,7 @@ Cost:   crafting, measured on a shared 2-core machine under heavy load (wall inf
 Result (seed 0, test_acc; clean 72.7 %, clean through eclipse 66.5 %):
         em 10.8 / eclipse 63.3, tap 11.3 / 62.6, rem 34.9 / 52.6, em-adaptive 22.9 / 57.0,
         sep 17.1 / 63.6 (crafted in 1,214 s wall), entf 66.7 / 66.5 (720 s; aimed at adversarial training).
+        advtrain (2026-12-02, torch 2.14.1, clean 73.4 %): clean 47.3 %, entf 43.6 % (entf undefended 67.7 %).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from eclipse_ray.trial import build_config, is_stored, prepare, run_trial
 
 EM_CPU = {"attack.width": "16", "attack.pgd_steps": "5", "attack.step": str(2 / 255), "attack.max_rounds": "6"}
 ATTACK_SETTINGS = {
+    "none": {},  # clean data: each defense's own clean accuracy (advtrain's is not the plain victim's 72.7 %)
     "em": EM_CPU,
     "tap": {"attack.width": "16", "attack.steps": "20", "attack.tau": "0.25", "attack.surrogate_epochs": "8"},
     "rem": {"attack.width": "16", "attack.train_steps": "150", "attack.pgd_steps": "4",
@@ -70,7 +72,8 @@ DEFENSES = {
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--npz", default=str(DEFAULT_NPZ))
-    p.add_argument("--attacks", nargs="+", default=list(ATTACK_SETTINGS), choices=list(ATTACK_SETTINGS))
+    p.add_argument("--attacks", nargs="+", default=[a for a in ATTACK_SETTINGS if a != "none"],
+                   choices=list(ATTACK_SETTINGS))
     p.add_argument("--defenses", nargs="+", default=["none", "eclipse"], choices=list(DEFENSES),
                    help="defenses (default: none eclipse; advtrain is minutes per epoch on the CPU)")
     p.add_argument("--seed", type=int, default=0)
