@@ -220,7 +220,7 @@ def test_entf_entangles_the_reference_models_features(digits, recipe):
     # 10 epochs: with 3–6 the robust reference's features have not separated yet (clean rows lie within
     # 0.01–1.9 of their own centroid and of others'), and the outcome turns on rounding (torch 2.14 failed pull)
     ref = robust_surrogate(VictimConfig(epochs=10, width=16, device="cpu"), train.images, train.labels, 10,
-                           4 / 255, 2, 0)
+                           4 / 255, 2, 0, whiten=True)  # the frozen stem: what this check was measured with
     y = torch.from_numpy(train.labels.astype(np.int64))
     x = images_tensor(train.images, cpu)
     cents = class_centroids(ref, x, y, 10)
@@ -253,10 +253,7 @@ def test_robust_reference_models_train_their_stem_unless_told_to_keep_it_frozen(
     """LC's and EntF's adversarially trained reference models get a trained stem by default (the frozen
     whitening one amplifies the PGD perturbations); ``robust_whiten`` keeps it, and plain training
     (``robust_eps=0``) keeps the victim's recipe."""
-    import importlib
-
-    module = importlib.import_module({"lc": "eclipse_ray.attacks.label_consistent",
-                                      "entf": "eclipse_ray.attacks.entf"}[name])
+    import eclipse_ray.attacks.surrogate as module
 
     class Stop(Exception):
         pass
@@ -267,7 +264,7 @@ def test_robust_reference_models_train_their_stem_unless_told_to_keep_it_frozen(
         seen.append(cfg.whiten)
         raise Stop
 
-    monkeypatch.setattr(module, "robust_surrogate", spy)
+    monkeypatch.setattr(module, "train_victim", spy)  # the reference model's training
     small = Dataset("digits-200", {"train": digits.train.subset(np.arange(200)), "test": digits.test}, digits.meta)
     for settings, whiten in (({}, False), ({"robust_whiten": "true"}, True), ({"robust_eps": "0"}, True)):
         with pytest.raises(Stop):

@@ -106,10 +106,9 @@ class EntF(CraftedAttack):
         seed = int(torch.randint(0, 2**31, (1,), generator=gen))
         vcfg = VictimConfig(arch=self.arch, epochs=self.surrogate_epochs, width=self.width,
                             batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
-                            weight_decay=self.weight_decay, device=str(device),
-                            whiten=self.robust_whiten or self.robust_eps == 0)
+                            weight_decay=self.weight_decay, device=str(device))
         ref = robust_surrogate(vcfg, train.images, train.labels, train.num_classes, self.robust_eps,
-                               self.robust_steps, seed)
+                               self.robust_steps, seed, self.robust_whiten)
         labels = torch.from_numpy(train.labels.astype(np.int64)).to(device)
         centroids = class_centroids(ref, images_tensor(train.images, device), labels, train.num_classes)
         eps = budget_steps(self.eps) / 255

@@ -125,10 +125,9 @@ class LabelConsistent(_Backdoor):
             return train.images
         device = pick_device("auto")
         seed = int(torch.randint(0, 2**31, (1,), generator=gen))
-        cfg = VictimConfig(arch="fast", epochs=self.surrogate_epochs, width=self.surrogate_width, device=str(device),
-                           whiten=self.robust_whiten or self.robust_eps == 0)
+        cfg = VictimConfig(arch="fast", epochs=self.surrogate_epochs, width=self.surrogate_width, device=str(device))
         sur = robust_surrogate(cfg, train.images, train.labels, train.num_classes, self.robust_eps,
-                               self.robust_steps, seed)
+                               self.robust_steps, seed, self.robust_whiten)
         out = torch.zeros(len(rows), *images_tensor(train.images[rows[:1]], device).shape[1:], device=device)
         for i in range(0, len(rows), 256):
             x = images_tensor(train.images[rows[i:i + 256]], device)

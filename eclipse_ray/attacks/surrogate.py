@@ -23,6 +23,7 @@ a given device.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -183,12 +184,14 @@ def setting_robust_whiten() -> bool:
 
 
 def robust_surrogate(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_classes: int,
-                     robust_eps: float, robust_steps: int, seed: int) -> Surrogate:
+                     robust_eps: float, robust_steps: int, seed: int, whiten: bool = False) -> Surrogate:
     """A frozen classifier in eval mode, trained by ``cfg`` on uint8 ``images`` adversarially (PGD ℓ∞
     ``robust_eps``, ``robust_steps`` steps of 2.5·eps/steps per batch, random start; ``robust_eps=0``: plain
-    training). The reference model of the attacks aimed at robust features (LC, EntF); their
-    ``robust_whiten`` setting goes in ``cfg.whiten``."""
+    training, by ``cfg`` as it is). The reference model of the attacks aimed at robust features (LC, EntF);
+    ``whiten`` (their ``robust_whiten``) keeps the fast net's frozen whitening stem in adversarial training."""
     adversary = pgd_adversary(robust_eps, 2.5 * robust_eps / robust_steps, robust_steps) if robust_eps > 0 else None
+    if adversary is not None and not whiten:
+        cfg = dataclasses.replace(cfg, whiten=False)
     victim = train_victim(cfg, images, labels, num_classes, seed, progress=False, whiten_tol=None,
                           adversary=adversary)
     sur = Surrogate(victim.model.eval(), victim.mean, victim.std)
