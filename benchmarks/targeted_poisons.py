@@ -46,7 +46,8 @@ ATTACKS = {
     # HTBA: ε = 8/255, 1 % of the set from the target class 0, source class 1, 5 px patch; 300 steps.
     "htba": {"iterations": "300"},
     # LC: the whole target class (10 %), ε = 16/255, 20 PGD steps on an adversarially trained surrogate
-    # (8 epochs, 3 PGD steps per batch); the paper's four-corner trigger at full visibility.
+    # (8 epochs, 3 PGD steps per batch); the paper's four-corner trigger at full visibility. ASR 0.2 % on the
+    # fast victim's frozen whitening stem, 99.9 % with it trained (--set victim.whiten=false; docs/results.md).
     "lc": {"steps": "20", "surrogate_epochs": "8", "robust_steps": "3"},
     # Sleeper Agent: ε = 16/255, 1 % of the set from the target class 0, source class 1, 8 px patch;
     # 100 signed-Adam steps with 2 retrainings of the surrogate (paper: 250 steps, 4 retrainings).
