@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from eclipse_ray import storage
-from eclipse_ray.defenses.compose import SEPARATOR, field_name
+from eclipse_ray.defenses.compose import SEPARATOR
 from eclipse_ray.distributed.study import run_study
 from eclipse_ray.distributed.tune import spec
 from eclipse_ray.presets import PRESETS, trial_settings
@@ -37,7 +37,7 @@ from eclipse_ray.results.html import labelled
 from eclipse_ray.results.table import cell_stats, defense_table, markdown
 
 sys.path.insert(0, str(Path(__file__).parent))
-from defense_quality import DEFENSE_SETTINGS, SHARED  # noqa: E402
+from defense_quality import SHARED, defense_settings  # noqa: E402
 
 CELLS = ([("sig", d) for d in ("none", "vab", "jpeg+vab", "gray+vab", "eclipse+vab")]
          + [(a, d) for a in ("badnets", "blend") for d in ("eclipse+vab", "denoise+jpeg")]
@@ -45,20 +45,11 @@ CELLS = ([("sig", d) for d in ("none", "vab", "jpeg+vab", "gray+vab", "eclipse+v
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "subset" / "rows.parquet"
 
 
-def defense_settings(defense: str) -> dict[str, str]:
-    """The reference study's subset settings of ``defense``; of a composite, each part's under its name."""
-    own = DEFENSE_SETTINGS["subset"]
-    if SEPARATOR not in defense:
-        return dict(own.get(defense, {}))
-    return {f"defense.{field_name(p)}.{k[len('defense.'):]}": v
-            for p in defense.split(SEPARATOR) for k, v in own.get(p, {}).items()}
-
-
 def build_specs(seeds: list[int], dataset: str | None = None) -> list[dict]:
     preset = PRESETS["subset"]
     # cell-major: the SIG composites (both seeds) first, adversarial training last
     return [spec(dataset or preset.dataset, a, d,
-                 trial_settings(preset, d, {**SHARED["subset"], **defense_settings(d)}, seed))
+                 trial_settings(preset, d, {**SHARED["subset"], **defense_settings("subset", d)}, seed))
             for a, d in CELLS for seed in seeds]
 
 

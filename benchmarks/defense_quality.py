@@ -1,10 +1,11 @@
 """Reference study: every defense against every attack on real CIFAR-10 images, as one Ray Tune study.
 
 ECLIPSE's Table 1 protocol at CPU scale (issue 7). Availability poisons on 100 %
-of the training set (URP, LSP, AR, OPS, EM, REM, TAP), backdoors on 10 %
-(BadNets, Blend, WaNet; SIG on the whole target class = 10 %), and clean data,
+of the training set (URP, LSP, AR, OPS, EM, REM, TAP, SEP, EntF), backdoors on 10 %
+(BadNets, Blend, WaNet, IAD; SIG and LC on the whole target class = 10 %), and clean data,
 each against ``none``, ``jpeg``, ``gray``, ``eclipse``, ``puregen-ddpm``,
-``denoise``, ``puregen-ebm`` (and ``vab`` for the backdoors). The defender's clean
+``denoise``, ``puregen-ebm`` (and, for the backdoors, ``vab`` and the composites
+``jpeg+vab`` and ``eclipse+vab``: each part with its own settings below). The defender's clean
 reference set (4 % of the training split, which models are trained on) is
 disjoint from the test split; every purifier is computed once per (attack,
 purifier) through the purification cache; crafted poisons and models are
@@ -18,8 +19,8 @@ vary the victim while the poison and the purified set are drawn once
 on its t<250 model; puregen-ebm 25 Langevin steps (PureGen: 150) of a tiny EBM
 trained 300 CD iterations; V&B Beneficiary 10 epochs (``epoch_scale`` 0.05,
 and ``benchmarks/vab_quality.py``'s short-run settings: linear lr schedule,
-λ2 = 0.1, T = 1); EM/REM/TAP crafted with ``benchmarks/model_poisons.py``'s
-CPU settings. The tiny DDPMs (600 iterations each) are trained by the first
+λ2 = 0.1, T = 1); EM/REM/TAP/SEP/EntF crafted with ``benchmarks/model_poisons.py``'s
+CPU settings, LC and IAD with ``benchmarks/targeted_poisons.py``'s. The tiny DDPMs (600 iterations each) are trained by the first
 trials that need them. 2 trials run at once, one CPU each.
 
 ``--preset full`` (2 CPU cores, one seed): all 50,000/10,000 images of the JPEG re-encoded
@@ -72,15 +73,18 @@ from eclipse_ray.results.table import (
     markdown,
     won_back,
 )
+from eclipse_ray.defenses.compose import SEPARATOR, field_name
 from eclipse_ray.trial import build_config
 
 sys.path.insert(0, str(Path(__file__).parent))
 from model_poisons import ATTACK_SETTINGS as CPU_CRAFTING  # noqa: E402
+from targeted_poisons import ATTACKS as TARGETED_CPU  # noqa: E402
 from vab_quality import CPU_SETTINGS as VAB_CPU  # noqa: E402
 
-AVAILABILITY = ("urp", "lsp", "ar", "ops", "em", "rem", "tap")
-BACKDOORS = ("badnets", "blend", "sig", "wanet")
+AVAILABILITY = ("urp", "lsp", "ar", "ops", "em", "rem", "tap", "sep", "entf")
+BACKDOORS = ("badnets", "blend", "sig", "wanet", "lc", "iad")
 PURIFIERS = ("none", "jpeg", "gray", "eclipse", "puregen-ddpm", "denoise", "puregen-ebm")
+COMPOSITES = ("jpeg+vab", "eclipse+vab")  # a purifier, then V&B on what it leaves (backdoors)
 ROW_COLUMNS = ["dataset", "attack.name", "attack.kind", "defense.name", "seed", "test_acc", "asr", "asr_any", "poison_success",
                "acc_ref", "clean_cost", "purify_psnr_poisoned", "purify_psnr_clean", "vab_precision", "vab_recall",
                "craft_seconds", "purify_seconds", "train_seconds", "seconds", "purify_reused", "config_hash"]
@@ -99,7 +103,11 @@ DEFENSE_SETTINGS = {
     "cifar10": {"puregen-ebm": {"defense.train.preset": "paper", "defense.train.iterations": "30000"}},
 }
 DEFENSE_SETTINGS["full"] = {d: DEFENSE_SETTINGS["subset"][d] for d in ("eclipse", "denoise")}
-ATTACK_SETTINGS = {"subset": CPU_CRAFTING, "full": {}, "cifar10": {a: {"attack.arch": "resnet18"} for a in ("em", "rem", "tap")}}
+ATTACK_SETTINGS = {
+    "subset": {**CPU_CRAFTING, **{a: {f"attack.{k}": v for k, v in TARGETED_CPU[a].items()} for a in ("lc", "iad")}},
+    "full": {},
+    "cifar10": {a: {"attack.arch": "resnet18"} for a in ("em", "rem", "tap", "sep")},
+}
 SHARED = {"subset": {"purify_seed": "0"}, "full": {"purify_seed": "0"}, "cifar10": {}}
 SUBSET_ROWS = Path(__file__).parent.parent / "results" / "reference" / "subset" / "rows.parquet"
 FULL_ATTACKS = ("none", "urp", "lsp", "ar", "ops", "badnets", "blend", "sig")
@@ -113,8 +121,17 @@ def cells(preset: str = "subset") -> list[tuple[str, str]]:
     if preset == "full":
         return [(a, d) for a in FULL_ATTACKS for d in FULL_DEFENSES]
     grid = [(a, d) for a in ("none", *AVAILABILITY, *BACKDOORS) for d in PURIFIERS]
-    grid += [(a, "vab") for a in BACKDOORS]
+    grid += [(a, d) for a in BACKDOORS for d in ("vab", *COMPOSITES)]
     return FIRST + [c for c in grid if c not in FIRST]
+
+
+def defense_settings(preset: str, defense: str) -> dict[str, str]:
+    """The preset's settings of ``defense``; of a composite, each part's own under the part's name."""
+    own = DEFENSE_SETTINGS[preset]
+    if SEPARATOR not in defense:
+        return dict(own.get(defense, {}))
+    return {f"defense.{field_name(p)}.{k[len('defense.'):]}": v
+            for p in defense.split(SEPARATOR) for k, v in own.get(p, {}).items()}
 
 
 def build_specs(preset_name: str, seeds: list[int], dataset: str | None = None) -> list[dict]:
@@ -124,7 +141,7 @@ def build_specs(preset_name: str, seeds: list[int], dataset: str | None = None) 
     for seed in seeds:  # seed-major: the second seed finds every purification cached
         for attack, defense in cells(preset_name):
             extra = {**SHARED[preset_name], **ATTACK_SETTINGS[preset_name].get(attack, {}),
-                     **DEFENSE_SETTINGS[preset_name].get(defense, {})}
+                     **defense_settings(preset_name, defense)}
             specs.append(spec(ds, attack, defense, trial_settings(preset, defense, extra, seed)))
     return specs
 
@@ -139,7 +156,7 @@ def write_reference(df: pd.DataFrame, out: Path, wall_seconds: float | None,
     df[[c for c in ROW_COLUMNS if c in df]].to_parquet(out / "rows.parquet", index=False)
     avail_png = plot_pareto(df[df["attack.name"].isin(AVAILABILITY)], out / "pareto_availability.png")
     back_png = plot_pareto(df[df["attack.name"].isin(BACKDOORS)], out / "pareto_backdoor.png")
-    defenses = [d for d in (*PURIFIERS, "vab") if d in set(df["defense.name"])]
+    defenses = [d for d in (*PURIFIERS, "vab", *COMPOSITES) if d in set(df["defense.name"])]
     attacks = [a for a in ("none", *AVAILABILITY, *BACKDOORS) if a in set(df["attack.name"])]
     table = defense_table(df, attacks, defenses)
     cost = clean_cost(df, defenses).map(lambda v: "–" if pd.isna(v) else f"{v:+.1f}").to_frame("clean cost (pts)").T

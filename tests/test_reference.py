@@ -115,9 +115,12 @@ def test_reference_grid_is_complete_and_valid():
 
     specs = dq.build_specs("subset", [0, 1], dataset="digits")
     cfgs = [build_config(s["dataset"], s["attack"], s["defense"], s["set"]) for s in specs]
-    assert len({c.hash() for c in cfgs}) == len(specs) == 2 * (12 * 7 + 4)
+    assert len({c.hash() for c in cfgs}) == len(specs) == 2 * (16 * 7 + 6 * 3)
     cells = {(c.attack.name, c.defense.name) for c in cfgs}
     assert {("em", d) for d in dq.PURIFIERS} <= cells and ("lsp", "vab") not in cells and ("wanet", "vab") in cells
+    assert {("sep", "none"), ("entf", "eclipse"), ("lc", "vab"), ("iad", "jpeg+vab"), ("sig", "eclipse+vab")} <= cells
+    composite = next(c for c in cfgs if c.defense.name == "eclipse+vab")
+    assert composite.defense.eclipse.sigma == 0.05 and composite.defense.vab.epoch_scale == 0.05  # each part its own
     seeds = [c.seed for c in cfgs]
     assert seeds == sorted(seeds)  # seed-major: seed 1 finds every purification cached
     assert {c.purify_seed for c in cfgs} == {0}
