@@ -206,6 +206,7 @@ def find_donor(req: PurifyRequest, doc: dict[str, Any], candidates: list[str]) -
     mine = doc["splits"]["train"]
     want = purifier_identity(req)
     best: tuple[int, Donor] | None = None
+    rows: dict[str, int] | None = None  # the input's shard sizes, read once, when a candidate gets that far
     for loc in candidates:
         if storage.normalize(loc) == storage.normalize(req.out) or not store.is_dataset(loc):
             continue
@@ -221,7 +222,8 @@ def find_donor(req: PurifyRequest, doc: dict[str, Any], candidates: list[str]) -
             continue
         shards = out_doc["splits"]["train"]
         by_name = {sh.rsplit("/", 1)[-1]: (sh, shards.get("sha256", {}).get(sh)) for sh in shards["shards"]}
-        rows = {s: store.num_rows(storage.join(req.input, s)) for s in mine["shards"]}
+        if rows is None:
+            rows = {s: store.num_rows(storage.join(req.input, s)) for s in mine["shards"]}
         if not all(u.name in by_name for u in plan_units(rows, 0, req.chunk)):  # another unit size
             continue
         poisoned = sum(int(store.read_table(storage.join(src, sh), columns=["poisoned"]).column("poisoned")
