@@ -56,7 +56,7 @@ def build_specs(seeds: list[int], dataset: str | None = None) -> list[dict]:
 def best_single(reference: pd.DataFrame, attack: str, metric: str, lowest: bool) -> tuple[str, float] | None:
     """The best single defense of the reference rows for ``attack`` by ``metric`` (mean over seeds)."""
     stats = cell_stats(reference[reference["attack.name"] == attack], metric)
-    stats = stats[[d != "none" for _, d in stats.index]]
+    stats = stats[[d != "none" and SEPARATOR not in d for _, d in stats.index]]  # single defenses only
     if stats.empty:
         return None
     row = stats["mean"].idxmin() if lowest else stats["mean"].idxmax()

@@ -183,3 +183,15 @@ def test_tiny_vab_trial_row_has_split_columns(digits):
         assert 0.0 <= row[k] <= 1.0, (k, row[k])
     assert 0.0 <= row["test_acc"] <= 1.0 and "asr" in row and row["asr_any"] >= row["asr"]
     assert row["n_poisoned"] == int(data.train.poisoned.sum())
+
+
+def test_vab_nets_keep_the_victims_stem_setting():
+    """``victim.whiten=false`` reaches V&B's Victim and Beneficiary: their fast nets train the 2x2 stem instead
+    of freezing it to patch whitening (the setting LC needs to implant; it was silently dropped before)."""
+    from eclipse_ray.defenses.vab import _new_net
+
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    frozen = _new_net(VictimConfig(width=8), 10, x, torch.device("cpu"))
+    trained = _new_net(VictimConfig(width=8, whiten=False), 10, x, torch.device("cpu"))
+    assert not frozen.whiten.weight.requires_grad and trained.whiten.weight.requires_grad
+    assert not torch.equal(frozen.whiten.weight, trained.whiten.weight)  # whitened vs randomly initialised
