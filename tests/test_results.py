@@ -31,6 +31,16 @@ def test_summary_averages_over_seeds():
     assert e["seeds"] == 2 and abs(e["test_acc_mean"] - 0.605) < 1e-9 and e["test_acc_std"] > 0
 
 
+def test_summary_keeps_boolean_settings_apart():
+    """Two configurations differing only in a boolean setting stay two rows, each with its own value (they
+    used to be coerced to numbers: both NaN, so a report could not tell ``victim.whiten`` true from false)."""
+    df = pd.DataFrame([{"dataset": "d", "attack.name": "lc", "defense.name": "none", "victim.whiten": w,
+                        "seed": 0, "test_acc": acc, "poison_success": ps, "config_hash": str(w)}
+                       for w, acc, ps in ((True, 0.66, 0.002), (False, 0.67, 0.999))])
+    s = summarize(df).set_index("victim.whiten")
+    assert s.index.tolist() in ([False, True], [True, False]) and s.loc[False, "poison_success_mean"] == 0.999
+
+
 def test_pareto_frontier_keeps_only_non_dominated_configs():
     p = pareto(pd.DataFrame(rows()))
     front = set(zip(p[p["on_front"]]["defense.name"], p[p["on_front"]]["defense.sigma"].fillna(-1)))

@@ -43,8 +43,10 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     out = mean.add_suffix("_mean").join(std.add_suffix("_std"))
     out["seeds"] = g.size()
     out = out.reset_index()
-    for k in keys:  # restore numeric types where the column was numeric
-        if pd.api.types.is_numeric_dtype(df[k]):
+    for k in keys:  # restore boolean and numeric types where the column had them
+        if pd.api.types.is_bool_dtype(df[k]):
+            out[k] = out[k].map({"True": True, "False": False})
+        elif pd.api.types.is_numeric_dtype(df[k]):
             out[k] = pd.to_numeric(out[k].replace({"None": np.nan, "nan": np.nan, "<NA>": np.nan}), errors="coerce")
     return out
 
