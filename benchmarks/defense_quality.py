@@ -251,7 +251,11 @@ def main() -> None:
             gpus = 0.25 if torch.cuda.is_available() else 0.0
         todo = [s for s in specs if (args.only is None or s["defense"] in args.only)
                 and (args.attacks is None or s["attack"] in args.attacks)]
-        print(f"defense_quality: {len(todo)} trials -> {study}", flush=True)
+        done = read_results(study)
+        stored = set(done["config_hash"]) if not done.empty else set()
+        pending = sum(not stored.intersection(build_config(s["dataset"], s["attack"], s["defense"], s["set"]).hashes())
+                      for s in todo)  # what this run computes: a part's log counts these, not the stored ones
+        print(f"defense_quality: {len(todo)} trials ({len(todo) - pending} stored) -> {study}", flush=True)
         t = time.perf_counter()
         concurrent = args.concurrent or (2 if args.preset in ("subset", "full") else None)
         run_study(study, todo, address=args.address, cpus_per_trial=1.0, gpus_per_trial=gpus,
@@ -260,11 +264,10 @@ def main() -> None:
         if args.only is not None:  # a rerun of some defenses' cells is not the study's time
             wall = None
         elif args.attacks is not None:  # one part of a study run in parts: the report sums the parts
-            log_part(reference, args.attacks, len(todo), wall)
+            log_part(reference, args.attacks, pending, wall)
             wall = sum(r["seconds"] for r in read_parts_log(reference))
     # a part's own run, or a report of a study run in parts: the wall time is the parts' sum
-    parts = read_parts_log(reference) if args.attacks is not None or (args.report_only and args.preset == "full") \
-        else []
+    parts = read_parts_log(reference) if args.attacks is not None or args.report_only else []
     if args.report_only and parts:
         wall = sum(r["seconds"] for r in parts)
     df = read_results(study)
