@@ -43,9 +43,10 @@ Usage:  python benchmarks/defense_quality.py [--preset subset] [--seeds 0 1] [--
         (rerun to resume; ``--only`` reruns the cells of some defenses after their settings changed;
         ``--report-only`` rewrites results/reference/<preset>/ from the store; models,
         poisons and purified sets are cached in the study folder, or in $ECLIPSE_RAY_CACHE when set)
-Wall time (subset, 2 cores), measured: 1 h 44 min (6,265 s) from an empty cache with nothing else running —
-        the first ≈ 20 min build the two tiny DDPMs, the EBM and the EM/REM/TAP poisons; then a victim
-        takes 21–32 s, a purification 30–100 s per 4,660 images, a V&B run ≈ 2.5 min.
+Wall time (subset, 2 cores), measured: 1 h 44 min (6,265 s) for the first 176 trials from an empty cache with
+        nothing else running — the first ≈ 20 min build the two tiny DDPMs, the EBM and the EM/REM/TAP poisons;
+        then a victim takes 21–32 s, a purification 30–100 s per 4,660 images, a V&B run ≈ 2 min; the 84 cells
+        of SEP, EntF, LC, IAD and the composites 68 min more (results/reference/subset/wall.jsonl): ≈ 2 h 50 min.
 """
 
 from __future__ import annotations
