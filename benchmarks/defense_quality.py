@@ -83,7 +83,7 @@ from targeted_poisons import ATTACKS as TARGETED_CPU  # noqa: E402
 from vab_quality import CPU_SETTINGS as VAB_CPU  # noqa: E402
 
 AVAILABILITY = ("urp", "lsp", "ar", "ops", "em", "rem", "tap", "sep", "entf")
-BACKDOORS = ("badnets", "blend", "sig", "wanet", "lc", "iad")
+BACKDOORS = ("badnets", "blend", "sig", "wanet", "lc", "iad", "sleeper_agent", "htba")  # the last two: hidden triggers
 PURIFIERS = ("none", "jpeg", "gray", "eclipse", "puregen-ddpm", "denoise", "puregen-ebm")
 COMPOSITES = ("jpeg+vab", "eclipse+vab")  # a purifier, then V&B on what it leaves (backdoors)
 ROW_COLUMNS = ["dataset", "attack.name", "attack.kind", "defense.name", "seed", "test_acc", "asr", "asr_any", "poison_success",
@@ -105,7 +105,7 @@ DEFENSE_SETTINGS = {
 }
 DEFENSE_SETTINGS["full"] = {d: DEFENSE_SETTINGS["subset"][d] for d in ("eclipse", "denoise")}
 ATTACK_SETTINGS = {
-    "subset": {**CPU_CRAFTING, **{a: {f"attack.{k}": v for k, v in TARGETED_CPU[a].items()} for a in ("lc", "iad")}},
+    "subset": {**CPU_CRAFTING, **{a: {f"attack.{k}": v for k, v in TARGETED_CPU[a].items()} for a in ("lc", "iad", "sleeper_agent", "htba")}},
     "full": {},
     "cifar10": {a: {"attack.arch": "resnet18"} for a in ("em", "rem", "tap", "sep", "entf")},
 }

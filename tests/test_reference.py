@@ -115,10 +115,12 @@ def test_reference_grid_is_complete_and_valid():
 
     specs = dq.build_specs("subset", [0, 1], dataset="digits")
     cfgs = [build_config(s["dataset"], s["attack"], s["defense"], s["set"]) for s in specs]
-    assert len({c.hash() for c in cfgs}) == len(specs) == 2 * (16 * 7 + 6 * 3)
+    assert len({c.hash() for c in cfgs}) == len(specs) == 2 * (18 * 7 + 8 * 3)
     cells = {(c.attack.name, c.defense.name) for c in cfgs}
     assert {("em", d) for d in dq.PURIFIERS} <= cells and ("lsp", "vab") not in cells and ("wanet", "vab") in cells
     assert {("sep", "none"), ("entf", "eclipse"), ("lc", "vab"), ("iad", "jpeg+vab"), ("sig", "eclipse+vab")} <= cells
+    lc, iad = (next(c for c in cfgs if c.attack.name == a) for a in ("lc", "iad"))
+    assert lc.attack.steps == 20 and not lc.victim.whiten and iad.attack.epochs == 30 and iad.victim.whiten
     composite = next(c for c in cfgs if c.defense.name == "eclipse+vab")
     assert composite.defense.eclipse.sigma == 0.05 and composite.defense.vab.epoch_scale == 0.05  # each part its own
     seeds = [c.seed for c in cfgs]
@@ -162,3 +164,15 @@ def test_a_preset_with_a_bad_value_fails_when_declared():
         ModelTraining("tiny", 0)
     with pytest.raises(ConfigError, match="must be one of"):
         ModelTraining("huge", 10)
+
+
+def test_composed_study_gives_each_part_the_reference_studys_settings_and_compares_single_defenses_only():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import composed_quality as cq
+
+    cfgs = [build_config(s["dataset"], s["attack"], s["defense"], s["set"]) for s in cq.build_specs([0], "digits")]
+    eclipse_vab = next(c for c in cfgs if c.defense.name == "eclipse+vab")
+    assert eclipse_vab.defense.eclipse.sigma == 0.05 and eclipse_vab.defense.vab.epoch_scale == 0.05
+    ref = pd.DataFrame([{"dataset": "d", "attack.name": "sig", "defense.name": d, "seed": 0, "asr": asr,
+                         "config_hash": d} for d, asr in (("none", 0.99), ("vab", 0.86), ("jpeg+vab", 0.5))])
+    assert cq.best_single(ref, "sig", "asr", lowest=True) == ("vab", 0.86)  # the composite is not a single defense
