@@ -2,7 +2,8 @@
 
 ECLIPSE's Table 1 protocol at CPU scale (issue 7). Availability poisons on 100 %
 of the training set (URP, LSP, AR, OPS, EM, REM, TAP, SEP, EntF), backdoors on 10 %
-(BadNets, Blend, WaNet, IAD; SIG and LC on the whole target class = 10 %), and clean data,
+(BadNets, Blend, WaNet, IAD; SIG and LC on the whole target class = 10 %), the hidden-trigger backdoors
+Sleeper Agent and HTBA on 1 %, and clean data,
 each against ``none``, ``jpeg``, ``gray``, ``eclipse``, ``puregen-ddpm``,
 ``denoise``, ``puregen-ebm`` (and, for the backdoors, ``vab`` and the composites
 ``jpeg+vab`` and ``eclipse+vab``: each part with its own settings below). The defender's clean
@@ -20,7 +21,7 @@ on its t<250 model; puregen-ebm 25 Langevin steps (PureGen: 150) of a tiny EBM
 trained 300 CD iterations; V&B Beneficiary 10 epochs (``epoch_scale`` 0.05,
 and ``benchmarks/vab_quality.py``'s short-run settings: linear lr schedule,
 λ2 = 0.1, T = 1); EM/REM/TAP/SEP/EntF crafted with ``benchmarks/model_poisons.py``'s
-CPU settings, LC and IAD with ``benchmarks/targeted_poisons.py``'s. The tiny DDPMs (600 iterations each) are trained by the first
+CPU settings, LC, IAD, Sleeper Agent and HTBA with ``benchmarks/targeted_poisons.py``'s. The tiny DDPMs (600 iterations each) are trained by the first
 trials that need them. 2 trials run at once, one CPU each.
 
 ``--preset full`` (2 CPU cores, one seed): all 50,000/10,000 images of the JPEG re-encoded
@@ -46,7 +47,8 @@ Usage:  python benchmarks/defense_quality.py [--preset subset] [--seeds 0 1] [--
 Wall time (subset, 2 cores), measured: 1 h 44 min (6,265 s) for the first 176 trials from an empty cache with
         nothing else running — the first ≈ 20 min build the two tiny DDPMs, the EBM and the EM/REM/TAP poisons;
         then a victim takes 21–32 s, a purification 30–100 s per 4,660 images, a V&B run ≈ 2 min; the 84 cells
-        of SEP, EntF, LC, IAD and the composites 68 min more (results/reference/subset/wall.jsonl): ≈ 2 h 50 min.
+        of SEP, EntF, LC, IAD and the composites 68 min more, Sleeper Agent and HTBA 20 min
+        (results/reference/subset/wall.jsonl): ≈ 3 h 10 min.
 """
 
 from __future__ import annotations
