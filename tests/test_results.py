@@ -39,6 +39,10 @@ def test_summary_keeps_boolean_settings_apart():
                        for w, acc, ps in ((True, 0.66, 0.002), (False, 0.67, 0.999))])
     s = summarize(df).set_index("victim.whiten")
     assert s.index.tolist() in ([False, True], [True, False]) and s.loc[False, "poison_success_mean"] == 0.999
+    older = pd.concat([df, df.iloc[:1].assign(**{"victim.whiten": None, "config_hash": "old", "test_acc": 0.5})])
+    for column in (older["victim.whiten"], older["victim.whiten"].astype("boolean")):  # rows from before the setting
+        got = summarize(older.assign(**{"victim.whiten": column}))["victim.whiten"].tolist()
+        assert sorted(v for v in got if isinstance(v, bool)) == [False, True] and sum(pd.isna(v) for v in got) == 1
 
 
 def test_pareto_frontier_keeps_only_non_dominated_configs():

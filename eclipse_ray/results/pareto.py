@@ -44,8 +44,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     out["seeds"] = g.size()
     out = out.reset_index()
     for k in keys:  # restore boolean and numeric types where the column had them
-        if pd.api.types.is_bool_dtype(df[k]):
-            out[k] = out[k].map({"True": True, "False": False})
+        known = df[k].dropna()
+        if len(known) and all(isinstance(v, (bool, np.bool_)) for v in known):  # bool, or bools with gaps
+            out[k] = out[k].map({"True": True, "False": False})  # a missing value stays missing
         elif pd.api.types.is_numeric_dtype(df[k]):
             out[k] = pd.to_numeric(out[k].replace({"None": np.nan, "nan": np.nan, "<NA>": np.nan}), errors="coerce")
     return out
