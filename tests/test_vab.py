@@ -185,13 +185,26 @@ def test_tiny_vab_trial_row_has_split_columns(digits):
     assert row["n_poisoned"] == int(data.train.poisoned.sum())
 
 
-def test_vab_nets_keep_the_victims_stem_setting():
+def test_vab_nets_keep_the_victims_stem_setting(monkeypatch):
     """``victim.whiten=false`` reaches V&B's Victim and Beneficiary: their fast nets train the 2x2 stem instead
     of freezing it to patch whitening (the setting LC needs to implant; it was silently dropped before)."""
-    from eclipse_ray.defenses.vab import _new_net
+    import eclipse_ray.defenses.vab as vab
+    from eclipse_ray.victim.train import new_net
+
+    seen = []
+
+    def spy(cfg, *args, **kwargs):  # V&B builds its nets the way train_victim does, from the victim's config
+        seen.append(cfg.whiten)
+        return new_net(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(vab, "new_net", spy)
+    images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    vab.train_vab(VaB(warmup=1), VictimConfig(width=8, whiten=False), images, np.arange(40) % 4, 4, 0,
+                  progress=False, stop_after_warmup=True)
+    assert seen == [False]
 
     x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    frozen = _new_net(VictimConfig(width=8), 10, x, torch.device("cpu"))
-    trained = _new_net(VictimConfig(width=8, whiten=False), 10, x, torch.device("cpu"))
+    frozen = new_net(VictimConfig(width=8), 10, x, torch.device("cpu"))
+    trained = new_net(VictimConfig(width=8, whiten=False), 10, x, torch.device("cpu"))
     assert not frozen.whiten.weight.requires_grad and trained.whiten.weight.requires_grad
     assert not torch.equal(frozen.whiten.weight, trained.whiten.weight)  # whitened vs randomly initialised

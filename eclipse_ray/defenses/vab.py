@@ -75,8 +75,7 @@ from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.defenses.base import DefenseConfig
 from eclipse_ray.tensors import augment_batch, pick_device, to_tensor
 from eclipse_ray.victim.attention_mix import attention_mix, feature_attention
-from eclipse_ray.victim.nets import FastNet, build_net
-from eclipse_ray.victim.train import Victim, VictimConfig
+from eclipse_ray.victim.train import Victim, VictimConfig, new_net
 
 
 @dataclass(frozen=True)
@@ -376,16 +375,6 @@ def _beneficiary_epoch(cfg: VaB, ben: nn.Module, opt: torch.optim.Optimizer, x: 
     return loss_sum / steps
 
 
-def _new_net(victim_cfg: VictimConfig, num_classes: int, x_norm: torch.Tensor, device: torch.device) -> nn.Module:
-    """The victim's net: a fast net's stem frozen to patch whitening, or trained (``victim.whiten=false``)."""
-    net = build_net(victim_cfg.arch, num_classes, victim_cfg.width).to(device)
-    if isinstance(net, FastNet) and not victim_cfg.whiten:
-        net.whiten.weight.requires_grad_(True)
-    elif isinstance(net, FastNet):
-        net.init_whitening(x_norm[: min(len(x_norm), 5000)])
-    return net
-
-
 def train_vab(cfg: VaB, victim_cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_classes: int,
               seed: int, progress: bool = True, stop_after_warmup: bool = False) -> dict[str, Any]:
     """Run V&B on uint8 NHWC ``images``; returns the Beneficiary (as a Victim) and the splits.
@@ -406,12 +395,12 @@ def train_vab(cfg: VaB, victim_cfg: VictimConfig, images: np.ndarray, labels: np
     del x_raw
     y = torch.from_numpy(np.asarray(labels, np.int64)).to(device)
 
-    det = _Detector(cfg, _new_net(victim_cfg, num_classes, x, device), x, y, gen)
+    det = _Detector(cfg, new_net(victim_cfg, num_classes, x, device), x, y, gen)
     suspicious_warmup = warm_up(cfg, det, progress)
     if stop_after_warmup:
         return {"victim": None, "suspicious_warmup": suspicious_warmup, "suspicious": suspicious_warmup, "epochs": 0}
 
-    ben = _new_net(victim_cfg, num_classes, x, device)
+    ben = new_net(victim_cfg, num_classes, x, device)
     params = [p for p in ben.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     epochs, suppress, switch = cfg.scaled(cfg.epochs), cfg.scaled(cfg.suppress_from), cfg.scaled(cfg.lambda_switch)

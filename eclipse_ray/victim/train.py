@@ -99,6 +99,18 @@ class Victim:
         return self.logits(images).argmax(1).numpy()
 
 
+def new_net(cfg: VictimConfig, num_classes: int, x_norm: torch.Tensor, device: torch.device,
+            whiten_tol: float | None = 1e-6) -> nn.Module:
+    """``cfg``'s untrained net on ``device``; a fast net's 2x2 stem frozen to whiten the patches of the
+    normalised images ``x_norm`` (the first 5,000), or trained like every other layer (``whiten=False``)."""
+    model = build_net(cfg.arch, num_classes, cfg.width).to(device)
+    if isinstance(model, FastNet) and not cfg.whiten:
+        model.whiten.weight.requires_grad_(True)
+    elif isinstance(model, FastNet):
+        model.init_whitening(x_norm[: min(len(x_norm), 5000)], rel_tol=whiten_tol)
+    return model
+
+
 def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int,
                  transform: BatchTransform | None = None, progress: bool = True,
                  whiten_tol: float | None = 1e-6, adversary: Adversary | None = None,
@@ -117,11 +129,7 @@ def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_
     y_all = torch.from_numpy(np.array(labels, np.int64)).to(device)
     mean = x_all.mean((0, 2, 3), keepdim=True)
     std = x_all.std((0, 2, 3), keepdim=True).clamp_min(1e-3)
-    model = build_net(cfg.arch, num_classes, cfg.width).to(device)
-    if isinstance(model, FastNet) and not cfg.whiten:
-        model.whiten.weight.requires_grad_(True)
-    elif isinstance(model, FastNet):
-        model.init_whitening(((x_all - mean) / std)[: min(len(x_all), 5000)], rel_tol=whiten_tol)
+    model = new_net(cfg, num_classes, (x_all - mean) / std, device, whiten_tol)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
