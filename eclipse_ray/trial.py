@@ -8,6 +8,7 @@ until the row is complete.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,16 +59,22 @@ class TrialConfig:
         return config_hash(self.flat())
 
     def hashes(self) -> tuple[str, ...]:
-        """This config's hash, then the hash earlier versions gave it (before the model-training settings
-        were nested under ``defense.train`` / ``attack.train``), where that differs: a stored row under
-        either is this trial's."""
-        attack, defense = self.attack.legacy_flat("attack."), self.defense.legacy_flat("defense.")
-        own = self.hash()
-        if attack is None or defense is None:
-            return (own,)
-        rest = {k: v for k, v in self.flat().items() if not k.startswith(("attack.", "defense."))}
-        old = config_hash({**rest, **attack, **defense})
-        return (own,) if old == own else (own, old)
+        """This config's hash, then the hashes earlier versions gave it, where they differ: each section
+        spelled now or as before its settings were nested (``defense.train``, ``attack.train``) or before
+        settings declared ``added`` existed (:meth:`Config.legacy_flat`). A stored row under any is this trial's."""
+        flat = self.flat()
+        rest = {k: v for k, v in flat.items() if not k.startswith(tuple(f"{s}." for s in SECTIONS))}
+        spellings = []
+        for section, cfg in (("attack", self.attack), ("defense", self.defense), ("victim", self.victim.resolved())):
+            now = {k: v for k, v in flat.items() if k.startswith(f"{section}.")}
+            before = cfg.legacy_flat(f"{section}.")
+            spellings.append([now] if before is None or before == now else [now, before])
+        out = [self.hash()]
+        for attack, defense, victim in itertools.product(*spellings):
+            h = config_hash({**rest, **attack, **defense, **victim})
+            if h not in out:
+                out.append(h)
+        return tuple(out)
 
 
 def is_stored(cfg: TrialConfig, results_dir: str | Path) -> bool:
@@ -123,14 +130,20 @@ def reference_config(cfg: TrialConfig) -> TrialConfig:
     return TrialConfig(cfg.dataset, ATTACKS.build("none"), DEFENSES.build("none"), cfg.victim, cfg.seed)
 
 
+def stored_reference(cache_dir: str, ref: TrialConfig) -> float | None:
+    """The cached clean accuracy of the reference trial ``ref``, under its hash or a former one."""
+    return next((acc for key in ref.hashes() if (acc := read_acc_ref(cache_dir, key)) is not None), None)
+
+
 def reference_accuracy(cfg: TrialConfig, data: Dataset, cache_dir: str | None, progress: bool = False) -> float:
     """Clean test accuracy of the same victim on the undefended clean training set (cached by its hash).
 
     Content-addressed: two trials that both miss it train the same victim and write
     the same value; the staged study computes each one once beforehand.
     """
-    key = reference_config(cfg).hash()
-    acc = read_acc_ref(cache_dir, key) if cache_dir else None
+    ref = reference_config(cfg)
+    key = ref.hash()
+    acc = stored_reference(cache_dir, ref) if cache_dir else None
     if acc is None:
         clean = clean_view(data.train, data.splits.get("originals"))
         victim = train_victim(cfg.victim, clean.images, clean.labels, clean.num_classes, cfg.seed, progress=progress)

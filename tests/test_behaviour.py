@@ -94,3 +94,32 @@ def test_channels_last_nets_compute_what_contiguous_ones_do(arch):
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(net(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_bf16_victim_trains_and_predicts_under_autocast(monkeypatch):
+    """victim.precision=bf16: the forward passes (training and prediction) run under bfloat16 autocast, the
+    weights stay fp32, and the victim learns digits as well as the fp32 one."""
+    import torch
+
+    from eclipse_ray.data.sources import load_dataset
+    from eclipse_ray.victim.train import VictimConfig, train_victim
+
+    seen = []
+    real = torch.autocast
+
+    def spy(device_type, dtype=None, enabled=True, **kw):
+        seen.append((dtype, enabled))
+        return real(device_type, dtype=dtype, enabled=enabled, **kw)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    d = load_dataset("digits")
+    accs = {}
+    for precision in ("fp32", "bf16"):
+        seen.clear()
+        v = train_victim(VictimConfig(epochs=3, width=16, precision=precision), d.train.images, d.train.labels,
+                         d.train.num_classes, 0, progress=False)
+        logits = v.logits(d.test.images)
+        assert logits.dtype == torch.float32 and all(p.dtype == torch.float32 for p in v.model.parameters())
+        assert seen and {e for _, e in seen} == {precision == "bf16"} and {t for t, _ in seen} == {torch.bfloat16}
+        accs[precision] = float((logits.argmax(1).numpy() == d.test.labels).mean())
+    assert accs["bf16"] > 0.85 and abs(accs["bf16"] - accs["fp32"]) < 0.05

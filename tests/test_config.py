@@ -103,10 +103,14 @@ def test_model_training_settings_are_nested_and_older_names_still_work():
     assert flat["defense.train.iterations"] == 600 and flat["defense.train.schedule"] == "cosine"
     # pinned: the hash this trial had before the nesting (a stored row of it is found by the study)
     cfg = build_config("digits", "lsp", "eclipse", {"defense.train.iterations": "600", "seed": "0"})
-    assert cfg.hashes()[1] == "6e969607f1060560" and len(cfg.hashes()) == 2
-    # a setting no earlier version had: no former hash to match
-    assert len(build_config("digits", "lsp", "eclipse", {"defense.train.lr": "0.001"}).hashes()) == 1
-    assert len(build_config("digits", "lsp", "jpeg").hashes()) == 1  # nothing nested: one hash
+    # (and before victim.precision existed); its own hash, then each section spelled now or as before
+    assert cfg.hashes()[-1] == "6e969607f1060560" and len(cfg.hashes()) == 4
+    # a setting no earlier version had: no former hash of the defense section to match, only the victim's
+    lr = build_config("digits", "lsp", "eclipse", {"defense.train.lr": "0.001"})
+    assert len(lr.hashes()) == 2 and lr.hashes()[1] == config_hash(
+        {k: v for k, v in lr.flat().items() if k != "victim.precision"})
+    assert len(build_config("digits", "lsp", "jpeg").hashes()) == 2  # nothing nested: only the victim's
+    assert len(build_config("digits", "lsp", "jpeg", {"victim.precision": "bf16"}).hashes()) == 1
     adaptive = ATTACKS.build("em-adaptive", {"train_iterations": "5"})
     assert adaptive.train.iterations == 5
     assert poison_key("digits", adaptive) == "ba210e84c44f6f44"  # crafted before: found again

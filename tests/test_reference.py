@@ -176,3 +176,21 @@ def test_composed_study_gives_each_part_the_reference_studys_settings_and_compar
     ref = pd.DataFrame([{"dataset": "d", "attack.name": "sig", "defense.name": d, "seed": 0, "asr": asr,
                          "config_hash": d} for d, asr in (("none", 0.99), ("vab", 0.86), ("jpeg+vab", 0.5))])
     assert cq.best_single(ref, "sig", "asr", lowest=True) == ("vab", 0.86)  # the composite is not a single defense
+
+
+def test_a_reference_accuracy_cached_before_a_victim_setting_existed_is_found(tmp_path):
+    """acc_ref files are keyed by the clean reference trial's hash; one written before victim.precision
+    existed (its former hash) still serves, so a study does not retrain its clean victims."""
+    from eclipse_ray.data.cache import write_acc_ref
+    from eclipse_ray.trial import reference_accuracy, reference_config, stored_reference
+
+    cfg = build_config("digits", "lsp", "jpeg", {"victim.epochs": "2"})
+    ref = reference_config(cfg)
+    former = ref.hashes()[-1]
+    assert former != ref.hash()
+    assert stored_reference(str(tmp_path), ref) is None
+    write_acc_ref(str(tmp_path), former, 0.625)
+    assert stored_reference(str(tmp_path), ref) == 0.625
+    assert reference_accuracy(cfg, None, str(tmp_path)) == 0.625  # read, not trained (no data given)
+    bf16 = reference_config(build_config("digits", "lsp", "jpeg", {"victim.epochs": "2", "victim.precision": "bf16"}))
+    assert stored_reference(str(tmp_path), bf16) is None  # another victim: no former hash to share

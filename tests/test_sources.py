@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import io
 import tarfile
 
@@ -227,7 +228,9 @@ def test_cifar10_jpeg_loads_the_archive_named_by_the_environment(tmp_path, monke
     assert d.meta["jpeg_quality"] == 75 and d.meta["chroma_subsampling"] == "4:2:0" and "JPEG" in d.meta["note"]
     same_dataset(d, load_dataset(f"folder:{root}"))
     assert "cifar10-jpeg" in DESCRIPTIONS and PRESETS["full"].dataset == "cifar10-jpeg"
-    assert PRESETS["full"].victim == PRESETS["subset"].victim and PRESETS["full"].models == PRESETS["subset"].models
+    full, subset = PRESETS["full"], PRESETS["subset"]
+    assert dataclasses.replace(full.victim, precision="fp32") == subset.victim and full.models == subset.models
+    assert full.victim.precision == "bf16" and full.purify_precision == "bf16"
 
     other = write_tar(write_tree(tmp_path / "other", classes=("cat", "dog")), tmp_path / "other.tar.gz")
     monkeypatch.setenv("ECLIPSE_RAY_CIFAR10_JPEG", str(other))

@@ -208,3 +208,17 @@ def test_vab_nets_keep_the_victims_stem_setting(monkeypatch):
     trained = new_net(VictimConfig(width=8, whiten=False), 10, x, torch.device("cpu"))
     assert not frozen.whiten.weight.requires_grad and trained.whiten.weight.requires_grad
     assert not torch.equal(frozen.whiten.weight, trained.whiten.weight)  # whitened vs randomly initialised
+
+
+def test_vab_trains_under_the_victims_precision():
+    """``victim.precision=bf16`` reaches V&B: its nets run under bfloat16 autocast (weights and losses
+    fp32), and the Beneficiary it returns predicts so too — the setting is not dropped."""
+    images = np.random.default_rng(0).integers(0, 256, (48, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(48) % 4
+    cfg = VaB(warmup=1, epochs=2, suppress_from=1, lambda_switch=1, refresh_every=1, milestones=(1,))
+    out = {p: train_vab(cfg, VictimConfig(width=8, epochs=2, precision=p), images, labels, 4, 0, progress=False)
+           for p in ("fp32", "bf16")}
+    assert out["bf16"]["victim"].bf16 and not out["fp32"]["victim"].bf16
+    assert all(q.dtype == torch.float32 for q in out["bf16"]["victim"].model.parameters())
+    a, b = (out[p]["victim"].logits(images) for p in ("fp32", "bf16"))
+    assert a.dtype == b.dtype == torch.float32 and not torch.equal(a, b)  # a different arithmetic ran

@@ -381,7 +381,19 @@ def train_vab(cfg: VaB, victim_cfg: VictimConfig, images: np.ndarray, labels: np
 
     Keys: ``victim`` (:class:`Victim`, ``None`` if ``stop_after_warmup``), ``suspicious_warmup``
     and ``suspicious`` (bool masks over the samples), ``epochs`` (Beneficiary epochs run).
+    ``victim.precision=bf16``: both nets' forward passes under bfloat16 autocast (losses in fp32, as
+    autocast computes them), the Beneficiary evaluated so too.
     """
+    bf16 = victim_cfg.precision == "bf16"
+    with torch.autocast(pick_device(victim_cfg.device).type, dtype=torch.bfloat16, enabled=bf16):
+        out = _train_vab(cfg, victim_cfg, images, labels, num_classes, seed, progress, stop_after_warmup)
+    if out["victim"] is not None:
+        out["victim"].bf16 = bf16
+    return out
+
+
+def _train_vab(cfg: VaB, victim_cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_classes: int,
+               seed: int, progress: bool, stop_after_warmup: bool) -> dict[str, Any]:
     if len(images) < 2:
         raise ConfigError("defense vab: needs at least 2 training samples")
     victim_cfg = victim_cfg.resolved()

@@ -35,7 +35,7 @@ from eclipse_ray.distributed.connect import init_ray
 from eclipse_ray.distributed.purify import find_donor, purifier_identity, run_purifications
 from eclipse_ray.distributed.tune import run_trials, tune_loggers
 from eclipse_ray.result_store import read_results
-from eclipse_ray.trial import build_config, reference_accuracy, reference_config
+from eclipse_ray.trial import build_config, reference_accuracy, reference_config, stored_reference
 
 RETRIES = 3
 
@@ -196,7 +196,7 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
     t = time.perf_counter()
     in_plan = {tr.cfg.hash() for tr in plan.trials}
     refs = [cfg for key, cfg in plan.references.items()
-            if key not in in_plan and C.read_acc_ref(cache_dir, key) is None]
+            if key not in in_plan and stored_reference(cache_dir, cfg) is None]
     if refs:
         missing = [cfg for cfg in refs if not C.intact(C.poisons_location(cache_dir, cfg.dataset, cfg.attack))]
         _run_tasks(A.make_poison, [(cfg, cache_dir, data_dir) for cfg in missing], {"num_cpus": 1})

@@ -58,6 +58,9 @@ class VictimConfig(Config):
     translate: int = setting(2, "max translation in px when augmenting (0: flip only)", ge=0)
     width: int = setting(32, "base width of the fast net (64 = airbench94)", ge=4)
     whiten: bool = setting(True, "fast net: initialise the frozen 2x2 stem by patch whitening (else random, trained)")
+    precision: str = setting("fp32", "fp32, or bf16: forward passes under bfloat16 autocast (weights, loss and "
+                             "optimiser stay fp32; ≈ 2× faster on CPUs with AMX and on GPUs)",
+                             choices=("fp32", "bf16"), added=True)
     device: str = setting("auto", "auto (CUDA if present), cpu or cuda[:N]")
 
     def resolved(self) -> "VictimConfig":
@@ -85,6 +88,7 @@ class Victim:
     mean: torch.Tensor
     std: torch.Tensor
     device: torch.device
+    bf16: bool = False  # evaluate under bfloat16 autocast, as it was trained
 
     @torch.no_grad()
     def logits(self, images: np.ndarray, batch_size: int = 512) -> torch.Tensor:
@@ -92,7 +96,9 @@ class Victim:
         out = []
         for i in range(0, len(images), batch_size):
             x = to_tensor(images[i:i + batch_size], self.device)
-            out.append(self.model((x - self.mean) / self.std).float().cpu())
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self.model((x - self.mean) / self.std)
+            out.append(logits.float().cpu())
         return torch.cat(out)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -130,6 +136,7 @@ def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_
     mean = x_all.mean((0, 2, 3), keepdim=True)
     std = x_all.std((0, 2, 3), keepdim=True).clamp_min(1e-3)
     model = new_net(cfg, num_classes, (x_all - mean) / std, device, whiten_tol)
+    bf16 = cfg.precision == "bf16"
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
@@ -160,8 +167,9 @@ def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_
                 model.train()
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, cfg)
-            out = model((x - mean) / std)
-            loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = model((x - mean) / std)
+            loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -171,4 +179,4 @@ def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_
         bar.set_postfix(loss=f"{loss_sum / n:.3f}", train_acc=f"{correct / n:.3f}")
         if on_epoch is not None:
             on_epoch(epoch, model)
-    return Victim(model, mean, std, device)
+    return Victim(model, mean, std, device, bf16)
