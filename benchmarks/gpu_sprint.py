@@ -90,7 +90,8 @@ class Sprint:
 
 FULL = Sprint(
     dataset="cifar10-jpeg", train_images=50_000,
-    victim={"victim.arch": "fast", "victim.width": "64", "victim.epochs": "10", "victim.batch_size": "1024"},
+    victim={"victim.arch": "fast", "victim.width": "64", "victim.epochs": "10", "victim.batch_size": "1024",
+            "victim.precision": "bf16"},  # airbench trains under half precision on the GPU too
     defenses={
         "eclipse": {"defense.sampler": "ddim", "defense.steps": "10", "defense.batch_size": "1024",
                     "defense.train.preset": "small", "defense.train.iterations": "4000",
