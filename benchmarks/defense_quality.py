@@ -28,13 +28,14 @@ trials that need them. 2 trials run at once, one CPU each.
 CIFAR-10 (``cifar10-jpeg``), the model-free Table 1 attacks (URP, LSP, AR, OPS) and BadNets,
 Blend, SIG at their Table 1 rates, plus clean data, against ``none``, ``jpeg``, ``gray``,
 ``eclipse`` and ``denoise`` with the subset's purifier and victim settings (tiny DDPM trained
-600 iterations on the defender's 2,000-image clean set; width-16 fast victim, 6 epochs).
-Its ≈ 4 CPU hours run in parts, two attacks at a time (``--attacks none urp``, ``lsp ar``, ``ops badnets``,
-``blend sig``): each part's rows land in the store, its wall time in ``<reference>/wall.jsonl``, and the
-report sums the parts. The finished parts' rows are kept in ``results/reference/full/parts/``; copy them
-into the study store (``cp results/reference/full/parts/part-*.parquet <store>/``) to continue on another
-machine without recomputing their poisons and purified sets. The report puts every cell beside the
-subset study's (``results/reference/subset/rows.parquet``).
+600 iterations on the defender's 2,000-image clean set; width-16 fast victim, 6 epochs), victims and
+diffusion purifiers under bfloat16 autocast (``victim.precision`` / ``defense.precision``: 2× per step
+measured alone on this AMX CPU; every cell within 1.6 points of the fp32 study's accuracy). Measured: **69 min** (4,152 s) for
+the 40 trials in one uninterrupted run from an empty cache (poisons 53 s, the DDPM 503 s, 32 purifications
+1,290 s, the clean reference victim 70 s, 40 victims ≈ 37 min, 2 at a time); the fp32 study took 4 h 17 min
+in four parts (``results/reference/full-fp32/``, its rows per part in ``parts/``). ``--attacks`` still runs
+it in parts, each part's wall time in ``<reference>/wall.jsonl``, the report summing them. The report puts
+every cell beside the subset study's and the fp32 study's (``COMPARED``).
 
 ``--preset cifar10`` (GPUs, full CIFAR-10): the paper UNet and ResNet-18 for 80
 epochs, published purifier settings (full reverse chains), crafted poisons at
@@ -115,7 +116,11 @@ ATTACK_SETTINGS = {
 # net's frozen whitening stem, which amplifies its PGD perturbations); its cells train the stem, as ResNet-18 does.
 ATTACK_SETTINGS["subset"]["lc"] = {**ATTACK_SETTINGS["subset"]["lc"], "victim.whiten": "false"}
 SHARED = {"subset": {"purify_seed": "0"}, "full": {"purify_seed": "0"}, "cifar10": {}}
-SUBSET_ROWS = Path(__file__).parent.parent / "results" / "reference" / "subset" / "rows.parquet"
+REFERENCE = Path(__file__).parent.parent / "results" / "reference"
+# what each preset's report puts its cells beside: the subset (size), the same study in fp32 (precision)
+COMPARED = {"full": [("the size: the 4,660-image subset (seeds 0 and 1)", REFERENCE / "subset" / "rows.parquet"),
+                     ("the precision: the same study with fp32 victims and purifiers (results/reference/full-fp32)",
+                      REFERENCE / "full-fp32" / "rows.parquet")]}
 FULL_ATTACKS = ("none", "urp", "lsp", "ar", "ops", "badnets", "blend", "sig")
 FULL_DEFENSES = ("none", "jpeg", "gray", "eclipse", "denoise")
 FIRST = [("none", "none"), ("lsp", "eclipse"), ("lsp", "puregen-ddpm"), ("lsp", "puregen-ebm"), ("em", "none"),
@@ -153,10 +158,10 @@ def build_specs(preset_name: str, seeds: list[int], dataset: str | None = None) 
 
 
 def write_reference(df: pd.DataFrame, out: Path, wall_seconds: float | None,
-                    compare: tuple[str, pd.DataFrame] | None = None, parts: list[dict] | None = None) -> Path:
-    """rows.parquet, report.md (Table 1, clean cost, won-back) and pareto PNGs into ``out``; with ``compare``
-    (a name and another study's rows, e.g. the subset's) a section with both side by side; with ``parts``
-    (a study run in parts, :func:`read_parts_log`) each part's wall time."""
+                    compare: list[tuple[str, pd.DataFrame]] | None = None, parts: list[dict] | None = None) -> Path:
+    """rows.parquet, report.md (Table 1, clean cost, won-back) and pareto PNGs into ``out``; for each of
+    ``compare`` (what differs and another study's rows, e.g. "the size: the subset") a section with both side
+    by side; with ``parts`` (a study run in parts, :func:`read_parts_log`) each part's wall time."""
     df = labelled(df)  # datasets by short name and content fingerprint, never a path
     out.mkdir(parents=True, exist_ok=True)
     df[[c for c in ROW_COLUMNS if c in df]].to_parquet(out / "rows.parquet", index=False)
@@ -178,10 +183,9 @@ def write_reference(df: pd.DataFrame, out: Path, wall_seconds: float | None,
             f"{100 * counted['won_back'].mean():.1f} % ({', '.join(counted['attack'])}); left out (remove < 10 "
             f"points): {', '.join(wb[~wb['counted']]['attack']) or 'none'}." if not counted.empty else "", "",
             "## Lowest backdoor ASR", "", markdown(bd.set_index("attack")) if not bd.empty else "(none)", ""]
-    if compare is not None:
-        name, other = compare
+    for name, other in compare or []:
         other_wb = won_back(other, AVAILABILITY).set_index("attack")
-        text += [f"## What changes with the size: {name} → this study", "",
+        text += [f"## What changes with {name} → this study", "",
                  "Mean accuracy % (/ ASR %) per cell, and each defense's clean cost in points:", "",
                  markdown(scale_change(other, df, attacks, defenses)), ""]
         if not wb.empty:
@@ -280,9 +284,7 @@ def main() -> None:
         print(f"defense_quality: {int(stale.sum())} stored rows with other settings left out of the report "
               f"({', '.join(sorted(set(df.loc[stale, 'defense.name'])))})", flush=True)
     df = df[~stale]
-    compare = None
-    if args.preset == "full" and (SUBSET_ROWS).exists():
-        compare = ("the 4,660-image subset (seeds 0 and 1)", pd.read_parquet(SUBSET_ROWS))
+    compare = [(name, pd.read_parquet(path)) for name, path in COMPARED.get(args.preset, []) if path.exists()]
     report = write_reference(df, reference, wall, compare, parts)
     computed, reused = cache_counts(df)
     print(json.dumps({"rows": len(df), "purifications_computed": computed, "purifications_reused": reused,

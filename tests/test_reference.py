@@ -138,10 +138,14 @@ def test_report_of_a_study_in_parts_sums_the_parts_and_shows_only_its_attacks(tm
     parts = dq.read_parts_log(tmp_path)
     assert [p["attacks"] for p in parts] == [["none", "lsp"], ["urp"]]
     df = _rows().assign(dataset="digits")
-    text = dq.write_reference(df, tmp_path, sum(p["seconds"] for p in parts), ("small", _rows()), parts).read_text()
+    lower = _rows().assign(test_acc=lambda d: d["test_acc"] - 0.01)
+    text = dq.write_reference(df, tmp_path, sum(p["seconds"] for p in parts),
+                              [("the size: small", _rows()), ("the precision: fp32", lower)], parts).read_text()
     assert "15.0 min (0.25 h) in 2 parts: none lsp — 4 trials, 10.0 min; urp — 2 trials, 5.0 min" in text
     assert "| em |" not in text and "| lsp | 21.0" in text  # rows only for the attacks this study ran
-    assert "| lsp | 21.0 → 21.0" in text
+    small, fp32 = text.split("## What changes with the size: small → this study")[1].split(
+        "## What changes with the precision: fp32 → this study")  # one section per compared study, in order
+    assert "| lsp | 21.0 → 21.0" in small and "| lsp | 20.0 → 21.0" in fp32
 
 
 @pytest.mark.parametrize("name, pinned", [
