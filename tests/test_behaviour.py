@@ -123,3 +123,30 @@ def test_a_bf16_victim_trains_and_predicts_under_autocast(monkeypatch):
         assert seen and {e for _, e in seen} == {precision == "bf16"} and {t for t, _ in seen} == {torch.bfloat16}
         accs[precision] = float((logits.argmax(1).numpy() == d.test.labels).mean())
     assert accs["bf16"] > 0.85 and abs(accs["bf16"] - accs["fp32"]) < 0.05
+
+
+def test_adversarial_training_attacks_a_bf16_victim_under_its_autocast(monkeypatch):
+    """The training-time adversary (adversarial training) sees the net as it trains: its forward passes
+    under the victim's bfloat16 autocast, with fp32 logits."""
+    import torch
+
+    from eclipse_ray.data.sources import load_dataset
+    from eclipse_ray.victim.train import VictimConfig, train_victim
+
+    entered, calls = [], []
+    real = torch.autocast
+
+    def recording(device_type, dtype=None, enabled=True, **kw):
+        entered.append((dtype, enabled))
+        return real(device_type, dtype=dtype, enabled=enabled, **kw)
+
+    def adversary(forward, x, y, gen):
+        before = len(entered)
+        calls.append((forward(x).dtype, entered[before:]))
+        return x
+
+    monkeypatch.setattr(torch, "autocast", recording)
+    d = load_dataset("digits")
+    train_victim(VictimConfig(epochs=1, width=16, batch_size=64, precision="bf16"), d.train.images[:128],
+                 d.train.labels[:128], d.train.num_classes, 0, adversary=adversary, progress=False)
+    assert calls == [(torch.float32, [(torch.bfloat16, True)])] * 2

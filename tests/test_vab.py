@@ -222,3 +222,16 @@ def test_vab_trains_under_the_victims_precision():
     assert all(q.dtype == torch.float32 for q in out["bf16"]["victim"].model.parameters())
     a, b = (out[p]["victim"].logits(images) for p in ("fp32", "bf16"))
     assert a.dtype == b.dtype == torch.float32 and not torch.equal(a, b)  # a different arithmetic ran
+
+
+def test_vab_soft_cross_entropy_is_computed_in_fp32_from_bf16_logits():
+    """Under bf16 autocast the Beneficiary's logits come as bfloat16; its soft-label loss takes the log-softmax
+    in fp32 (bf16's 8-bit mantissa would put ~1e-2 of error into every log-probability)."""
+    from eclipse_ray.defenses.vab import _soft_ce
+
+    gen = torch.Generator().manual_seed(0)
+    logits = (8 * torch.randn(16, 10, generator=gen)).bfloat16()
+    targets = torch.softmax(torch.randn(16, 10, generator=gen), 1)
+    loss = _soft_ce(logits, targets)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, _soft_ce(logits.float(), targets), rtol=0, atol=1e-6)

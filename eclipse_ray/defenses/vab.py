@@ -294,7 +294,7 @@ def recalibrate_bn(net: nn.Module, x: torch.Tensor, batch: int) -> None:
 
 
 def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return -(F.log_softmax(logits, 1) * targets).sum(1).mean()
+    return -(F.log_softmax(logits.float(), 1) * targets).sum(1).mean()  # fp32 under bf16 autocast too
 
 
 def _mixed_batch(cfg: VaB, ben: nn.Module, x: torch.Tensor, targets: torch.Tensor,

@@ -70,6 +70,12 @@ class VictimConfig(Config):
         return dataclasses.replace(self, **fill)
 
 
+def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, bf16: bool) -> torch.Tensor:
+    """``model(x)`` as fp32 logits; under bfloat16 autocast where the victim trains in bf16."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        return model(x).float()
+
+
 def _lr_at(step: int, total: int, cfg: VictimConfig) -> float:
     frac = step / max(total, 1)
     if cfg.schedule == "constant":
@@ -96,9 +102,7 @@ class Victim:
         out = []
         for i in range(0, len(images), batch_size):
             x = to_tensor(images[i:i + batch_size], self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = self.model((x - self.mean) / self.std)
-            out.append(logits.float().cpu())
+            out.append(_forward(self.model, (x - self.mean) / self.std, self.device, self.bf16).cpu())
         return torch.cat(out)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -161,15 +165,14 @@ def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_
                 x = augment_batch(x, gen, pad=cfg.translate)
             if transform is not None:
                 x = transform(x, gen)
-            if adversary is not None:
+            if adversary is not None:  # it attacks the net as it trains: under the same autocast
                 model.eval()
-                x = adversary(lambda z: model((z - mean) / std), x, y, gen)
+                x = adversary(lambda z: _forward(model, (z - mean) / std, device, bf16), x, y, gen)
                 model.train()
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, cfg)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = model((x - mean) / std)
-            loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+            out = _forward(model, (x - mean) / std, device, bf16)
+            loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
