@@ -125,6 +125,12 @@ def prepare(cfg: TrialConfig, data_dir: str | Path | None = None, cache_dir: str
     return cfg.attack.apply(data)
 
 
+def is_reference(cfg: TrialConfig) -> bool:
+    """Whether ``cfg`` trains the clean reference victim itself (clean data, no defense): its accuracy is the
+    ``acc_ref`` of every trial with the same victim and seed, whatever its ``purify_seed``."""
+    return cfg.attack.name == "none" and cfg.defense.name == "none"
+
+
 def reference_config(cfg: TrialConfig) -> TrialConfig:
     """The trial whose clean accuracy a relative loss is measured against: same victim and seed, no attack or defense."""
     return TrialConfig(cfg.dataset, ATTACKS.build("none"), DEFENSES.build("none"), cfg.victim, cfg.seed)
@@ -236,8 +242,8 @@ def against_reference(cfg: TrialConfig, data: Dataset, kind: str, test_acc: floa
     m: dict[str, float] = {}
     if kind == NONE and cfg.defense.name == "none":
         m["acc_ref"] = test_acc
-        if cache is not None:
-            write_acc_ref(cache, cfg.hash(), test_acc)
+        if cache is not None:  # under the key the others look up (a purify_seed changes cfg.hash(), not the victim)
+            write_acc_ref(cache, reference_config(cfg).hash(), test_acc)
     elif reference:
         m["acc_ref"] = reference_accuracy(cfg, data, cache, progress)
     if "acc_ref" in m:

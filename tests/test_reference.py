@@ -198,3 +198,20 @@ def test_a_reference_accuracy_cached_before_a_victim_setting_existed_is_found(tm
     assert reference_accuracy(cfg, None, str(tmp_path)) == 0.625  # read, not trained (no data given)
     bf16 = reference_config(build_config("digits", "lsp", "jpeg", {"victim.epochs": "2", "victim.precision": "bf16"}))
     assert stored_reference(str(tmp_path), bf16) is None  # another victim: no former hash to share
+
+
+def test_a_studys_clean_reference_trial_is_the_reference_the_others_read(tmp_path):
+    """A study that fixes ``purify_seed`` (the subset and full presets) holds the clean, undefended trial
+    itself: its accuracy is every other trial's ``acc_ref``. The plan trains no second clean victim for it, and
+    the reference trial stores its accuracy under the key the others look up."""
+    from eclipse_ray.distributed.study import compile_plan, own_references
+    from eclipse_ray.distributed.tune import spec
+    from eclipse_ray.trial import reference_accuracy, run_trial
+
+    shared = {"purify_seed": "0", "victim.epochs": "1", "victim.width": "8"}
+    plan = compile_plan([spec("digits", a, d, shared) for a, d in (("none", "none"), ("urp", "jpeg"), ("none", "gray"))])
+    assert len(plan.references) == 1 and set(plan.references) == own_references(plan.trials)
+    reference, urp = plan.trials[0].cfg, plan.trials[1].cfg
+    row = run_trial(reference, cache_dir=str(tmp_path), progress=False)
+    assert row["acc_ref"] == row["test_acc"]
+    assert reference_accuracy(urp, None, str(tmp_path)) == row["test_acc"]  # read, not trained (no data given)

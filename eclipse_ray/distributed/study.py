@@ -35,7 +35,7 @@ from eclipse_ray.distributed.connect import init_ray
 from eclipse_ray.distributed.purify import find_donor, purifier_identity, run_purifications
 from eclipse_ray.distributed.tune import run_trials, tune_loggers
 from eclipse_ray.result_store import read_results
-from eclipse_ray.trial import build_config, reference_accuracy, reference_config, stored_reference
+from eclipse_ray.trial import build_config, is_reference, reference_accuracy, reference_config, stored_reference
 
 RETRIES = 3
 
@@ -68,8 +68,7 @@ def compile_plan(specs: list[dict[str, Any]]) -> Plan:
         plan.poisons.setdefault(t.poison_key, cfg)
         if cfg.defense.purifies:
             t.purification_key = plan_purification(plan, cfg)
-        is_reference = cfg.attack.name == "none" and cfg.defense.name == "none"
-        if not is_reference and (cfg.attack.kind == AVAILABILITY or cfg.attack.name == "none"):
+        if not is_reference(cfg) and (cfg.attack.kind == AVAILABILITY or cfg.attack.name == "none"):
             ref = reference_config(cfg)
             plan.references.setdefault(ref.hash(), ref)
         plan.trials.append(t)
@@ -89,6 +88,12 @@ def plan_purification(plan: Plan, cfg) -> str:
 
 def _stage_line(name: str, computed: int, reused: int, seconds: float) -> None:
     print(f"stage {name}: {computed} computed, {reused} reused, {seconds:.1f} s", flush=True)
+
+
+def own_references(trials: list[PlannedTrial]) -> set[str]:
+    """The reference keys (:func:`reference_config`) that trials of the plan train themselves (clean data, no
+    defense): stage 4 leaves them to those trials, which run before the others."""
+    return {reference_config(tr.cfg).hash() for tr in trials if is_reference(tr.cfg)}
 
 
 def _make_reference(cfg, cache_dir: str) -> float:
@@ -194,9 +199,8 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
 
     # 4. reference accuracies (a clean victim per victim config and seed) not produced by a trial of the plan
     t = time.perf_counter()
-    in_plan = {tr.cfg.hash() for tr in plan.trials}
-    refs = [cfg for key, cfg in plan.references.items()
-            if key not in in_plan and stored_reference(cache_dir, cfg) is None]
+    own = own_references(plan.trials)
+    refs = [cfg for key, cfg in plan.references.items() if key not in own and stored_reference(cache_dir, cfg) is None]
     if refs:
         missing = [cfg for cfg in refs if not C.intact(C.poisons_location(cache_dir, cfg.dataset, cfg.attack))]
         _run_tasks(A.make_poison, [(cfg, cache_dir, data_dir) for cfg in missing], {"num_cpus": 1})
@@ -283,7 +287,7 @@ def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, addr
                    gpu=ray.cluster_resources().get("GPU", 0) >= 1)
         t = time.perf_counter()
         # the plan's own reference trials (clean data, no defense) first: the others read their accuracy
-        first = [tr for tr in todo if tr.cfg.hash() in sub.references]
+        first = [tr for tr in todo if is_reference(tr.cfg)]
         for group in (first, [tr for tr in todo if tr not in first]):
             if group:
                 run_trials(study, [(tr.spec, tr.purify_reused) for tr in group], cache, data_dir=data_dir,
