@@ -196,3 +196,22 @@ def test_certify_over_ray_matches_in_process(small_digits, tmp_path, monkeypatch
     assert (local["models_trained"], remote["models_trained"]) == (3, 3)
     a, b = (pd.read_parquet(tmp_path / d / "radii.parquet") for d in ("local", "ray"))
     assert len(a) == len(b) == 40 and a.equals(b)
+
+
+def test_a_certification_models_key_survives_the_victim_settings_added_since():
+    """Each certified model is cached by what its predictions depend on; a victim setting added later
+    (``victim.precision``) leaves the key of a job that keeps its default as it was, and changes it otherwise."""
+    import dataclasses
+
+    from eclipse_ray.config import config_hash, flatten
+
+    job = build_job("digits", "none", {"victim.epochs": "2"})
+    before = {"format": certify_run.FORMAT, "dataset": "digits", **flatten(job.attack, "attack."),
+              **flatten(dataclasses.replace(job.denoiser, model="m"), "defense."),
+              **{k: v for k, v in flatten(job.victim.resolved(), "victim.").items() if k != "victim.precision"},
+              "certify.seed": job.certify.seed}
+    for k in ("defense.batch_size", "defense.device", "defense.compile", "victim.device"):
+        before.pop(k, None)
+    assert certify_run.model_key(job, "m") == config_hash(before)
+    bf16 = build_job("digits", "none", {"victim.epochs": "2", "victim.precision": "bf16"})
+    assert certify_run.model_key(bf16, "m") != certify_run.model_key(job, "m")
