@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from eclipse_ray.data.sources import npz_spec
 from eclipse_ray.presets import SUBSET_NPZ as DEFAULT_NPZ
 from eclipse_ray.trial import build_config, is_stored, run_trial
 
@@ -55,7 +56,7 @@ def main() -> None:
         settings = {"victim.epochs": "10", "seed": str(args.seed), **extra}
         if defense != "none":
             settings.update({"defense.train.iterations": str(args.iterations), "defense.train.preset": "tiny"})
-        cfg = build_config(f"npz:{args.npz}", attack, defense, settings)
+        cfg = build_config(npz_spec(args.npz), attack, defense, settings)
         if is_stored(cfg, args.results):
             continue  # measured already (rerun to finish an interrupted benchmark)
         t = time.perf_counter()

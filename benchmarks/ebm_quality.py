@@ -20,6 +20,7 @@ import argparse
 import json
 import time
 
+from eclipse_ray.data.sources import npz_spec
 from eclipse_ray.presets import SUBSET_NPZ as DEFAULT_NPZ
 from eclipse_ray.trial import build_config, is_stored, prepare, run_trial
 
@@ -36,7 +37,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default="results/ebm")
     args = p.parse_args()
-    dataset = f"npz:{args.npz}"
+    dataset = npz_spec(args.npz)
     settings = {"victim.epochs": "10", "seed": str(args.seed), "defense.train.preset": args.preset,
                 "defense.train.iterations": str(args.iterations), "defense.train.batch_size": str(args.batch),
                 "defense.train.mcmc_steps": str(args.mcmc_steps), "defense.steps": str(args.steps),

@@ -18,6 +18,7 @@ import time
 
 import pandas as pd
 
+from eclipse_ray.data.sources import npz_spec
 from eclipse_ray.presets import SUBSET_NPZ as DEFAULT_NPZ
 from eclipse_ray.trial import build_config, run_trial
 
@@ -35,7 +36,7 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         for attack, defense in TRIALS:
-            cfg = build_config(f"npz:{args.npz}", attack, defense,
+            cfg = build_config(npz_spec(args.npz), attack, defense,
                                {"victim.epochs": str(args.epochs), "seed": str(seed)})
             t = time.perf_counter()
             row = run_trial(cfg, results_dir=args.results, reference=False, progress=False)

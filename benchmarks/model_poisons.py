@@ -40,6 +40,7 @@ import time
 
 import torch
 
+from eclipse_ray.data.sources import npz_spec
 from eclipse_ray.presets import SUBSET_NPZ as DEFAULT_NPZ
 from eclipse_ray.trial import build_config, is_stored, prepare, run_trial
 
@@ -86,7 +87,7 @@ def main() -> None:
     for attack in args.attacks:
         for defense in args.defenses:
             settings = {"victim.epochs": "10", "seed": str(args.seed), **ATTACK_SETTINGS[attack], **DEFENSES[defense]}
-            cfg = build_config(f"npz:{args.npz}", attack, defense, settings)
+            cfg = build_config(npz_spec(args.npz), attack, defense, settings)
             if is_stored(cfg, args.results):
                 continue  # measured already (rerun to finish an interrupted benchmark)
             t, cpu = time.perf_counter(), time.process_time()

@@ -27,10 +27,9 @@ import json
 import time
 from pathlib import Path
 
-from eclipse_ray.presets import SUBSET_NPZ
 from eclipse_ray.trial import build_config, is_stored, run_trial, summary
 
-DATASET = f"npz:{SUBSET_NPZ}"
+DATASET = "cifar10-subset"
 ATTACKS = {
     # PureGen's ε = 16/255; K = 4 targets, 1 % budget each; 1 restart of 60 signed-Adam steps (paper: 8 × 250).
     "gradient_matching": {"eps": "0.0627451", "targets": "4", "restarts": "1", "iterations": "60"},

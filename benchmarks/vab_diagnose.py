@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from eclipse_ray.defenses import vab
-from eclipse_ray.presets import SUBSET_NPZ
 from eclipse_ray.trial import build_config, prepare
 from eclipse_ray.tensors import to_tensor
 
@@ -48,7 +47,7 @@ def main() -> None:
     sets = {"defense.epoch_scale": "0.05", **dict(kv.split("=", 1) for kv in CPU_SETTINGS),
             **dict(kv.split("=", 1) for kv in sys.argv[3:]),
             "seed": str(seed), "attack.rate": "0.1", "attack.target": "0", "victim.width": "16"}
-    cfg = build_config(f"npz:{SUBSET_NPZ}", attack, "vab", sets)
+    cfg = build_config("cifar10-subset", attack, "vab", sets)
     data = prepare(cfg)
     train, test = data.train, data.test
     raw = to_tensor(train.images, torch.device("cpu"))

@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 
 from eclipse_ray.defenses.vab import split_quality, train_vab
+from eclipse_ray.data.sources import npz_spec
 from eclipse_ray.presets import SUBSET_NPZ as DEFAULT_NPZ
 from eclipse_ray.trial import build_config, prepare, run_trial
 
@@ -82,7 +83,7 @@ def main() -> None:
                 if defense == "vab":
                     sets["defense.epoch_scale"] = args.epoch_scale
                     sets.update(kv.split("=", 1) for kv in args.vab_set)
-                cfg = build_config(f"npz:{args.npz}", attack, defense, sets)
+                cfg = build_config(npz_spec(args.npz), attack, defense, sets)
                 t = time.perf_counter()
                 row = run_trial(cfg, results_dir=args.results, reference=False, progress=False)
                 extra = "".join(f" {k} {row[k]:.3f}" for k in ("asr_any", "vab_precision", "vab_recall") if k in row)
@@ -96,7 +97,7 @@ def main() -> None:
 def warmup_only(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         for attack in args.attacks:
-            cfg = build_config(f"npz:{args.npz}", attack, "vab", {"seed": str(seed), "attack.rate": "0.1",
+            cfg = build_config(npz_spec(args.npz), attack, "vab", {"seed": str(seed), "attack.rate": "0.1",
                                                                    "attack.target": "0",
                                                                    "victim.width": str(args.width)})
             train = prepare(cfg).train

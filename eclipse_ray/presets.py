@@ -9,8 +9,8 @@ as one trial's ``--set``.
 
 * ``smoke``   — digits (ships with scikit-learn), tiny auto-trained DDPM, small fast victim;
   CPU, offline, minutes.
-* ``subset``  — the 4,660-image CIFAR-10 subset beside the checkout
-  (``../shared/data/cifar10_subset.npz``, or ``$ECLIPSE_RAY_SUBSET``); the tiny DDPM of
+* ``subset``  — the 4,660-image CIFAR-10 subset beside the checkout (``cifar10-subset``:
+  ``../shared/data/cifar10_subset.npz``, or ``$ECLIPSE_RAY_SUBSET``); the tiny DDPM of
   ``benchmarks/diffusion_quality.py`` (600 iterations, cached under ``$ECLIPSE_RAY_CACHE``)
   and a width-16 fast victim for 6 epochs (67 % clean at 8 epochs, 63 % at 5; ≈ 25 s per
   victim on 2 CPU cores).
@@ -27,20 +27,18 @@ as one trial's ``--set``.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 from eclipse_ray.config import ConfigError, flatten
+from eclipse_ray.data.sources import cifar10_subset_path
 from eclipse_ray.defenses import DEFENSES
 from eclipse_ray.defenses.compose import CompositeDefense, field_name
 from eclipse_ray.diffusion.train import DiffusionTrainConfig
 from eclipse_ray.ebm.train import EBMTrainConfig
 from eclipse_ray.victim.train import VictimConfig
 
-SUBSET_NPZ = Path(os.environ.get("ECLIPSE_RAY_SUBSET",
-                                 Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_subset.npz"))
+SUBSET_NPZ = cifar10_subset_path()  # the file behind the named source cifar10-subset
 
 
 @dataclass(frozen=True)
@@ -98,7 +96,7 @@ def _text(value: Any) -> str:
 SMOKE = Preset("smoke", "digits (ships with scikit-learn), tiny auto-trained DDPM, small fast victim; CPU, minutes",
                "digits", VictimConfig(epochs=4, width=16), ModelTraining("tiny", 40, 32))
 SUBSET = Preset("subset", "the 4,660-image CIFAR-10 subset, 600-iteration tiny DDPM, width-16 victim for 6 epochs",
-                f"npz:{SUBSET_NPZ}", VictimConfig(epochs=6, width=16), ModelTraining("tiny", 600))
+                "cifar10-subset", VictimConfig(epochs=6, width=16), ModelTraining("tiny", 600))
 # bf16 autocast for the victims and the diffusion purifiers: ≈ 2× faster on CPUs with AMX (this project's
 # 2-core machine: victim step 78 → 39 ms, tiny-UNet purification 6.6 → 3.6 ms per image on one thread);
 # the subset's clean victim over 3 seeds 64.5 % fp32, 63.7 % bf16; docs/results.md compares the full study.

@@ -22,7 +22,7 @@ from eclipse_ray.config import ConfigError, check_seed, config_hash, flatten, pa
 from eclipse_ray.data.cache import cached_attack, read_acc_ref, write_acc_ref
 from eclipse_ray.data.imageset import ImageSet, check_same_samples, clean_view
 from eclipse_ray.data.kinds import AVAILABILITY, BACKDOOR, NONE, TARGETED
-from eclipse_ray.data.sources import Dataset, dataset_label, load_dataset
+from eclipse_ray.data.sources import Dataset, dataset_label, former_specs, load_dataset
 from eclipse_ray.defenses import DEFENSES, DefenseConfig
 from eclipse_ray.provenance import provenance
 from eclipse_ray.result_store import HEADLINE, append_rows, read_results
@@ -61,17 +61,18 @@ class TrialConfig:
     def hashes(self) -> tuple[str, ...]:
         """This config's hash, then the hashes earlier versions gave it, where they differ: each section
         spelled now or as before its settings were nested (``defense.train``, ``attack.train``) or before
-        settings declared ``added`` existed (:meth:`Config.legacy_flat`). A stored row under any is this trial's."""
+        settings declared ``added`` existed (:meth:`Config.legacy_flat`), and a named dataset as it was read by
+        path before (:func:`former_specs`). A stored row under any is this trial's."""
         flat = self.flat()
         rest = {k: v for k, v in flat.items() if not k.startswith(tuple(f"{s}." for s in SECTIONS))}
-        spellings = []
+        spellings = [[{"dataset": d} for d in (self.dataset, *former_specs(self.dataset))]]
         for section, cfg in (("attack", self.attack), ("defense", self.defense), ("victim", self.victim.resolved())):
             now = {k: v for k, v in flat.items() if k.startswith(f"{section}.")}
             before = cfg.legacy_flat(f"{section}.")
             spellings.append([now] if before is None or before == now else [now, before])
         out = [self.hash()]
-        for attack, defense, victim in itertools.product(*spellings):
-            h = config_hash({**rest, **attack, **defense, **victim})
+        for dataset, attack, defense, victim in itertools.product(*spellings):
+            h = config_hash({**rest, **dataset, **attack, **defense, **victim})
             if h not in out:
                 out.append(h)
         return tuple(out)

@@ -104,3 +104,16 @@ def test_report_renders_in_a_headless_browser(study):
     subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600",
                     f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 20_000 and Path(shot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_content_under_two_names_gets_the_named_sources_label():
+    """Rows of the subset read by path (``npz:…/cifar10_subset.npz``) and as the named source
+    ``cifar10-subset`` carry the same fingerprint: reports show them as one dataset, by its name."""
+    import pandas as pd
+
+    from eclipse_ray.results.html import labelled
+
+    df = pd.DataFrame({"dataset": ["npz:/work/shared/data/cifar10_subset.npz", "cifar10-subset", "npz:/x/other.npz"],
+                       "dataset_label": ["cifar10_subset.npz@b407fc95", "cifar10-subset@b407fc95", "other.npz@0123abcd"],
+                       "attack.name": "lsp"})
+    assert labelled(df)["dataset"].tolist() == ["cifar10-subset@b407fc95"] * 2 + ["other.npz@0123abcd"]

@@ -221,6 +221,7 @@ def test_cifar10_jpeg_loads_the_archive_named_by_the_environment(tmp_path, monke
     root = write_tree(tmp_path / "tree", classes=CIFAR10_CLASSES, n=(2, 1), size=8)
     archive = write_tar(root, tmp_path / "cifar10_jpeg.tar.gz", "cifar10")
     monkeypatch.setenv("ECLIPSE_RAY_CIFAR10_JPEG", str(archive))
+    monkeypatch.setitem(sources.SHIPPED_SHA256, "cifar10-jpeg", sources._sha256(archive))  # stands in for the published
     d = load_dataset("cifar10-jpeg", data_dir=tmp_path / "cache")
     assert d.name == "cifar10-jpeg" and d.classes == CIFAR10_CLASSES
     assert len(d.train) == 20 and len(d.test) == 10 and d.train.images.shape[1:] == (8, 8, 3)
@@ -234,9 +235,45 @@ def test_cifar10_jpeg_loads_the_archive_named_by_the_environment(tmp_path, monke
 
     other = write_tar(write_tree(tmp_path / "other", classes=("cat", "dog")), tmp_path / "other.tar.gz")
     monkeypatch.setenv("ECLIPSE_RAY_CIFAR10_JPEG", str(other))
+    with pytest.raises(ConfigError, match=r"cifar10-jpeg: .*other\.tar\.gz is not the published file \(sha256 "
+                                          r".*\); read another file as folder:PATH") as e:
+        load_dataset("cifar10-jpeg", data_dir=tmp_path / "cache")
+    assert "\n" not in str(e.value)
+    monkeypatch.setitem(sources.SHIPPED_SHA256, "cifar10-jpeg", sources._sha256(other))
     with pytest.raises(ConfigError, match="expected CIFAR-10's airplane"):
         load_dataset("cifar10-jpeg", data_dir=tmp_path / "cache")
     monkeypatch.setenv("ECLIPSE_RAY_CIFAR10_JPEG", str(tmp_path / "missing.tar.gz"))
     with pytest.raises(ConfigError, match=r"no archive at .*missing\.tar\.gz; set \$ECLIPSE_RAY_CIFAR10_JPEG") as e:
         load_dataset("cifar10-jpeg", data_dir=tmp_path / "cache")
     assert "\n" not in str(e.value)
+
+
+def test_the_cifar10_subset_is_a_named_source_wherever_its_file_lies(tmp_path, monkeypatch, digits):
+    """``cifar10-subset`` is the published 4,660-image file (checked by its sha256) found through
+    $ECLIPSE_RAY_SUBSET or ../shared/data: rows and cached artifacts carry the name, never the machine's path,
+    and those stored when it was read as ``npz:/work/shared/…`` (the published rows) are still its own."""
+    from eclipse_ray.data import cache as C
+    from eclipse_ray.trial import build_config
+
+    npz = tmp_path / "somewhere" / "cifar10_subset.npz"
+    npz.parent.mkdir()
+    np.savez(npz, x_train=digits.train.images[:50], y_train=digits.train.labels[:50],
+             x_test=digits.test.images[:20], y_test=digits.test.labels[:20])
+    monkeypatch.setenv("ECLIPSE_RAY_SUBSET", str(npz))
+    with pytest.raises(ConfigError, match=r"cifar10-subset: .*cifar10_subset\.npz is not the published file "
+                                          r"\(sha256 .*\); read another file as npz:PATH") as e:
+        load_dataset("cifar10-subset")
+    assert "\n" not in str(e.value)
+    monkeypatch.setitem(sources.SHIPPED_SHA256, "cifar10-subset", sources._sha256(npz))  # stands in for it
+    d = load_dataset("cifar10-subset")
+    assert d.name == "cifar10-subset" and len(d.train) == 50 and d.meta["fingerprint"] == sources._sha256(npz)
+    assert sources.dataset_label("cifar10-subset", d.meta) == f"cifar10-subset@{sources._sha256(npz)[:8]}"
+    assert sources.npz_spec(npz) == "cifar10-subset" and sources.npz_spec(tmp_path / "x.npz") == f"npz:{tmp_path / 'x.npz'}"
+    published = "npz:/work/shared/data/cifar10_subset.npz"
+    assert sources.former_specs("cifar10-subset") == (f"npz:{npz}", published) and sources.former_specs("digits") == ()
+    cfg, before = (build_config(ds, "lsp", "jpeg", {"victim.epochs": "2"}) for ds in ("cifar10-subset", published))
+    assert before.hash() in cfg.hashes() and cfg.hash() != before.hash()  # its rows stored by path are found
+    assert C.poison_key(cfg.dataset, cfg.attack) == C.poison_key(before.dataset, before.attack)  # and its caches
+    monkeypatch.setenv("ECLIPSE_RAY_SUBSET", str(tmp_path / "missing.npz"))
+    with pytest.raises(ConfigError, match=r"cifar10-subset: no file at .*missing\.npz; set \$ECLIPSE_RAY_SUBSET"):
+        load_dataset("cifar10-subset")

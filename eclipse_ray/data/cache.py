@@ -33,7 +33,7 @@ from eclipse_ray import storage
 from eclipse_ray.config import ConfigError, config_hash, flatten
 from eclipse_ray.data import store
 from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.data.sources import Dataset, clean_reference_rows
+from eclipse_ray.data.sources import FORMER_SPECS, Dataset, clean_reference_rows
 
 
 def study_cache(study: str | os.PathLike) -> str:
@@ -54,8 +54,15 @@ def address_settings(cfg, prefix: str) -> dict:
     return cfg.legacy_flat(prefix) or flatten(cfg, prefix)
 
 
+def address_dataset(spec: str) -> str:
+    """A dataset spec as it enters an artifact's address: a named source that was read by path before
+    (``cifar10-subset``) keeps that spelling, so its poisons and purified sets cached then are found again —
+    the same address on every machine, since the name stands for one published file."""
+    return FORMER_SPECS.get(spec, (spec,))[0]
+
+
 def poison_key(dataset: str, attack) -> str:
-    return config_hash({"dataset": dataset, **address_settings(attack, "attack.")})
+    return config_hash({"dataset": address_dataset(dataset), **address_settings(attack, "attack.")})
 
 
 def purification_key(source: dict, defense, seed: int, model: str | None = None) -> str:

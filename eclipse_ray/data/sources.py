@@ -31,8 +31,21 @@ from eclipse_ray.storage import replacing
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data beside the checkout
 CIFAR10_JPEG_ENV = "ECLIPSE_RAY_CIFAR10_JPEG"
-CIFAR10_JPEG_DEFAULT = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10_jpeg.tar.gz"
+CIFAR10_JPEG_DEFAULT = SHARED_DATA / "cifar10_jpeg.tar.gz"
+SUBSET_ENV = "ECLIPSE_RAY_SUBSET"
+SUBSET_DEFAULT = SHARED_DATA / "cifar10_subset.npz"
+# The published files behind the named sources (../shared/data/README.md): a name stands for these bytes on
+# every machine, wherever the file lies; any other file is read by its path (npz:PATH, folder:PATH).
+SHIPPED_SHA256 = {
+    "cifar10-subset": "b407fc95953c1239ef30d8958225dfcd1688aadeabb60c09d838c10270e6505d",
+    "cifar10-jpeg": "f170b792786df4654329943017f173d7916c847d20d769cfa329dc37c74c97f8",
+}
+# How studies spelled a named source before it had a name: the published subset rows and caches were computed
+# under this spec (its file at /work/shared/data on the machine that made them). A stored row or cached
+# artifact under it is the named source's (its content is the same file, checked by SHIPPED_SHA256).
+FORMER_SPECS = {"cifar10-subset": ("npz:/work/shared/data/cifar10_subset.npz",)}
 _DECODED_VERSION = 1  # bump when decoding changes, so cached arrays are not reused
 Payload = Union[bytes, Callable[[], bytes], None]  # a file's bytes or a reader of them; None: a folder
 
@@ -138,8 +151,9 @@ def _torchvision(name: str, data_dir: Path, download: bool) -> Dataset:
     }, {"source": name})
 
 
-def load_npz(path: str | Path) -> Dataset:
-    """``x_train, y_train, x_test, y_test`` (uint8 NHWC); optional ``classes``. Never unpickles."""
+def load_npz(path: str | Path, digest: str | None = None) -> Dataset:
+    """``x_train, y_train, x_test, y_test`` (uint8 NHWC); optional ``classes``. Never unpickles.
+    ``digest``: the file's sha256 where the caller has already computed it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"npz:{path}: no such file")
@@ -156,7 +170,7 @@ def load_npz(path: str | Path) -> Dataset:
         raise ConfigError(f"npz:{path}: missing array(s) {', '.join(missing)}")
     data = from_arrays(f"npz:{path}", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                        arrays.get("classes"))
-    data.meta["fingerprint"] = _sha256(path)  # the content fingerprint in rows and reports (dataset_label)
+    data.meta["fingerprint"] = digest or _sha256(path)  # the content fingerprint in rows and reports (dataset_label)
     return data
 
 
@@ -320,11 +334,21 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read_archive(path: Path, src: str, cache_dir: str | Path | None
+def check_shipped(name: str, path: Path) -> str:
+    """``path``'s sha256, which must be that of the published file behind the named source ``name``."""
+    digest = _sha256(path)
+    if digest != SHIPPED_SHA256[name]:
+        raise ConfigError(f"{name}: {path} is not the published file (sha256 {digest[:12]}…, expected "
+                          f"{SHIPPED_SHA256[name][:12]}…); read another file as "
+                          f"{'npz' if path.suffix == '.npz' else 'folder'}:PATH")
+    return digest
+
+
+def _read_archive(path: Path, src: str, cache_dir: str | Path | None, digest: str | None = None
                   ) -> tuple[dict[str, np.ndarray], tuple[str, ...], str]:
     """Decoded arrays of a tar'd ImageFolder tree, cached as ``.npz`` under ``cache_dir/decoded``
-    (default: :func:`default_data_dir`), keyed by the archive's sha256."""
-    digest = _sha256(path)
+    (default: :func:`default_data_dir`), keyed by the archive's sha256 (``digest`` where already computed)."""
+    digest = digest or _sha256(path)
     cache = Path(cache_dir or default_data_dir()) / "decoded" / f"folder-v{_DECODED_VERSION}-{digest}.npz"
     if cache.is_file():
         try:
@@ -371,13 +395,42 @@ def load_cifar10_jpeg(cache_dir: str | Path | None = None) -> Dataset:
     path = cifar10_jpeg_path()
     if not path.is_file():
         raise ConfigError(f"cifar10-jpeg: no archive at {path}; set ${CIFAR10_JPEG_ENV} to cifar10_jpeg.tar.gz")
-    arrays, classes, digest = _read_archive(path, "cifar10-jpeg", cache_dir)
+    arrays, classes, digest = _read_archive(path, "cifar10-jpeg", cache_dir, check_shipped("cifar10-jpeg", path))
     if classes != CIFAR10_CLASSES:
         raise ConfigError(f"cifar10-jpeg: {path} has class folders {', '.join(classes)}, "
                           f"expected CIFAR-10's {', '.join(CIFAR10_CLASSES)}")
     return _tree_dataset("cifar10-jpeg", arrays, classes, {
         "archive": str(path), "archive_sha256": digest, "fingerprint": digest, "jpeg_quality": 75, "chroma_subsampling": "4:2:0",
         "note": "CIFAR-10 re-encoded as JPEG (quality 75, 4:2:0), lossy: not the original pixels"})
+
+
+def cifar10_subset_path() -> Path:
+    """``$ECLIPSE_RAY_SUBSET``, else ``../shared/data/cifar10_subset.npz`` beside the checkout."""
+    return Path(os.environ.get(SUBSET_ENV, SUBSET_DEFAULT))
+
+
+def load_cifar10_subset() -> Dataset:
+    """The 4,660/932-image lossless CIFAR-10 subset (``cifar10_subset.npz`` of :func:`cifar10_subset_path`),
+    named by what it is rather than where it lies: its rows and caches are the same on every machine."""
+    path = cifar10_subset_path()
+    if not path.is_file():
+        raise ConfigError(f"cifar10-subset: no file at {path}; set ${SUBSET_ENV} to cifar10_subset.npz")
+    data = load_npz(path, check_shipped("cifar10-subset", path))
+    return dataclasses.replace(data, name="cifar10-subset", meta={**data.meta, "file": str(path)})
+
+
+def npz_spec(path: str | Path) -> str:
+    """The dataset spec of an ``.npz`` file: the named source where it is the published subset's path."""
+    path = Path(path)
+    return "cifar10-subset" if path.resolve() == cifar10_subset_path().resolve() else f"npz:{path}"
+
+
+def former_specs(spec: str) -> tuple[str, ...]:
+    """Other spellings under which rows and artifacts of ``spec`` were stored: a named source as it was read
+    by path before (on this machine and on the one that made the published rows)."""
+    if spec != "cifar10-subset":
+        return ()
+    return tuple(dict.fromkeys((f"npz:{cifar10_subset_path()}", *FORMER_SPECS[spec])))
 
 
 def load_parquet(path: str | Path) -> Dataset:
@@ -396,6 +449,7 @@ NAMED: dict[str, Callable[[Path, bool], Dataset]] = {
     "cifar100": lambda data_dir, download: _torchvision("cifar100", data_dir, download),
     "svhn": lambda data_dir, download: _torchvision("svhn", data_dir, download),
     "cifar10-jpeg": lambda data_dir, download: load_cifar10_jpeg(data_dir),
+    "cifar10-subset": lambda data_dir, download: load_cifar10_subset(),
 }
 PREFIXED: dict[str, Callable[[str], Dataset]] = {"npz": load_npz, "folder": load_folder, "parquet": load_parquet}
 DESCRIPTIONS = {
@@ -404,7 +458,10 @@ DESCRIPTIONS = {
     "cifar100": "CIFAR-100 via torchvision (downloads to --data-dir if missing)",
     "svhn": "SVHN via torchvision (downloads to --data-dir if missing)",
     "cifar10-jpeg": f"all 60,000 CIFAR-10 images re-encoded as JPEG (q75, 4:2:0; lossy) from "
-                    f"../shared/data/cifar10_jpeg.tar.gz or ${CIFAR10_JPEG_ENV}; decoded once, cached in --data-dir",
+                    f"../shared/data/cifar10_jpeg.tar.gz or ${CIFAR10_JPEG_ENV} (the published archive, checked by its "
+                    f"sha256); decoded once, cached in --data-dir",
+    "cifar10-subset": f"4,660 train / 932 test CIFAR-10 images, lossless, from ../shared/data/cifar10_subset.npz "
+                      f"or ${SUBSET_ENV} (the published file, checked by its sha256)",
     "npz:PATH": "x_train, y_train, x_test, y_test uint8 NHWC arrays (optional 'classes')",
     "folder:PATH": "class sub-folders of images; train/ and test/ sub-trees, or a fixed 80/20 split; "
                    "or a .tar/.tar.gz/.tgz of such a folder (read without unpacking, decoded once, cached)",

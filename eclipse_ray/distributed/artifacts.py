@@ -56,8 +56,8 @@ def purification_key(cfg) -> str:
     part = defense.model_part()
     model = getattr(part, "model", "auto")
     fingerprint = C.model_fingerprint(model) if part is not None and model != "auto" else None
-    return C.purification_key({"dataset": cfg.dataset, **C.address_settings(cfg.attack, "attack.")}, defense,
-                              cfg.defense_seed, fingerprint)
+    source = {"dataset": C.address_dataset(cfg.dataset), **C.address_settings(cfg.attack, "attack.")}
+    return C.purification_key(source, defense, cfg.defense_seed, fingerprint)
 
 
 def purification_request(cfg, cache_dir: str, key: str, model: str | None, source: str | None = None) -> PurifyRequest:

@@ -28,7 +28,7 @@ import pandas as pd
 
 from eclipse_ray import storage
 from eclipse_ray.data.cache import study_cache
-from eclipse_ray.data.sources import short_name
+from eclipse_ray.data.sources import NAMED, short_name
 from eclipse_ray.data.store import is_dataset, read_meta, read_rows
 from eclipse_ray.result_store import METRIC_NAMES
 from eclipse_ray.results.pareto import config_columns, pareto, summarize
@@ -45,12 +45,30 @@ def labelled(df: pd.DataFrame) -> pd.DataFrame:
         raw = df["dataset"].astype(str)
         short = raw.map(short_name)
         label = df["dataset_label"].fillna(short) if "dataset_label" in df else short
+        label = label.map(_one_name_per_content(set(label)))
         pairs = pd.DataFrame({"raw": raw, "label": label}).drop_duplicates()
-        clash = pairs["label"].duplicated(keep=False)  # two datasets, one name: keep them apart
+        # two datasets, one name and no fingerprint to tell them apart: keep them apart (one fingerprint is one content)
+        clash = pairs["label"].duplicated(keep=False) & ~pairs["label"].str.contains("@", regex=False)
         fix = {r: f"{lab}~{hashlib.sha256(r.encode()).hexdigest()[:4]}"
                for r, lab in zip(pairs.loc[clash, "raw"], pairs.loc[clash, "label"])}
         df["dataset"] = [fix.get(r, lab) for r, lab in zip(raw, label)]
     return df.drop(columns=["dataset_label"], errors="ignore")
+
+
+def _one_name_per_content(labels: set[str]) -> dict[str, str]:
+    """Labels ``name@fingerprint`` of one content under several names (the subset read as ``npz:PATH``
+    before it was the named source ``cifar10-subset``) mapped to one: the named source's, else the first."""
+    by_content: dict[str, list[str]] = {}
+    for lab in sorted(labels):
+        name, at, digest = lab.rpartition("@")
+        if at and name:
+            by_content.setdefault(digest, []).append(lab)
+    out = {lab: lab for lab in labels}
+    for names in by_content.values():
+        named = [lab for lab in names if lab.rpartition("@")[0] in NAMED]
+        for lab in names:
+            out[lab] = (named or names)[0]
+    return out
 
 
 def varying_settings(df: pd.DataFrame) -> list[str]:
