@@ -198,9 +198,10 @@ def test_certify_over_ray_matches_in_process(small_digits, tmp_path, monkeypatch
     assert len(a) == len(b) == 40 and a.equals(b)
 
 
-def test_a_certification_models_key_survives_the_victim_settings_added_since():
+def test_a_certification_models_key_survives_the_settings_and_names_added_since():
     """Each certified model is cached by what its predictions depend on; a victim setting added later
-    (``victim.precision``) leaves the key of a job that keeps its default as it was, and changes it otherwise."""
+    (``victim.precision``) leaves the key of a job that keeps its default as it was, and changes it otherwise;
+    the named subset has the key it had when read by path."""
     import dataclasses
 
     from eclipse_ray.config import config_hash, flatten
@@ -215,3 +216,6 @@ def test_a_certification_models_key_survives_the_victim_settings_added_since():
     assert certify_run.model_key(job, "m") == config_hash(before)
     bf16 = build_job("digits", "none", {"victim.epochs": "2", "victim.precision": "bf16"})
     assert certify_run.model_key(bf16, "m") != certify_run.model_key(job, "m")
+    named, by_path = (build_job(ds, "none", {"victim.epochs": "2"})
+                      for ds in ("cifar10-subset", "npz:/work/shared/data/cifar10_subset.npz"))
+    assert certify_run.model_key(named, "m") == certify_run.model_key(by_path, "m")

@@ -41,7 +41,7 @@ from eclipse_ray.config import (
     setting,
     with_overrides,
 )
-from eclipse_ray.data.cache import address_settings
+from eclipse_ray.data.cache import address_dataset, address_settings
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.defenses.diffusion import Denoise
@@ -247,10 +247,10 @@ def resolve_denoiser(job: CertifyJob, data: Dataset, progress: bool) -> tuple[Pa
 
 def model_key(job: CertifyJob, identity: str) -> str:
     """What one model's predictions depend on: data, attack, denoiser, victim, σ and seed (not N, α, n0)."""
-    flat = {"format": FORMAT, "dataset": job.dataset, **flatten(job.attack, "attack."),
+    flat = {"format": FORMAT, "dataset": address_dataset(job.dataset), **address_settings(job.attack, "attack."),
             **flatten(dataclasses.replace(job.denoiser, model=identity), "defense."),
             **address_settings(job.victim.resolved(), "victim."), "certify.seed": job.certify.seed}
-    # (the victim as spelled before its added settings where it can be: models certified before are found)
+    # (data, attack and victim spelled as artifact addresses are: models certified before are found again)
     for k in ("defense.batch_size", "defense.device", "defense.compile", "victim.device"):
         flat.pop(k, None)  # how, not what
     return config_hash(flat)
