@@ -10,8 +10,8 @@ as one trial's ``--set``.
 * ``smoke``   — digits (ships with scikit-learn), tiny auto-trained DDPM, small fast victim;
   CPU, offline, minutes.
 * ``subset``  — the 4,660-image CIFAR-10 subset beside the checkout (``cifar10-subset``:
-  ``../shared/data/cifar10_subset.npz``, or ``$ECLIPSE_RAY_SUBSET``); the tiny DDPM of
-  ``benchmarks/diffusion_quality.py`` (600 iterations, cached under ``$ECLIPSE_RAY_CACHE``)
+  ``../shared/data/cifar10_subset.npz``, or ``$ECLIPSE_RAY_SUBSET`` naming a copy of that
+  published file); the tiny DDPM of ``benchmarks/diffusion_quality.py`` (600 iterations, cached under ``$ECLIPSE_RAY_CACHE``)
   and a width-16 fast victim for 6 epochs (67 % clean at 8 epochs, 63 % at 5; ≈ 25 s per
   victim on 2 CPU cores).
 * ``full``    — all 60,000 CIFAR-10 images as the JPEG re-encode beside the checkout

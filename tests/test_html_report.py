@@ -113,7 +113,10 @@ def test_one_content_under_two_names_gets_the_named_sources_label():
 
     from eclipse_ray.results.html import labelled
 
-    df = pd.DataFrame({"dataset": ["npz:/work/shared/data/cifar10_subset.npz", "cifar10-subset", "npz:/x/other.npz"],
-                       "dataset_label": ["cifar10_subset.npz@b407fc95", "cifar10-subset@b407fc95", "other.npz@0123abcd"],
+    df = pd.DataFrame({"dataset": ["npz:/work/shared/data/cifar10_subset.npz", "cifar10-subset", "npz:/x/other.npz",
+                                   "npz:/y/other.npz"],
+                       "dataset_label": ["cifar10_subset.npz@b407fc95", "cifar10-subset@b407fc95", "other.npz@0123abcd",
+                                         "copy.npz@0123abcd"],
                        "attack.name": "lsp"})
-    assert labelled(df)["dataset"].tolist() == ["cifar10-subset@b407fc95"] * 2 + ["other.npz@0123abcd"]
+    assert labelled(df)["dataset"].tolist() == ["cifar10-subset@b407fc95"] * 2 + ["copy.npz@0123abcd"] * 2
+    assert labelled(df.iloc[:1])["dataset"].tolist() == ["cifar10-subset@b407fc95"]  # by its published fingerprint

@@ -253,6 +253,7 @@ def test_the_cifar10_subset_is_a_named_source_wherever_its_file_lies(tmp_path, m
     $ECLIPSE_RAY_SUBSET or ../shared/data: rows and cached artifacts carry the name, never the machine's path,
     and those stored when it was read as ``npz:/work/shared/…`` (the published rows) are still its own."""
     from eclipse_ray.data import cache as C
+    from eclipse_ray.distributed import artifacts as A
     from eclipse_ray.trial import build_config
 
     npz = tmp_path / "somewhere" / "cifar10_subset.npz"
@@ -268,12 +269,16 @@ def test_the_cifar10_subset_is_a_named_source_wherever_its_file_lies(tmp_path, m
     d = load_dataset("cifar10-subset")
     assert d.name == "cifar10-subset" and len(d.train) == 50 and d.meta["fingerprint"] == sources._sha256(npz)
     assert sources.dataset_label("cifar10-subset", d.meta) == f"cifar10-subset@{sources._sha256(npz)[:8]}"
-    assert sources.npz_spec(npz) == "cifar10-subset" and sources.npz_spec(tmp_path / "x.npz") == f"npz:{tmp_path / 'x.npz'}"
+    other = tmp_path / "other.npz"
+    np.savez(other, x_train=digits.train.images[:40], y_train=digits.train.labels[:40],
+             x_test=digits.test.images[:20], y_test=digits.test.labels[:20])
+    assert sources.npz_spec(npz) == "cifar10-subset" and sources.npz_spec(other) == f"npz:{other}"  # by content
     published = "npz:/work/shared/data/cifar10_subset.npz"
-    assert sources.former_specs("cifar10-subset") == (f"npz:{npz}", published) and sources.former_specs("digits") == ()
+    assert sources.former_specs("cifar10-subset") == (published,) and sources.former_specs("digits") == ()
     cfg, before = (build_config(ds, "lsp", "jpeg", {"victim.epochs": "2"}) for ds in ("cifar10-subset", published))
     assert before.hash() in cfg.hashes() and cfg.hash() != before.hash()  # its rows stored by path are found
     assert C.poison_key(cfg.dataset, cfg.attack) == C.poison_key(before.dataset, before.attack)  # and its caches
+    assert A.purification_key(cfg) == A.purification_key(before)
     monkeypatch.setenv("ECLIPSE_RAY_SUBSET", str(tmp_path / "missing.npz"))
     with pytest.raises(ConfigError, match=r"cifar10-subset: no file at .*missing\.npz; set \$ECLIPSE_RAY_SUBSET"):
         load_dataset("cifar10-subset")

@@ -44,7 +44,7 @@ SHIPPED_SHA256 = {
 }
 # How studies spelled a named source before it had a name: the published subset rows and caches were computed
 # under this spec (its file at /work/shared/data on the machine that made them). A stored row or cached
-# artifact under it is the named source's (its content is the same file, checked by SHIPPED_SHA256).
+# artifact under it is the named source's (the same file, checked by SHIPPED_SHA256), on every machine.
 FORMER_SPECS = {"cifar10-subset": ("npz:/work/shared/data/cifar10_subset.npz",)}
 _DECODED_VERSION = 1  # bump when decoding changes, so cached arrays are not reused
 Payload = Union[bytes, Callable[[], bytes], None]  # a file's bytes or a reader of them; None: a folder
@@ -420,17 +420,16 @@ def load_cifar10_subset() -> Dataset:
 
 
 def npz_spec(path: str | Path) -> str:
-    """The dataset spec of an ``.npz`` file: the named source where it is the published subset's path."""
+    """The dataset spec of an ``.npz`` file: the named source where it is the published subset (by content,
+    wherever it lies), else ``npz:PATH``."""
     path = Path(path)
-    return "cifar10-subset" if path.resolve() == cifar10_subset_path().resolve() else f"npz:{path}"
+    return "cifar10-subset" if path.is_file() and _sha256(path) == SHIPPED_SHA256["cifar10-subset"] else f"npz:{path}"
 
 
 def former_specs(spec: str) -> tuple[str, ...]:
-    """Other spellings under which rows and artifacts of ``spec`` were stored: a named source as it was read
-    by path before (on this machine and on the one that made the published rows)."""
-    if spec != "cifar10-subset":
-        return ()
-    return tuple(dict.fromkeys((f"npz:{cifar10_subset_path()}", *FORMER_SPECS[spec])))
+    """Other spellings under which rows of ``spec`` were stored: the named subset as the published rows read
+    it by path (:data:`FORMER_SPECS`). Rows a machine stored under its own path before are not among them."""
+    return FORMER_SPECS.get(spec, ())
 
 
 def load_parquet(path: str | Path) -> Dataset:

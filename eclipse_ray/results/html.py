@@ -21,6 +21,7 @@ import base64
 import hashlib
 import html
 import io
+import re
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ import pandas as pd
 
 from eclipse_ray import storage
 from eclipse_ray.data.cache import study_cache
-from eclipse_ray.data.sources import NAMED, short_name
+from eclipse_ray.data.sources import SHIPPED_SHA256, short_name
 from eclipse_ray.data.store import is_dataset, read_meta, read_rows
 from eclipse_ray.result_store import METRIC_NAMES
 from eclipse_ray.results.pareto import config_columns, pareto, summarize
@@ -48,26 +49,28 @@ def labelled(df: pd.DataFrame) -> pd.DataFrame:
         label = label.map(_one_name_per_content(set(label)))
         pairs = pd.DataFrame({"raw": raw, "label": label}).drop_duplicates()
         # two datasets, one name and no fingerprint to tell them apart: keep them apart (one fingerprint is one content)
-        clash = pairs["label"].duplicated(keep=False) & ~pairs["label"].str.contains("@", regex=False)
+        clash = pairs["label"].duplicated(keep=False) & ~pairs["label"].str.match(FINGERPRINTED)
         fix = {r: f"{lab}~{hashlib.sha256(r.encode()).hexdigest()[:4]}"
                for r, lab in zip(pairs.loc[clash, "raw"], pairs.loc[clash, "label"])}
         df["dataset"] = [fix.get(r, lab) for r, lab in zip(raw, label)]
     return df.drop(columns=["dataset_label"], errors="ignore")
 
 
+FINGERPRINTED = re.compile(r"^(?P<name>.+)@(?P<digest>[0-9a-f]{8})$")  # a dataset_label's name@fingerprint
+
+
 def _one_name_per_content(labels: set[str]) -> dict[str, str]:
-    """Labels ``name@fingerprint`` of one content under several names (the subset read as ``npz:PATH``
-    before it was the named source ``cifar10-subset``) mapped to one: the named source's, else the first."""
+    """Labels ``name@fingerprint`` mapped so that one content has one name: a published file's the named
+    source's (the subset read as ``npz:PATH`` before it was ``cifar10-subset``), else the first of its names."""
+    shipped = {digest[:8]: name for name, digest in SHIPPED_SHA256.items()}
     by_content: dict[str, list[str]] = {}
     for lab in sorted(labels):
-        name, at, digest = lab.rpartition("@")
-        if at and name:
-            by_content.setdefault(digest, []).append(lab)
+        if m := FINGERPRINTED.match(lab):
+            by_content.setdefault(m["digest"], []).append(lab)
     out = {lab: lab for lab in labels}
-    for names in by_content.values():
-        named = [lab for lab in names if lab.rpartition("@")[0] in NAMED]
+    for digest, names in by_content.items():
         for lab in names:
-            out[lab] = (named or names)[0]
+            out[lab] = f"{shipped[digest]}@{digest}" if digest in shipped else names[0]
     return out
 
 
