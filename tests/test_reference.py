@@ -204,14 +204,19 @@ def test_a_studys_clean_reference_trial_is_the_reference_the_others_read(tmp_pat
     """A study that fixes ``purify_seed`` (the subset and full presets) holds the clean, undefended trial
     itself: its accuracy is every other trial's ``acc_ref``. The plan trains no second clean victim for it, and
     the reference trial stores its accuracy under the key the others look up."""
-    from eclipse_ray.distributed.study import compile_plan, own_references
+    from eclipse_ray.distributed.study import compile_plan, references_to_train, trial_groups
     from eclipse_ray.distributed.tune import spec
     from eclipse_ray.trial import reference_accuracy, run_trial
 
     shared = {"purify_seed": "0", "victim.epochs": "1", "victim.width": "8"}
-    plan = compile_plan([spec("digits", a, d, shared) for a, d in (("none", "none"), ("urp", "jpeg"), ("none", "gray"))])
-    assert len(plan.references) == 1 and set(plan.references) == own_references(plan.trials)
-    reference, urp = plan.trials[0].cfg, plan.trials[1].cfg
+    cells = (("urp", "jpeg"), ("none", "gray"), ("none", "none"))
+    plan = compile_plan([spec("digits", a, d, shared) for a, d in cells])
+    assert len(plan.references) == 1 and references_to_train(plan, str(tmp_path)) == []  # its own trial trains it
+    without = compile_plan([spec("digits", a, d, shared) for a, d in cells[:2]])
+    assert references_to_train(without, str(tmp_path)) == list(without.references.values())  # stage 4 trains it
+    groups = trial_groups(plan.trials)
+    assert [[t.cfg.defense.name for t in g] for g in groups] == [["none"], ["jpeg", "gray"]]  # reference first
+    reference, urp = plan.trials[2].cfg, plan.trials[0].cfg
     row = run_trial(reference, cache_dir=str(tmp_path), progress=False)
     assert row["acc_ref"] == row["test_acc"]
     assert reference_accuracy(urp, None, str(tmp_path)) == row["test_acc"]  # read, not trained (no data given)

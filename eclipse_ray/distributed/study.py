@@ -13,7 +13,9 @@ lost (``max_retries``), Ray Data restarts lost purification actors, and Tune
 reruns a lost trial elsewhere: an artifact written twice is written with the
 same content, and a trial's row is stored under its ``config_hash``, so every
 row lands exactly once. Each stage prints one summary line (computed, reused,
-seconds).
+seconds). The references stage trains the clean victims whose accuracy (``acc_ref``)
+the trials compare against, except those a trial of the plan trains itself (clean
+data, no defense): those trials run first and store it.
 """
 
 from __future__ import annotations
@@ -90,10 +92,17 @@ def _stage_line(name: str, computed: int, reused: int, seconds: float) -> None:
     print(f"stage {name}: {computed} computed, {reused} reused, {seconds:.1f} s", flush=True)
 
 
-def own_references(trials: list[PlannedTrial]) -> set[str]:
-    """The reference keys (:func:`reference_config`) that trials of the plan train themselves (clean data, no
-    defense): stage 4 leaves them to those trials, which run before the others."""
-    return {reference_config(tr.cfg).hash() for tr in trials if is_reference(tr.cfg)}
+def references_to_train(plan: Plan, cache_dir: str) -> list:
+    """Stage 4's clean victims: the plan's reference configs neither cached nor trained by a trial of the plan
+    itself (clean data, no defense: :func:`trial_groups` runs those first and they store their accuracy)."""
+    own = {reference_config(tr.cfg).hash() for tr in plan.trials if is_reference(tr.cfg)}
+    return [cfg for key, cfg in plan.references.items() if key not in own and stored_reference(cache_dir, cfg) is None]
+
+
+def trial_groups(trials: list[PlannedTrial]) -> list[list[PlannedTrial]]:
+    """The trials in the order they run: the reference trials first (the others read their accuracy), then the rest."""
+    first = [tr for tr in trials if is_reference(tr.cfg)]
+    return [g for g in (first, [tr for tr in trials if not is_reference(tr.cfg)]) if g]
 
 
 def _make_reference(cfg, cache_dir: str) -> float:
@@ -199,8 +208,7 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
 
     # 4. reference accuracies (a clean victim per victim config and seed) not produced by a trial of the plan
     t = time.perf_counter()
-    own = own_references(plan.trials)
-    refs = [cfg for key, cfg in plan.references.items() if key not in own and stored_reference(cache_dir, cfg) is None]
+    refs = references_to_train(plan, cache_dir)
     if refs:
         missing = [cfg for cfg in refs if not C.intact(C.poisons_location(cache_dir, cfg.dataset, cfg.attack))]
         _run_tasks(A.make_poison, [(cfg, cache_dir, data_dir) for cfg in missing], {"num_cpus": 1})
@@ -286,13 +294,10 @@ def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, addr
         run_stages(sub, cache, data_dir=data_dir, actors=n_actors,
                    gpu=ray.cluster_resources().get("GPU", 0) >= 1)
         t = time.perf_counter()
-        # the plan's own reference trials (clean data, no defense) first: the others read their accuracy
-        first = [tr for tr in todo if is_reference(tr.cfg)]
-        for group in (first, [tr for tr in todo if tr not in first]):
-            if group:
-                run_trials(study, [(tr.spec, tr.purify_reused) for tr in group], cache, data_dir=data_dir,
-                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                           max_failures=max_failures, max_concurrent=max_concurrent, loggers=loggers)
+        for group in trial_groups(todo):  # the plan's own reference trials first: the others read their accuracy
+            run_trials(study, [(tr.spec, tr.purify_reused) for tr in group], cache, data_dir=data_dir,
+                       cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                       max_failures=max_failures, max_concurrent=max_concurrent, loggers=loggers)
         stored = read_results(study)
         have = set() if stored.empty else set(stored["config_hash"])
         missing = [tr for tr in todo if not have.intersection(tr.cfg.hashes())]
