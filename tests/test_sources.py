@@ -221,7 +221,7 @@ def test_cifar10_jpeg_loads_the_archive_named_by_the_environment(tmp_path, monke
     root = write_tree(tmp_path / "tree", classes=CIFAR10_CLASSES, n=(2, 1), size=8)
     archive = write_tar(root, tmp_path / "cifar10_jpeg.tar.gz", "cifar10")
     monkeypatch.setenv("ECLIPSE_RAY_CIFAR10_JPEG", str(archive))
-    monkeypatch.setitem(sources.SHIPPED_SHA256, "cifar10-jpeg", sources._sha256(archive))  # stands in for the published
+    monkeypatch.setitem(sources.SHIPPED_SHA256, "cifar10-jpeg", sources.sha256_file(archive))  # stands in for the published
     d = load_dataset("cifar10-jpeg", data_dir=tmp_path / "cache")
     assert d.name == "cifar10-jpeg" and d.classes == CIFAR10_CLASSES
     assert len(d.train) == 20 and len(d.test) == 10 and d.train.images.shape[1:] == (8, 8, 3)
@@ -239,7 +239,7 @@ def test_cifar10_jpeg_loads_the_archive_named_by_the_environment(tmp_path, monke
                                           r".*\); read another file as folder:PATH") as e:
         load_dataset("cifar10-jpeg", data_dir=tmp_path / "cache")
     assert "\n" not in str(e.value)
-    monkeypatch.setitem(sources.SHIPPED_SHA256, "cifar10-jpeg", sources._sha256(other))
+    monkeypatch.setitem(sources.SHIPPED_SHA256, "cifar10-jpeg", sources.sha256_file(other))
     with pytest.raises(ConfigError, match="expected CIFAR-10's airplane"):
         load_dataset("cifar10-jpeg", data_dir=tmp_path / "cache")
     monkeypatch.setenv("ECLIPSE_RAY_CIFAR10_JPEG", str(tmp_path / "missing.tar.gz"))
@@ -265,10 +265,10 @@ def test_the_cifar10_subset_is_a_named_source_wherever_its_file_lies(tmp_path, m
                                           r"\(sha256 .*\); read another file as npz:PATH") as e:
         load_dataset("cifar10-subset")
     assert "\n" not in str(e.value)
-    monkeypatch.setitem(sources.SHIPPED_SHA256, "cifar10-subset", sources._sha256(npz))  # stands in for it
+    monkeypatch.setitem(sources.SHIPPED_SHA256, "cifar10-subset", sources.sha256_file(npz))  # stands in for it
     d = load_dataset("cifar10-subset")
-    assert d.name == "cifar10-subset" and len(d.train) == 50 and d.meta["fingerprint"] == sources._sha256(npz)
-    assert sources.dataset_label("cifar10-subset", d.meta) == f"cifar10-subset@{sources._sha256(npz)[:8]}"
+    assert d.name == "cifar10-subset" and len(d.train) == 50 and d.meta["fingerprint"] == sources.sha256_file(npz)
+    assert sources.dataset_label("cifar10-subset", d.meta) == f"cifar10-subset@{sources.sha256_file(npz)[:8]}"
     other = tmp_path / "other.npz"
     np.savez(other, x_train=digits.train.images[:40], y_train=digits.train.labels[:40],
              x_test=digits.test.images[:20], y_test=digits.test.labels[:20])
@@ -282,3 +282,46 @@ def test_the_cifar10_subset_is_a_named_source_wherever_its_file_lies(tmp_path, m
     monkeypatch.setenv("ECLIPSE_RAY_SUBSET", str(tmp_path / "missing.npz"))
     with pytest.raises(ConfigError, match=r"cifar10-subset: no file at .*missing\.npz; set \$ECLIPSE_RAY_SUBSET"):
         load_dataset("cifar10-subset")
+
+
+def test_a_files_digest_is_computed_again_when_the_file_changes_even_with_its_mtime_restored(tmp_path):
+    """Digests are remembered per process; a rewrite of the same size whose mtime is put back (``cp -p``,
+    ``rsync -a``) is still a new file."""
+    import os
+
+    from eclipse_ray.data.fingerprint import sha256_file
+
+    f = tmp_path / "d.npz"
+    f.write_bytes(b"a" * 64)
+    first, st = sha256_file(f), os.stat(f)
+    assert sha256_file(f) == first
+    f.write_bytes(b"b" * 64)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert sha256_file(f) != first
+
+
+def test_a_study_refuses_rows_stored_from_another_file_behind_its_path(tmp_path, digits):
+    """Rows carry the fingerprint of the file they were computed on; a study whose ``npz:`` path now holds
+    another file says so in one line before any work, instead of taking those trials as done."""
+    import pandas as pd
+
+    from eclipse_ray.distributed.study import check_stored_sources, compile_plan, run_study
+    from eclipse_ray.distributed.tune import spec
+    from eclipse_ray.result_store import append_rows
+
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x_train=digits.train.images[:40], y_train=digits.train.labels[:40],
+             x_test=digits.test.images[:20], y_test=digits.test.labels[:20])
+    plan = compile_plan([spec(f"npz:{npz}", "urp", "jpeg", {})])
+    now = sources.sha256_file(npz)[:8]
+    rows = pd.DataFrame({"dataset": [f"npz:{npz}", "digits"], "dataset_label": [f"d.npz@{now}", "digits"]})
+    check_stored_sources(plan, rows)  # the same file: its rows stand
+    check_stored_sources(plan, rows.iloc[1:])  # no rows of it
+    stale = rows.assign(dataset_label=["d.npz@0badf00d", "digits"])
+    with pytest.raises(ConfigError, match=rf"npz:.*d\.npz: the study's stored rows were computed on another file "
+                                          rf"\(fingerprint 0badf00d; now {now}\): write to a fresh --results$"):
+        check_stored_sources(plan, stale)
+    check_stored_sources(plan, stale.assign(dataset=f"npz:{tmp_path / 'gone.npz'}"))  # not this spec's rows
+    append_rows(tmp_path / "study", stale.iloc[:1].assign(config_hash="0" * 16).to_dict("records"), name="old")
+    with pytest.raises(ConfigError, match="stored rows were computed on another file"):
+        run_study(tmp_path / "study", [spec(f"npz:{npz}", "urp", "jpeg", {})])  # before any work: no Ray started

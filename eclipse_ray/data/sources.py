@@ -10,9 +10,9 @@ offline.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
+import re
 import tarfile
 import warnings
 import zlib
@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Union
 import numpy as np
 
 from eclipse_ray.config import ConfigError
+from eclipse_ray.data.fingerprint import sha256_file
 from eclipse_ray.data.imageset import ImageSet, classes_from_labels, validate_arrays
 from eclipse_ray.data.store import read_dataset
 from eclipse_ray.registry import Registry
@@ -170,7 +171,7 @@ def load_npz(path: str | Path, digest: str | None = None) -> Dataset:
         raise ConfigError(f"npz:{path}: missing array(s) {', '.join(missing)}")
     data = from_arrays(f"npz:{path}", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                        arrays.get("classes"))
-    data.meta["fingerprint"] = digest or _sha256(path)  # the content fingerprint in rows and reports (dataset_label)
+    data.meta["fingerprint"] = digest or sha256_file(path)  # the content fingerprint in rows and reports (dataset_label)
     return data
 
 
@@ -326,17 +327,9 @@ def _tree_dataset(src: str, arrays: dict[str, np.ndarray], classes: tuple[str, .
                                  for s in ("train", "test")}, {"source": src, **meta})
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_shipped(name: str, path: Path) -> str:
     """``path``'s sha256, which must be that of the published file behind the named source ``name``."""
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != SHIPPED_SHA256[name]:
         raise ConfigError(f"{name}: {path} is not the published file (sha256 {digest[:12]}…, expected "
                           f"{SHIPPED_SHA256[name][:12]}…); read another file as "
@@ -348,7 +341,7 @@ def _read_archive(path: Path, src: str, cache_dir: str | Path | None, digest: st
                   ) -> tuple[dict[str, np.ndarray], tuple[str, ...], str]:
     """Decoded arrays of a tar'd ImageFolder tree, cached as ``.npz`` under ``cache_dir/decoded``
     (default: :func:`default_data_dir`), keyed by the archive's sha256 (``digest`` where already computed)."""
-    digest = digest or _sha256(path)
+    digest = digest or sha256_file(path)
     cache = Path(cache_dir or default_data_dir()) / "decoded" / f"folder-v{_DECODED_VERSION}-{digest}.npz"
     if cache.is_file():
         try:
@@ -423,7 +416,7 @@ def npz_spec(path: str | Path) -> str:
     """The dataset spec of an ``.npz`` file: the named source where it is the published subset (by content,
     wherever it lies), else ``npz:PATH``."""
     path = Path(path)
-    return "cifar10-subset" if path.is_file() and _sha256(path) == SHIPPED_SHA256["cifar10-subset"] else f"npz:{path}"
+    return "cifar10-subset" if path.is_file() and sha256_file(path) == SHIPPED_SHA256["cifar10-subset"] else f"npz:{path}"
 
 
 def former_specs(spec: str) -> tuple[str, ...]:
@@ -439,7 +432,7 @@ def load_parquet(path: str | Path) -> Dataset:
         if need not in splits:
             raise ConfigError(f"parquet:{path}: needs a {need!r} split (has {', '.join(splits)})")
     doc = Path(path) / "meta.json"  # lists every shard's checksum: a fingerprint of the content
-    return Dataset(f"parquet:{path}", splits, {**meta, "fingerprint": _sha256(doc) if doc.is_file() else None})
+    return Dataset(f"parquet:{path}", splits, {**meta, "fingerprint": sha256_file(doc) if doc.is_file() else None})
 
 
 NAMED: dict[str, Callable[[Path, bool], Dataset]] = {
@@ -481,11 +474,24 @@ def short_name(spec: str) -> str:
     return Path((rest if sep and kind in PREFIXED else spec).rstrip("/\\")).name or spec
 
 
+FINGERPRINTED = re.compile(r"^(?P<name>.+)@(?P<digest>[0-9a-f]{8})$")  # a dataset_label's name@fingerprint
+
+
 def dataset_label(spec: str, meta: dict[str, Any]) -> str:
     """How rows, plots and reports name a dataset: its short name and, where known, a content fingerprint
     (``cifar10_subset.npz@b407fc95``), never one machine's absolute path."""
     digest = meta.get("fingerprint")
     return f"{short_name(spec)}@{str(digest)[:8]}" if digest else short_name(spec)
+
+
+def local_fingerprint(spec: str) -> str | None:
+    """The sha256 that rows of ``spec`` carry as their fingerprint, for an ``npz:`` file or a ``folder:``
+    archive present on this machine; None for anything else (named sources, plugins, folders, dataset
+    directories, a path not here)."""
+    kind, sep, rest = spec.partition(":")
+    if not sep or kind not in ("npz", "folder") or not Path(rest).is_file():
+        return None
+    return sha256_file(rest)
 
 
 def descriptions() -> dict[str, str]:

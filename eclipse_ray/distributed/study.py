@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eclipse_ray import storage
+from eclipse_ray.config import ConfigError
 from eclipse_ray.data import cache as C
 from eclipse_ray.data import store
 from eclipse_ray.data.kinds import AVAILABILITY
+from eclipse_ray.data.sources import FINGERPRINTED, local_fingerprint
 from eclipse_ray.distributed import artifacts as A
 from eclipse_ray.distributed.connect import init_ray
 from eclipse_ray.distributed.purify import find_donor, purifier_identity, run_purifications
@@ -254,6 +256,24 @@ def _with_donors(requests: list[Any], cfgs: dict[str, Any], cache_dir: str) -> l
     return out
 
 
+def check_stored_sources(plan: Plan, done) -> None:
+    """A study's stored rows of an ``npz:`` file or ``folder:`` archive must come from the file there now
+    (the fingerprint in their ``dataset_label``): rows of another file are not this study's, and finding
+    them is a one-line error before any work, not trials skipped as done. (A file this machine does not
+    have is not checked.)"""
+    if done.empty or "dataset_label" not in done or "dataset" not in done:
+        return
+    for spec in dict.fromkeys(tr.cfg.dataset for tr in plan.trials):
+        digest = local_fingerprint(spec)
+        if digest is None:
+            continue
+        labels = done.loc[done["dataset"] == spec, "dataset_label"].dropna().astype(str)
+        before = sorted({m["digest"] for m in map(FINGERPRINTED.match, labels) if m} - {digest[:8]})
+        if before:
+            raise ConfigError(f"{spec}: the study's stored rows were computed on another file (fingerprint "
+                              f"{', '.join(before)}; now {digest[:8]}): write to a fresh --results")
+
+
 def _count_models(cache_dir: str) -> int:
     return sum(storage.is_file(storage.join(cache_dir, "models", m, "config.json"))
                for m in storage.listdir(storage.join(cache_dir, "models")))
@@ -276,6 +296,7 @@ def run_study(study_dir: str | os.PathLike, specs: list[dict[str, Any]], *, addr
 
         tune_loggers(loggers, "check")  # an unknown logger or a missing package: before any work
     done = read_results(study)
+    check_stored_sources(plan, done)
     stored = set(done["config_hash"]) if not done.empty and "config_hash" in done else set()
     todo = [tr for tr in plan.trials if not stored.intersection(tr.cfg.hashes())]
     print(f"study: {len(plan.trials)} trials ({len(plan.trials) - len(todo)} stored), "

@@ -21,7 +21,6 @@ import base64
 import hashlib
 import html
 import io
-import re
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,7 @@ import pandas as pd
 
 from eclipse_ray import storage
 from eclipse_ray.data.cache import study_cache
-from eclipse_ray.data.sources import SHIPPED_SHA256, short_name
+from eclipse_ray.data.sources import FINGERPRINTED, SHIPPED_SHA256, short_name
 from eclipse_ray.data.store import is_dataset, read_meta, read_rows
 from eclipse_ray.result_store import METRIC_NAMES
 from eclipse_ray.results.pareto import config_columns, pareto, summarize
@@ -54,9 +53,6 @@ def labelled(df: pd.DataFrame) -> pd.DataFrame:
                for r, lab in zip(pairs.loc[clash, "raw"], pairs.loc[clash, "label"])}
         df["dataset"] = [fix.get(r, lab) for r, lab in zip(raw, label)]
     return df.drop(columns=["dataset_label"], errors="ignore")
-
-
-FINGERPRINTED = re.compile(r"^(?P<name>.+)@(?P<digest>[0-9a-f]{8})$")  # a dataset_label's name@fingerprint
 
 
 def _one_name_per_content(labels: set[str]) -> dict[str, str]:
