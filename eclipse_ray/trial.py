@@ -241,7 +241,7 @@ def against_reference(cfg: TrialConfig, data: Dataset, kind: str, test_acc: floa
     own when it is that victim) and the relative loss against it — ``poison_success`` of an availability
     poison, ``clean_cost`` of a defense on clean data."""
     m: dict[str, float] = {}
-    if kind == NONE and cfg.defense.name == "none":
+    if kind == NONE and is_reference(cfg):
         m["acc_ref"] = test_acc
         if cache is not None:  # under the key the others look up (a purify_seed changes cfg.hash(), not the victim)
             write_acc_ref(cache, reference_config(cfg).hash(), test_acc)

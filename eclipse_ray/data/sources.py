@@ -152,9 +152,8 @@ def _torchvision(name: str, data_dir: Path, download: bool) -> Dataset:
     }, {"source": name})
 
 
-def load_npz(path: str | Path, digest: str | None = None) -> Dataset:
-    """``x_train, y_train, x_test, y_test`` (uint8 NHWC); optional ``classes``. Never unpickles.
-    ``digest``: the file's sha256 where the caller has already computed it."""
+def load_npz(path: str | Path) -> Dataset:
+    """``x_train, y_train, x_test, y_test`` (uint8 NHWC); optional ``classes``. Never unpickles."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"npz:{path}: no such file")
@@ -171,7 +170,7 @@ def load_npz(path: str | Path, digest: str | None = None) -> Dataset:
         raise ConfigError(f"npz:{path}: missing array(s) {', '.join(missing)}")
     data = from_arrays(f"npz:{path}", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                        arrays.get("classes"))
-    data.meta["fingerprint"] = digest or sha256_file(path)  # the content fingerprint in rows and reports (dataset_label)
+    data.meta["fingerprint"] = sha256_file(path)  # the content fingerprint in rows and reports (dataset_label)
     return data
 
 
@@ -337,11 +336,11 @@ def check_shipped(name: str, path: Path) -> str:
     return digest
 
 
-def _read_archive(path: Path, src: str, cache_dir: str | Path | None, digest: str | None = None
+def _read_archive(path: Path, src: str, cache_dir: str | Path | None
                   ) -> tuple[dict[str, np.ndarray], tuple[str, ...], str]:
     """Decoded arrays of a tar'd ImageFolder tree, cached as ``.npz`` under ``cache_dir/decoded``
-    (default: :func:`default_data_dir`), keyed by the archive's sha256 (``digest`` where already computed)."""
-    digest = digest or sha256_file(path)
+    (default: :func:`default_data_dir`), keyed by the archive's sha256."""
+    digest = sha256_file(path)
     cache = Path(cache_dir or default_data_dir()) / "decoded" / f"folder-v{_DECODED_VERSION}-{digest}.npz"
     if cache.is_file():
         try:
@@ -388,7 +387,8 @@ def load_cifar10_jpeg(cache_dir: str | Path | None = None) -> Dataset:
     path = cifar10_jpeg_path()
     if not path.is_file():
         raise ConfigError(f"cifar10-jpeg: no archive at {path}; set ${CIFAR10_JPEG_ENV} to cifar10_jpeg.tar.gz")
-    arrays, classes, digest = _read_archive(path, "cifar10-jpeg", cache_dir, check_shipped("cifar10-jpeg", path))
+    check_shipped("cifar10-jpeg", path)
+    arrays, classes, digest = _read_archive(path, "cifar10-jpeg", cache_dir)
     if classes != CIFAR10_CLASSES:
         raise ConfigError(f"cifar10-jpeg: {path} has class folders {', '.join(classes)}, "
                           f"expected CIFAR-10's {', '.join(CIFAR10_CLASSES)}")
@@ -408,7 +408,8 @@ def load_cifar10_subset() -> Dataset:
     path = cifar10_subset_path()
     if not path.is_file():
         raise ConfigError(f"cifar10-subset: no file at {path}; set ${SUBSET_ENV} to cifar10_subset.npz")
-    data = load_npz(path, check_shipped("cifar10-subset", path))
+    check_shipped("cifar10-subset", path)
+    data = load_npz(path)
     return dataclasses.replace(data, name="cifar10-subset", meta={**data.meta, "file": str(path)})
 
 
