@@ -63,11 +63,12 @@ def setting(
     le: float | None = None,
     lt: float | None = None,
     choices: tuple[Any, ...] | Callable[[], Iterable[Any]] | None = None,
-    added: bool = False,
+    added: int = 0,
 ) -> Any:
-    """Declare a config field with help text and a valid range. ``added``: a setting a later version
-    introduced; at its default it is left out of the earlier spelling (:meth:`Config.legacy_flat`), so the
-    rows and caches of configs made before it stay addressable."""
+    """Declare a config field with help text and a valid range. ``added``: the settings generation (1, 2 …)
+    that introduced it (0: there from the start); at its default it is left out of the spellings of earlier
+    generations (:meth:`Config.spellings`), so the rows and caches of configs made before it stay
+    addressable. Settings added together share a generation; a new batch takes the next number."""
     meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "added": added}
     return field(default=default, metadata=meta)
 
@@ -216,7 +217,7 @@ class Config:
             rel = key[len(prefix):]
             head = rel.split(".", 1)[0]
             f = next((f for f in fields(self) if f.name == head), None)
-            if f is not None and f.metadata.get("added"):
+            if f is not None and f.metadata.get("added", 0) > 0:
                 if value != f.default:
                     return None
             elif f is None or not f.metadata.get("nested"):
@@ -226,6 +227,49 @@ class Config:
             elif value != flatten(f.default_factory()).get(rel.split(".", 1)[1]):  # type: ignore[misc]
                 return None
         return out
+
+    def generation(self) -> int:
+        """The newest settings generation among this config's fields (nested ones included)."""
+        return max((f.metadata.get("added", 0) if not f.metadata.get("nested") else
+                    getattr(self, f.name).generation() for f in fields(self)), default=0)
+
+    def spelling(self, version: int, prefix: str = "") -> dict[str, Any] | None:
+        """:func:`flatten` as settings generation ``version`` spelled it: every setting added after it left
+        out, or ``None`` when one of those differs from its default (that version could not express this
+        config). Version 0 is :meth:`legacy_flat` (also before the nested fields)."""
+        if version <= 0:
+            return self.legacy_flat(prefix)
+        out = flatten(self, prefix)
+        for key, (value, default) in _added_after(self, version, prefix).items():
+            if value != default:
+                return None
+            out.pop(key)
+        return out
+
+    def spellings(self, prefix: str = "") -> list[dict[str, Any]]:
+        """Every distinct spelling of this config, oldest first, from the first settings generation that
+        could express it to now (:func:`flatten`, always last). A cached artifact's address takes the first,
+        so adding settings never moves it; a stored row is found under any."""
+        out: list[dict[str, Any]] = []
+        for version in range(max(self.generation(), 1)):
+            flat = self.spelling(version, prefix)
+            if flat is not None and flat not in out:
+                out.append(flat)
+        now = flatten(self, prefix)
+        return [f for f in out if f != now] + [now]
+
+
+def _added_after(cfg: Config, version: int, prefix: str) -> dict[str, tuple[Any, Any]]:
+    """``{key: (value, default)}`` of the settings of ``cfg`` (nested ones included) added after ``version``."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for f in fields(cfg):
+        key = f"{prefix}{f.name}"
+        if f.metadata.get("nested"):
+            out.update(_added_after(getattr(cfg, f.name), version, key + "."))
+        elif f.metadata.get("added", 0) > version:
+            out[key] = (flatten(getattr(cfg, f.name), key + ".")[key], flatten(f.default, key + ".")[key])
+    return out
+
 
 def _choices(meta: Mapping[str, Any]) -> tuple[Any, ...] | None:
     """A setting's allowed values: a tuple, or a function giving them (a registry open to plugins)."""

@@ -61,15 +61,14 @@ class TrialConfig:
     def hashes(self) -> tuple[str, ...]:
         """This config's hash, then the hashes earlier versions gave it, where they differ: each section
         spelled now or as before its settings were nested (``defense.train``, ``attack.train``) or before
-        settings declared ``added`` existed (:meth:`Config.legacy_flat`), and a named dataset as it was read by
+        each generation of settings declared ``added`` existed (:meth:`Config.spellings`), and a named dataset as it was read by
         path before (:func:`former_specs`). A stored row under any is this trial's."""
         flat = self.flat()
         rest = {k: v for k, v in flat.items() if not k.startswith(tuple(f"{s}." for s in SECTIONS))}
         spellings = [[{"dataset": d} for d in (self.dataset, *former_specs(self.dataset))]]
         for section, cfg in (("attack", self.attack), ("defense", self.defense), ("victim", self.victim.resolved())):
             now = {k: v for k, v in flat.items() if k.startswith(f"{section}.")}
-            before = cfg.legacy_flat(f"{section}.")
-            spellings.append([now] if before is None or before == now else [now, before])
+            spellings.append([now, *(f for f in reversed(cfg.spellings(f"{section}.")) if f != now)])
         out = [self.hash()]
         for dataset, attack, defense, victim in itertools.product(*spellings):
             h = config_hash({**rest, **dataset, **attack, **defense, **victim})

@@ -114,3 +114,32 @@ def test_model_training_settings_are_nested_and_older_names_still_work():
     adaptive = ATTACKS.build("em-adaptive", {"train_iterations": "5"})
     assert adaptive.train.iterations == 5
     assert poison_key("digits", adaptive) == "ba210e84c44f6f44"  # crafted before: found again
+
+
+def test_each_settings_generation_keeps_the_spellings_and_addresses_of_configs_made_before_it():
+    """A config as generation 1 shipped it, and the same config after generation 2 added a setting: every
+    config the old class could express keeps its old address (first spelling) and its old full spelling
+    among the new one's; one that sets the new setting off its default has no earlier spelling."""
+    from dataclasses import dataclass
+
+    from eclipse_ray.config import Config, setting
+
+    @dataclass(frozen=True)
+    class Shipped(Config):
+        a: int = setting(1, "original")
+        b: str = setting("x", "added by generation 1", added=1)
+
+    @dataclass(frozen=True)
+    class Now(Config):
+        a: int = setting(1, "original")
+        b: str = setting("x", "added by generation 1", added=1)
+        c: float = setting(0.5, "added by generation 2", added=2)
+
+    for kw in ({}, {"a": 3}, {"b": "y"}, {"a": 3, "b": "y"}):
+        old, new = Shipped(**kw), Now(**kw)
+        assert new.spellings("s.")[0] == old.spellings("s.")[0]  # the address does not move
+        assert flatten(old, "s.") in new.spellings("s.") and new.spellings("s.")[-1] == flatten(new, "s.")
+    assert Now(b="y").spellings() == [{"a": 1, "b": "y"}, {"a": 1, "b": "y", "c": 0.5}]
+    assert Now().spellings() == [{"a": 1}, {"a": 1, "b": "x"}, {"a": 1, "b": "x", "c": 0.5}]
+    assert Now(b="y", c=0.25).spellings() == [{"a": 1, "b": "y", "c": 0.25}]
+    assert Now().spelling(1) == {"a": 1, "b": "x"} and Now(c=0.25).spelling(1) is None

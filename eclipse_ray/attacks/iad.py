@@ -124,7 +124,7 @@ class IAD(_Backdoor):
     batch_size: int = setting(128, "attacker batch size", ge=2)
     schedule: str = setting("scaled", "learning-rate decays: scaled (the paper's fractions of the run) or "
                             "truncated (the paper's epochs: a short run is its first epochs)",
-                            choices=("scaled", "truncated"), added=True)
+                            choices=("scaled", "truncated"), added=1)
     cross_ratio: float = setting(1.0, "cross-trigger rows per poisoned row in the poisoned set (p_cross/p_attack)",
                                  ge=0.0)
     rate: float = setting_rate(0.1)

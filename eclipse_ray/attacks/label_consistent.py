@@ -75,7 +75,7 @@ class LabelConsistent(_Backdoor):
     eps: float = setting(16 / 255, "budget of the adversarial perturbation on [0,1]: ℓ∞ per pixel (paper: 16/255) "
                          "or, with norm=l2, each image's ℓ2 norm (reference code: 300/255 = 1.176)", ge=0.0)
     norm: str = setting("linf", "budget norm of the adversarial perturbation: linf or l2 (the paper has both)",
-                        choices=NORMS, added=True)
+                        choices=NORMS, added=1)
     steps: int = setting(100, "PGD steps", ge=0)
     tau: float = setting(0.1, "PGD step size as a fraction of eps", gt=0.0)
     size: int = setting(3, "side of each corner's checkerboard in pixels", ge=1)

@@ -53,7 +53,7 @@ def setting_eps(default: float = 8 / 255) -> float:
 
 def setting_norm() -> str:
     return setting("linf", "budget norm: linf (eps per pixel) or l2 (eps = the ℓ2 norm of each poison's "
-                   "perturbation on [0,1]; Hong et al. evaluate both)", choices=NORMS, added=True)
+                   "perturbation on [0,1]; Hong et al. evaluate both)", choices=NORMS, added=1)
 
 
 def setting_surrogate_epochs() -> int:

@@ -48,10 +48,10 @@ def cache_root() -> str:
 
 
 def address_settings(cfg, prefix: str) -> dict:
-    """A config's settings as they enter an artifact's address: spelled as earlier versions did wherever
-    that spelling can express them (:meth:`eclipse_ray.config.Config.legacy_flat`), so that artifacts
-    computed before the model-training settings were nested are found again."""
-    return cfg.legacy_flat(prefix) or flatten(cfg, prefix)
+    """A config's settings as they enter an artifact's address: spelled as the earliest version that can
+    express them did (:meth:`eclipse_ray.config.Config.spellings`), so that artifacts computed before the
+    model-training settings were nested, or before any later setting existed, are found again."""
+    return cfg.spellings(prefix)[0]
 
 
 def address_dataset(spec: str) -> str:

@@ -60,7 +60,7 @@ class VictimConfig(Config):
     whiten: bool = setting(True, "fast net: initialise the frozen 2x2 stem by patch whitening (else random, trained)")
     precision: str = setting("fp32", "fp32, or bf16: forward passes under bfloat16 autocast (weights, loss and "
                              "optimiser stay fp32; ≈ 2× faster on CPUs with AMX and on GPUs)",
-                             choices=("fp32", "bf16"), added=True)
+                             choices=("fp32", "bf16"), added=1)
     device: str = setting("auto", "auto (CUDA if present), cpu or cuda[:N]")
 
     def resolved(self) -> "VictimConfig":
