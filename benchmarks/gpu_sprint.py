@@ -4,8 +4,8 @@ Seven training sets — clean and six availability poisons on 100 % of the
 training split (URP, LSP, AR, OPS; EM and TAP crafted with a fast surrogate) —
 each against six defenses (``none``, ``jpeg``, ``gray``, ``eclipse`` with a DDPM
 trained in the sprint on the defender's 4 % clean set, ``denoise``,
-``puregen-ddpm`` with its own t < 250 model), victim = the airbench-style fast
-net; then the purification throughput table with the paper UNet
+``puregen-ddpm`` with its own t < 250 model), victim = airbench94's net and
+recipe (``victim.arch=airbench``); then the purification throughput table with the paper UNet
 (``benchmarks/purify_throughput.py``).
 
 It runs as one staged study (:mod:`eclipse_ray.distributed.study`): the JPEG
@@ -90,8 +90,8 @@ class Sprint:
 
 FULL = Sprint(
     dataset="cifar10-jpeg", train_images=50_000,
-    victim={"victim.arch": "fast", "victim.width": "64", "victim.epochs": "10", "victim.batch_size": "1024",
-            "victim.precision": "bf16"},  # airbench trains under half precision on the GPU too
+    victim={"victim.arch": "airbench", "victim.width": "64", "victim.epochs": "10", "victim.batch_size": "1024",
+            "victim.precision": "bf16"},  # airbench94 as published (its recipe); it trains in half precision too
     defenses={
         "eclipse": {"defense.sampler": "ddim", "defense.steps": "10", "defense.batch_size": "1024",
                     "defense.train.preset": "small", "defense.train.iterations": "4000",
@@ -113,7 +113,7 @@ TINY_TRAIN, TINY_TEST = 300, 100  # digits images per split in --tiny (stratifie
 
 TINY = Sprint(
     dataset="tiny-digits", train_images=TINY_TRAIN,
-    victim={"victim.arch": "fast", "victim.width": "8", "victim.epochs": "2", "victim.batch_size": "64"},
+    victim={"victim.arch": "airbench", "victim.width": "8", "victim.epochs": "2", "victim.batch_size": "64"},
     defenses={d: {"defense.sampler": "oneshot", "defense.sigma": "0.1", "defense.batch_size": "256",
                   "defense.train.preset": "tiny", "defense.train.iterations": "4",
                   "defense.train.batch_size": "16"} for d in DIFFUSION},
@@ -171,7 +171,7 @@ def write_tables(s: Sprint, study: str, out: Path, wall_s: float, device: str, t
     df = read_results(study)
     table = defense_table(df, s.attacks, [d for d in s.defenses_run if d in set(df["defense.name"])])
     text = [f"# GPU sprint: ECLIPSE Table 1 protocol ({len(df)} trials) on {device}", "",
-            "Test accuracy % of the fast victim, one seed.", "", markdown(table), "",
+            "Test accuracy % of the airbench94 victim, one seed.", "", markdown(table), "",
             f"Wall time: {wall_s / 60:.1f} min (including data decoding and model training).", ""]
     if throughput:
         text += ["## Purification throughput", "", "```", throughput.strip(), "```", ""]

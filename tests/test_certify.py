@@ -200,7 +200,7 @@ def test_certify_over_ray_matches_in_process(small_digits, tmp_path, monkeypatch
 
 def test_a_certification_models_key_survives_the_settings_and_names_added_since():
     """Each certified model is cached by what its predictions depend on; a victim setting added later
-    (``victim.precision``) leaves the key of a job that keeps its default as it was, and changes it otherwise;
+    (``victim.precision``, then the airbench settings) leaves the key of a job that keeps its default as it was, and changes it otherwise;
     the named subset has the key it had when read by path."""
     import dataclasses
 
@@ -209,7 +209,9 @@ def test_a_certification_models_key_survives_the_settings_and_names_added_since(
     job = build_job("digits", "none", {"victim.epochs": "2"})
     before = {"format": certify_run.FORMAT, "dataset": "digits", **flatten(job.attack, "attack."),
               **flatten(dataclasses.replace(job.denoiser, model="m"), "defense."),
-              **{k: v for k, v in flatten(job.victim.resolved(), "victim.").items() if k != "victim.precision"},
+              **{k: v for k, v in flatten(job.victim.resolved(), "victim.").items()
+                 if k not in {"victim.precision", "victim.bias_lr_scale", "victim.bias_decay", "victim.lookahead",
+                              "victim.tta", "victim.whiten_bias_epochs"}},
               "certify.seed": job.certify.seed}
     for k in ("defense.batch_size", "defense.device", "defense.compile", "victim.device"):
         before.pop(k, None)

@@ -33,7 +33,7 @@ def test_config_hash_is_stable_and_sensitive():
     ({"attack.eps": "abc"}, "cannot read 'abc'"),
     ({"attack.bogus": "1"}, "unknown setting 'attack.bogus'"),
     ({"victim.epochs": "2.5"}, "cannot read '2.5' as int"),
-    ({"victim.arch": "vgg"}, "must be one of fast, resnet18"),
+    ({"victim.arch": "vgg"}, "must be one of fast, airbench, resnet18"),
     ({"nonsense": "1"}, "unknown setting 'nonsense'"),
     ({"seed": "-1"}, "seed=-1"),
     ({"attack.name": "urp"}, "choose the attack with --attack"),
@@ -103,14 +103,17 @@ def test_model_training_settings_are_nested_and_older_names_still_work():
     assert flat["defense.train.iterations"] == 600 and flat["defense.train.schedule"] == "cosine"
     # pinned: the hash this trial had before the nesting (a stored row of it is found by the study)
     cfg = build_config("digits", "lsp", "eclipse", {"defense.train.iterations": "600", "seed": "0"})
-    # (and before victim.precision existed); its own hash, then each section spelled now or as before
-    assert cfg.hashes()[-1] == "6e969607f1060560" and len(cfg.hashes()) == 4
+    # (and before victim.precision existed); its own hash, then each section spelled now or as before: the
+    # defense in 2 spellings, the victim in 3 (now, before the airbench settings, before victim.precision)
+    assert cfg.hashes()[-1] == "6e969607f1060560" and len(cfg.hashes()) == 6
     # a setting no earlier version had: no former hash of the defense section to match, only the victim's
     lr = build_config("digits", "lsp", "eclipse", {"defense.train.lr": "0.001"})
-    assert len(lr.hashes()) == 2 and lr.hashes()[1] == config_hash(
-        {k: v for k, v in lr.flat().items() if k != "victim.precision"})
-    assert len(build_config("digits", "lsp", "jpeg").hashes()) == 2  # nothing nested: only the victim's
-    assert len(build_config("digits", "lsp", "jpeg", {"victim.precision": "bf16"}).hashes()) == 1
+    added = {"victim.precision", "victim.bias_lr_scale", "victim.bias_decay", "victim.lookahead", "victim.tta",
+             "victim.whiten_bias_epochs"}
+    assert len(lr.hashes()) == 3 and lr.hashes()[-1] == config_hash(
+        {k: v for k, v in lr.flat().items() if k not in added})
+    assert len(build_config("digits", "lsp", "jpeg").hashes()) == 3  # nothing nested: only the victim's
+    assert len(build_config("digits", "lsp", "jpeg", {"victim.precision": "bf16"}).hashes()) == 2
     adaptive = ATTACKS.build("em-adaptive", {"train_iterations": "5"})
     assert adaptive.train.iterations == 5
     assert poison_key("digits", adaptive) == "ba210e84c44f6f44"  # crafted before: found again

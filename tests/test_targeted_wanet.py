@@ -236,4 +236,4 @@ def test_the_norm_setting_keeps_earlier_hashes_and_cache_keys():
     assert "0f410cab83de8327" in cfg.hashes() and cfg.attack.norm == "linf"
     l2 = build_config("digits", "gradient_matching", "none", {"attack.eps": "0.0627451", "attack.norm": "l2"})
     assert set(l2.hashes()).isdisjoint(cfg.hashes())
-    assert len(l2.hashes()) == 2  # its own, and the one it had before victim.precision existed (norm did)
+    assert len(l2.hashes()) == 3  # its own, and those before the airbench settings and before victim.precision

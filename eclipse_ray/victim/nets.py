@@ -32,12 +32,14 @@ class ConvGroup(nn.Module):
 class FastNet(nn.Module):
     """airbench-style net: whitening stem, three conv groups, max-pool head."""
 
-    def __init__(self, num_classes: int, width: int = 32, in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int, width: int = 32, in_channels: int = 3,
+                 widths: tuple[int, int, int] | None = None) -> None:
         super().__init__()
         stem = 2 * in_channels * 2 * 2
         self.whiten = nn.Conv2d(in_channels, stem, 2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
-        widths = (width, 2 * width, 4 * width) if width < 64 else (width, 4 * width, 4 * width)
+        if widths is None:
+            widths = (width, 2 * width, 4 * width) if width < 64 else (width, 4 * width, 4 * width)
         self.layers = nn.Sequential(ConvGroup(stem, widths[0]), ConvGroup(widths[0], widths[1]),
                                     ConvGroup(widths[1], widths[2]))
         self.head = nn.Linear(widths[2], num_classes, bias=False)
@@ -75,6 +77,44 @@ class FastNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.features(x))
+
+
+class AirbenchNet(FastNet):
+    """airbench94's network as published (Jordan, 2024, ``airbench94.py``): the fast net's layers at
+    widths w/4w/4w, BatchNorm without a learnt scale (weight frozen at 1, bias learnt), every 3x3 conv
+    initialised to pass its input channels through (identity/Dirac) and the logits scaled by 1/9.
+
+    Departures, all for images that do not vary in every colour direction (grayscale defenses, digits):
+    BatchNorm ε is torch's 1e-5 (airbench's 1e-12 gives NaN on a channel constant over a batch), the
+    whitening stem keeps the fast net's zero gain on directions the training patches do not vary in, and
+    the first layer's identity filters skip those dead stem channels (:meth:`init_whitening`).
+    """
+
+    def __init__(self, num_classes: int, width: int = 64, in_channels: int = 3) -> None:
+        super().__init__(num_classes, width, in_channels, widths=(width, 4 * width, 4 * width))
+        for m in self.layers.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.requires_grad_(False)
+            elif isinstance(m, nn.Conv2d):
+                nn.init.dirac_(m.weight.data[:m.in_channels])
+
+    @torch.no_grad()
+    def init_whitening(self, x: torch.Tensor, eps: float = 5e-4, rel_tol: float | None = 1e-6) -> None:
+        """The fast net's whitening; then every first-layer channel that would pass through a stem channel
+        of zero gain (a direction the training patches do not vary in: colour, on grayscale images) gets a
+        fresh random filter instead. A channel constant over the batch has BatchNorm scale its gradient by
+        1/√ε ≈ 316: the identity filters on those channels make training diverge to chance (digits,
+        grayscale CIFAR)."""
+        super().init_whitening(x, eps, rel_tol)
+        conv = self.layers[0].conv1
+        dead = self.whiten.weight.flatten(1).abs().amax(1) == 0
+        rows = torch.nonzero(dead[: conv.out_channels]).flatten()
+        if len(rows):
+            fresh = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=False).weight
+            conv.weight[rows] = fresh[rows].to(conv.weight)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(F.adaptive_max_pool2d(features, 1).flatten(1)) / 9
 
 
 class BasicBlock(nn.Module):
@@ -126,6 +166,11 @@ def fast_net(num_classes: int, width: int) -> nn.Module:
     return FastNet(num_classes, width=width)
 
 
+def airbench_net(num_classes: int, width: int) -> nn.Module:
+    """airbench94's net (unscaled BatchNorm, identity-initialised convs, logits/9; width 64 = airbench94)"""
+    return AirbenchNet(num_classes, width=width)
+
+
 def resnet18(num_classes: int, width: int) -> nn.Module:
     """ResNet-18, CIFAR variant (ECLIPSE's victim; victim.width unused)"""
     return ResNet18(num_classes)
@@ -134,7 +179,8 @@ def resnet18(num_classes: int, width: int) -> nn.Module:
 # victim.arch -> f(num_classes, width) -> a fresh network taking float NCHW images in [0, 1] after the
 # trainer's per-channel normalisation. A plugin's factory may carry ``recipe`` (the training defaults
 # of victim/train.py's RECIPES); without one it trains with the fast net's recipe.
-VICTIMS: Registry = Registry("victim.arch", {"fast": fast_net, "resnet18": resnet18}, group="eclipse_ray.victims")
+VICTIMS: Registry = Registry("victim.arch", {"fast": fast_net, "airbench": airbench_net,
+                                                 "resnet18": resnet18}, group="eclipse_ray.victims")
 
 
 def build_net(arch: str, num_classes: int, width: int) -> nn.Module:
