@@ -16,14 +16,16 @@ from eclipse_ray.victim.train import Lookahead, VictimConfig, _lr_at, param_grou
 
 def test_the_recipe_fills_airbenchs_hyperparameters_and_scales_its_lr_with_the_batch():
     cfg = VictimConfig(arch="airbench").resolved()
-    assert (cfg.batch_size, cfg.lr, cfg.momentum, cfg.schedule, cfg.tta, cfg.lookahead) == (
-        1024, 1.5, 0.85, "triangle", 2, True)
-    assert cfg.lr * cfg.weight_decay == pytest.approx(0.0153 * 1024 / (1024 * (1 + 1 / 0.15)), rel=1e-3)
-    assert VictimConfig(arch="airbench", batch_size=256).resolved().lr == 0.375
+    assert (cfg.width, cfg.batch_size, cfg.momentum, cfg.schedule, cfg.tta, cfg.lookahead) == (
+        64, 1024, 0.85, "triangle", 2, True)
+    assert cfg.lr == pytest.approx(1.5, rel=1e-12)
+    assert cfg.lr * cfg.weight_decay == pytest.approx(0.0153 * 1024 / (1024 * (1 + 1 / 0.15)), rel=1e-12)
+    assert VictimConfig(arch="airbench", batch_size=256).resolved().lr == pytest.approx(0.375)
+    assert VictimConfig(arch="airbench", momentum=0.9).resolved().lr == pytest.approx(11.5 / 11)  # kilostep scale
     assert VictimConfig(arch="airbench", lr=0.5).resolved().lr == 0.5
     fast = VictimConfig().resolved()  # the other recipes leave the new settings unset (off)
-    assert (fast.batch_size, fast.momentum, fast.tta, fast.lookahead, fast.bias_lr_scale) == (128, 0.9, None, None,
-                                                                                             None)
+    assert (fast.width, fast.batch_size, fast.momentum, fast.tta, fast.lookahead, fast.bias_lr_scale) == (
+        32, 128, 0.9, None, None, None)
 
 
 def test_settings_added_for_airbench_keep_the_hashes_and_addresses_of_earlier_trials():

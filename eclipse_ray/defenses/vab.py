@@ -442,5 +442,6 @@ def _train_vab(cfg: VaB, victim_cfg: VictimConfig, images: np.ndarray, labels: n
         bar.set_postfix(loss=f"{loss:.3f}", suspicious=int(suspicious.sum()), semi=semi)
     if cfg.bn_recalibrate:
         recalibrate_bn(ben, x[torch.from_numpy(np.flatnonzero(~suspicious)).to(device)], cfg.batch_size)
-    return {"victim": Victim(ben, mean, std, device), "suspicious_warmup": suspicious_warmup,
+    victim = Victim(ben, mean, std, device, tta=victim_cfg.tta or 0)  # airbench's test-time augmentation
+    return {"victim": victim, "suspicious_warmup": suspicious_warmup,
             "suspicious": suspicious, "epochs": epochs}
