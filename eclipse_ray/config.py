@@ -267,7 +267,8 @@ def _added_after(cfg: Config, version: int, prefix: str) -> dict[str, tuple[Any,
         if f.metadata.get("nested"):
             out.update(_added_after(getattr(cfg, f.name), version, key + "."))
         elif f.metadata.get("added", 0) > version:
-            out[key] = (flatten(getattr(cfg, f.name), key + ".")[key], flatten(f.default, key + ".")[key])
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            out[key] = (flatten(getattr(cfg, f.name), key + ".")[key], flatten(default, key + ".")[key])
     return out
 
 
