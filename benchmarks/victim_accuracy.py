@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from eclipse_ray.config import ConfigError, section_settings, split_overrides, with_overrides
+from eclipse_ray.config import ConfigError, section_settings, seed_arg, split_overrides, with_overrides
 from eclipse_ray.data.sources import load_dataset
 from eclipse_ray.defenses import DEFENSES
 from eclipse_ray.tensors import pick_device
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="cifar10-jpeg")
     ap.add_argument("--defense", default="none", help="an image defense applied to the training split only")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--out", help="append the result line to this JSON-lines file")
     ap.add_argument("settings", nargs="*", help="victim.key=value …")
     args = ap.parse_args(argv)
@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = with_overrides(VictimConfig(), section_settings(split_overrides(args.settings), "victim",
                                                               "victim_accuracy"), prefix="victim.")
         defense = DEFENSES.build(args.defense, {})
+        if args.defense != "none" and (not defense.purifies or defense.needs_model):
+            raise ConfigError(f"--defense {args.defense}: not a model-free image defense (jpeg, gray, blur …)")
         data = load_dataset(args.dataset)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     acc = float(np.mean(victim.predict(data.test.images) == data.test.labels))
     device = pick_device(cfg.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()} × {torch.get_num_threads()} threads"
+    cpu = f"{cpu_name()} × {torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     row = {"dataset": args.dataset, "defense": args.defense, "seed": args.seed, "settings": args.settings,
            "test_acc": round(acc, 4), "seconds": round(seconds, 1), "device": name}
     line = json.dumps(row)

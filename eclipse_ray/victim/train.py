@@ -65,7 +65,7 @@ class VictimConfig(Config):
     epochs: int = setting(10, "training epochs", ge=1)
     batch_size: int | None = setting(None, "batch size (none: recipe's, airbench 1024, others 128)", ge=1)
     lr: float | None = setting(None, "peak learning rate (none: recipe's, fast 0.2, resnet18 0.1, airbench "
-                               "1.5 × batch/1024)", gt=0.0)
+                               "1.5 × batch/1024 at momentum 0.85)", gt=0.0)
     momentum: float | None = setting(None, "SGD momentum (none: recipe's, airbench 0.85, others 0.9)",
                                      ge=0.0, lt=1.0)
     weight_decay: float | None = setting(None, "weight decay (none: recipe's)", ge=0.0)
