@@ -200,7 +200,7 @@ def test_certify_over_ray_matches_in_process(small_digits, tmp_path, monkeypatch
 
 def test_a_certification_models_key_survives_the_settings_and_names_added_since():
     """Each certified model is cached by what its predictions depend on; a victim setting added later
-    (``victim.precision``, then the airbench settings) leaves the key of a job that keeps its default as it was, and changes it otherwise;
+    (``victim.precision``, then the airbench settings; ``defense.rng``) leaves the key of a job that keeps its default as it was, and changes it otherwise;
     the named subset has the key it had when read by path."""
     import dataclasses
 
@@ -208,7 +208,8 @@ def test_a_certification_models_key_survives_the_settings_and_names_added_since(
 
     job = build_job("digits", "none", {"victim.epochs": "2"})
     before = {"format": certify_run.FORMAT, "dataset": "digits", **flatten(job.attack, "attack."),
-              **flatten(dataclasses.replace(job.denoiser, model="m"), "defense."),
+              **{k: v for k, v in flatten(dataclasses.replace(job.denoiser, model="m"), "defense.").items()
+                 if k not in {"defense.rng", "defense.compile_mode"}},
               **{k: v for k, v in flatten(job.victim.resolved(), "victim.").items()
                  if k not in {"victim.precision", "victim.bias_lr_scale", "victim.bias_decay", "victim.lookahead",
                               "victim.tta", "victim.whiten_bias_epochs"}},
@@ -218,6 +219,8 @@ def test_a_certification_models_key_survives_the_settings_and_names_added_since(
     assert certify_run.model_key(job, "m") == config_hash(before)
     bf16 = build_job("digits", "none", {"victim.epochs": "2", "victim.precision": "bf16"})
     assert certify_run.model_key(bf16, "m") != certify_run.model_key(job, "m")
+    philox = build_job("digits", "none", {"victim.epochs": "2", "defense.rng": "philox"})
+    assert certify_run.model_key(philox, "m") != certify_run.model_key(job, "m")  # other noise, other model
     named, by_path = (build_job(ds, "none", {"victim.epochs": "2"})
                       for ds in ("cifar10-subset", "npz:/work/shared/data/cifar10_subset.npz"))
     assert certify_run.model_key(named, "m") == certify_run.model_key(by_path, "m")

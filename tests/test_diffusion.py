@@ -57,9 +57,9 @@ def test_reference_points_of_design():
         Schedule.make("linear", 10).t_for_sigma(50.0)
 
 
-def run(model_dir, images, index, plan, seed=0):
+def run(model_dir, images, index, plan, seed=0, rng="generator"):
     m = load_model(model_dir)
-    return purify_batch(m.unet, m.schedule.coefficients("cpu"), images, index, plan, seed)
+    return purify_batch(m.unet, m.schedule.coefficients("cpu"), images, index, plan, seed, rng=rng)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "oneshot"])
@@ -76,16 +76,38 @@ def test_oneshot_at_tiny_sigma_returns_nearly_the_input(tiny_model_dir, digits):
     assert err.mean() < 0.3 and err.max() <= 3  # even an untrained ε-net barely moves x at t = 1
 
 
+@pytest.mark.parametrize("rng", ["generator", "philox"])
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "oneshot"])
-def test_output_does_not_depend_on_batching(tiny_model_dir, digits, sampler):
+def test_output_does_not_depend_on_batching(tiny_model_dir, digits, sampler, rng):
     x, idx = digits.train.images[:6], digits.train.index[:6]
     plan = SamplerPlan(sampler, 6, steps=3)
-    whole = run(tiny_model_dir, x, idx, plan)
-    parts = {i: run(tiny_model_dir, x[i:i + 2], idx[i:i + 2], plan) for i in (4, 0, 2)}  # other order, size
+    whole = run(tiny_model_dir, x, idx, plan, rng=rng)
+    parts = {i: run(tiny_model_dir, x[i:i + 2], idx[i:i + 2], plan, rng=rng) for i in (4, 0, 2)}  # other order, size
     assert np.array_equal(whole, np.concatenate([parts[0], parts[2], parts[4]]))
-    shuffled = run(tiny_model_dir, x[::-1], idx[::-1], plan)
+    shuffled = run(tiny_model_dir, x[::-1], idx[::-1], plan, rng=rng)
     assert np.array_equal(whole, shuffled[::-1])
-    assert not np.array_equal(whole, run(tiny_model_dir, x, idx, plan, seed=1))
+    assert not np.array_equal(whole, run(tiny_model_dir, x, idx, plan, seed=1, rng=rng))
+
+
+def test_the_noise_rng_is_a_setting_that_keeps_earlier_addresses(tiny_model_dir, digits):
+    """``defense.rng=philox`` draws other noise (on the model's device); the default keeps every purified set's
+    address; a compile mode without compiling is refused before any work."""
+    from eclipse_ray.data.cache import address_settings
+
+    x, idx = digits.train.images[:4], digits.train.index[:4]
+    plan = SamplerPlan("ddpm", 6)
+    assert not np.array_equal(run(tiny_model_dir, x, idx, plan), run(tiny_model_dir, x, idx, plan, rng="philox"))
+    base, philox = (DEFENSES.build("eclipse", {"model": str(tiny_model_dir), "t_star": "6", "batch_size": "4", **extra})
+                    for extra in ({}, {"rng": "philox"}))
+    assert "defense.rng" not in address_settings(base, "defense.")
+    assert address_settings(philox, "defense.")["defense.rng"] == "philox"
+    out = philox.image_purifier(tiny_model_dir, 0)(x, idx)
+    assert out.shape == x.shape and out.dtype == np.uint8 and not np.array_equal(
+        out, base.image_purifier(tiny_model_dir, 0)(x, idx))
+    with pytest.raises(ConfigError, match="compile_mode=reduce-overhead needs defense.compile=true"):
+        DEFENSES.build("eclipse", {"compile_mode": "reduce-overhead"})
+    with pytest.raises(ConfigError, match="rng"):
+        DEFENSES.build("eclipse", {"rng": "mt19937"})
 
 
 def test_ddim_timesteps():

@@ -251,8 +251,10 @@ def model_key(job: CertifyJob, identity: str) -> str:
             **flatten(dataclasses.replace(job.denoiser, model=identity), "defense."),
             **address_settings(job.victim.resolved(), "victim."), "certify.seed": job.certify.seed}
     # (data, attack and victim spelled as artifact addresses are: models certified before are found again)
-    for k in ("defense.batch_size", "defense.device", "defense.compile", "victim.device"):
+    for k in ("defense.batch_size", "defense.device", "defense.compile", "defense.compile_mode", "victim.device"):
         flat.pop(k, None)  # how, not what
+    if flat.get("defense.rng") == "generator":
+        flat.pop("defense.rng")  # the noise every key made before the setting used
     return config_hash(flat)
 
 

@@ -35,7 +35,7 @@ from eclipse_ray.defenses.compensation import (
     compensation_settings,
     compensation_transform,
 )
-from eclipse_ray.diffusion.samplers import SAMPLERS, SamplerPlan, purify_batch
+from eclipse_ray.diffusion.samplers import NOISE_RNGS, SAMPLERS, SamplerPlan, purify_batch
 from eclipse_ray.diffusion.train import DiffusionTrainConfig, recipe_config, train_diffusion
 from eclipse_ray.diffusion.unet import (
     PRESETS,
@@ -69,6 +69,13 @@ class DiffusionDefense(DefenseConfig):
     batch_size: int = setting(64, "images per model call (part of the arithmetic: every call has exactly this many rows)", ge=1)
     precision: str = setting("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16", choices=("auto", "fp32", "bf16"))
     compile: bool = setting(False, "torch.compile the UNet")
+    compile_mode: str = setting("default", "torch.compile mode with defense.compile (reduce-overhead and max-autotune "
+                                "replay CUDA graphs: every model call has one fixed shape)",
+                                choices=("default", "reduce-overhead", "max-autotune"), added=3)
+    rng: str = setting("generator", "the sampler's noise, a function of (seed, sample index, repeat) either way: "
+                       "generator (a CPU generator per sample, copied to the device) or philox (Philox4x32-10 "
+                       "counters drawn on the model's device; other values than generator's)",
+                       choices=NOISE_RNGS, added=3)
     device: str = setting("auto", "auto, cpu or cuda[:N]")
     train: DiffusionTrainConfig = nested(lambda: recipe_config("eclipse"),
                                          "auto model: how it is trained (ECLIPSE's recipe)")
@@ -76,6 +83,8 @@ class DiffusionDefense(DefenseConfig):
     def validate(self) -> None:
         if self.sigma is not None and self.t_star is not None:
             raise ConfigError("give defense.sigma or defense.t_star, not both")
+        if self.compile_mode != "default" and not self.compile:
+            raise ConfigError(f"defense.compile_mode={self.compile_mode} needs defense.compile=true")
 
     # --- the model --------------------------------------------------------------------------
     def model_path(self, train: ImageSet, clean: ImageSet | None, progress: bool = True) -> str | Path:
@@ -116,12 +125,13 @@ class DiffusionDefense(DefenseConfig):
         bf16 = self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda")
         channels_last = device.type == "cuda"
         unet = model.unet.to(memory_format=torch.channels_last) if channels_last else model.unet
-        if self.compile:
-            unet = torch.compile(unet, dynamic=True)
+        if self.compile:  # CUDA graphs need the one static shape that fixed_shape gives every call
+            unet = torch.compile(unet, dynamic=self.compile_mode == "default", mode=self.compile_mode)
         coeffs = model.schedule.coefficients(device)
 
         def run(images: np.ndarray, index: np.ndarray) -> np.ndarray:
-            out = purify_batch(unet, coeffs, images, index, plan, seed, bf16=bf16, channels_last=channels_last)
+            out = purify_batch(unet, coeffs, images, index, plan, seed, bf16=bf16, channels_last=channels_last,
+                               rng=self.rng)
             return self.finish_batch(out, index, seed)
 
         return fixed_shape(run, self.batch_size, device, parallel=not self.compile)

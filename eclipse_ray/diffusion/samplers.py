@@ -6,8 +6,10 @@
 * ``ddim``    — ``steps`` strided deterministic DDIM steps from t* (η = 0).
 * ``oneshot`` — one model call: the x0 prediction at t* (Hong et al.).
 
-Every random draw for a sample comes from a generator seeded by
-(seed, sample index, repeat); with the model calls' fixed shape
+Every random draw for a sample is a function of (seed, sample index, repeat):
+either a CPU generator seeded by them, drawn on the host and copied over
+(``rng="generator"``), or Philox4x32-10 counters keyed by them, drawn on the
+model's device (``rng="philox"``: no host work in the loop). With the model calls' fixed shape
 (:func:`eclipse_ray.defenses.base.fixed_shape`) the output never depends on
 the shard layout or actor count. Schedule coefficients live on the device as tensors and
 are indexed with Python ints: no host synchronisation inside the loop.
@@ -22,10 +24,11 @@ import numpy as np
 import torch
 
 from eclipse_ray.config import ConfigError
-from eclipse_ray.rng import per_sample_randn
+from eclipse_ray.rng import per_sample_randn, philox_randn
 
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 SAMPLERS = ("ddpm", "ddim", "oneshot")
+NOISE_RNGS = ("generator", "philox")
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,15 @@ class SamplerPlan:
         return calls[self.sampler] * self.repeats
 
 
-def sample_noise(index: np.ndarray, seed: int, repeat: int, draws: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """(B, draws, *shape) standard normal noise, each sample's from its own (seed, index, repeat) stream."""
-    return per_sample_randn(index, seed, repeat, (draws, *shape))
+def sample_noise(index: np.ndarray, seed: int, repeat: int, draws: int, shape: tuple[int, ...],
+                 device: torch.device | str = "cpu", rng: str = "generator") -> torch.Tensor:
+    """(B, draws, *shape) standard normal noise on ``device``, each sample's from its own (seed, index, repeat)
+    stream: per-sample CPU generators copied over, or Philox drawn where it is used."""
+    if rng == "philox":
+        return philox_randn(index, seed, repeat, (draws, *shape), device)
+    if rng != "generator":
+        raise ConfigError(f"noise rng {rng!r}: expected one of {', '.join(NOISE_RNGS)}")
+    return per_sample_randn(index, seed, repeat, (draws, *shape)).to(device, non_blocking=True)
 
 
 def make_eps_fn(unet: torch.nn.Module, bf16: bool = False) -> EpsFn:
@@ -108,7 +117,8 @@ RUNNERS = {"ddpm": ddpm, "ddim": ddim, "oneshot": oneshot}
 
 @torch.inference_mode()
 def purify_batch(unet: torch.nn.Module, coeffs: dict[str, torch.Tensor], images: np.ndarray, index: np.ndarray,
-                 plan: SamplerPlan, seed: int, bf16: bool = False, channels_last: bool = False) -> np.ndarray:
+                 plan: SamplerPlan, seed: int, bf16: bool = False, channels_last: bool = False,
+                 rng: str = "generator") -> np.ndarray:
     """Purify uint8 NHWC ``images`` (sample ids ``index``): the loop to read and to edit.
 
     pixels → [-1,1] → (noise to t*, reverse sampler) × repeats → pixels.
@@ -119,7 +129,7 @@ def purify_batch(unet: torch.nn.Module, coeffs: dict[str, torch.Tensor], images:
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     for r in range(plan.repeats):
-        noise = sample_noise(index, seed, r, plan.draws(), tuple(x.shape[1:])).to(device, non_blocking=True)
+        noise = sample_noise(index, seed, r, plan.draws(), tuple(x.shape[1:]), device, rng)
         x = RUNNERS[plan.sampler](eps, x, plan, coeffs, noise)
     pixels = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).cpu().numpy()
