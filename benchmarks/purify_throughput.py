@@ -11,11 +11,16 @@ calls/s of
   the global RNG;
 * ``eclipse_ray`` — :func:`eclipse_ray.diffusion.samplers.purify_batch`:
   coefficients precomputed on the device, bf16 autocast and channels_last on
-  CUDA, ``torch.inference_mode``, optional ``torch.compile``;
+  CUDA, ``torch.inference_mode``, optional ``torch.compile`` (``--compile-mode``:
+  reduce-overhead and max-autotune replay CUDA graphs), per-sample noise from
+  CPU generators or Philox on the device (``--rng``);
 
-and prints their ratio. Weights are random (speed does not depend on them).
+and prints their ratio, the UNet's achieved TFLOP/s (its FLOPs counted once with
+``torch.utils.flop_counter``: the compute ceiling of any speed-up) and the seconds
+per batch spent drawing the noise alone. Weights are random (speed does not depend
+on them).
 
-Usage:  python benchmarks/purify_throughput.py [--preset tiny|small|paper] [--batch 16 64] [--images N]
+Usage:  python benchmarks/purify_throughput.py [--preset tiny|small|paper] [--batch 16 64] [--rng philox]
 Cost:   CPU, tiny preset, defaults: about 4 min on 2 cores (see README for measured figures).
 """
 
@@ -27,7 +32,7 @@ import time
 import numpy as np
 import torch
 
-from eclipse_ray.diffusion.samplers import SamplerPlan, ddim_timesteps, purify_batch
+from eclipse_ray.diffusion.samplers import NOISE_RNGS, SamplerPlan, ddim_timesteps, purify_batch, sample_noise
 from eclipse_ray.diffusion.schedule import Schedule
 from eclipse_ray.diffusion.unet import build_unet
 
@@ -69,6 +74,18 @@ def naive_purify(unet, sched: Schedule, images: np.ndarray, plan: SamplerPlan, d
         return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def unet_flops(unet, image_shape: tuple[int, ...]) -> float:
+    """FLOPs of one UNet call on one image (2 per multiply-add), counted on a CPU copy."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cpu = copy.deepcopy(unet).to("cpu").float()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        cpu(torch.zeros(2, *image_shape), torch.zeros(2, dtype=torch.long))
+    return counter.get_total_flops() / 2
+
+
 def timed(fn, repeats: int, device) -> float:
     fn()  # warm-up (and compilation)
     if device.type == "cuda":
@@ -93,10 +110,15 @@ def main() -> None:
     p.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
                    help="torch.compile mode (reduce-overhead and max-autotune use CUDA graphs: the batch shape is "
                         "fixed, as eclipse_ray's purifiers keep it)")
+    p.add_argument("--rng", nargs="+", default=["generator"], choices=NOISE_RNGS,
+                   help="eclipse_ray's per-sample noise (defense.rng), a row each: CPU generators or Philox on the "
+                        "device")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    unet = build_unet(args.preset).to(device).eval()
+    unet = build_unet(args.preset).eval()
+    flops = unet_flops(unet, (3, 32, 32))
+    unet = unet.to(device)
     fast_unet = unet.to(memory_format=torch.channels_last) if device.type == "cuda" else unet
     if args.compile:
         fast_unet = torch.compile(fast_unet, dynamic=False, mode=args.compile_mode)
@@ -104,22 +126,28 @@ def main() -> None:
     coeffs = sched.coefficients(device)
     bf16 = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; preset {args.preset} "
-          f"({sum(q.numel() for q in unet.parameters()) / 1e6:.1f} M params); cosine T=4000")
+    print(f"device: {name}; preset {args.preset} ({sum(q.numel() for q in unet.parameters()) / 1e6:.1f} M params, "
+          f"{flops / 1e9:.2f} GFLOP per image and call); cosine T=4000"
+          f"{'; compiled, mode ' + args.compile_mode if args.compile else ''}")
     plans = [SamplerPlan("ddpm", args.ddpm_t_star or args.t_star), SamplerPlan("ddim", args.t_star, args.ddim_steps),
              SamplerPlan("oneshot", args.t_star)]
-    print(f"{'sampler':<8} {'calls':>5} {'batch':>5} | {'naive img/s':>11} {'ours img/s':>10} "
-          f"{'ours calls/s':>12} | ratio")
+    print(f"{'sampler':<8} {'calls':>5} {'batch':>5} | {'naive img/s':>11} | {'noise':<9} {'ours img/s':>10} "
+          f"{'ours calls/s':>12} {'TFLOP/s':>7} {'noise s':>7} | ratio")
     for plan in plans:
         for b in args.batch:
             images = np.random.default_rng(0).integers(0, 256, (b, 32, 32, 3), dtype=np.uint8)
             index = np.arange(b)
             t_naive = timed(lambda: naive_purify(unet, sched, images, plan, device), args.repeats, device)
-            t_ours = timed(lambda: purify_batch(fast_unet, coeffs, images, index, plan, 0, bf16=bf16,
-                                                channels_last=device.type == "cuda"), args.repeats, device)
-            calls = plan.model_calls()
-            print(f"{plan.sampler:<8} {calls:>5} {b:>5} | {b / t_naive:>11.1f} {b / t_ours:>10.1f} "
-                  f"{b * calls / t_ours:>12.1f} | {t_naive / t_ours:.2f}x", flush=True)
+            for rng in args.rng:
+                t_ours = timed(lambda: purify_batch(fast_unet, coeffs, images, index, plan, 0, bf16=bf16,
+                                                    channels_last=device.type == "cuda", rng=rng),
+                               args.repeats, device)
+                t_noise = timed(lambda: sample_noise(index, 0, 0, plan.draws(), (3, 32, 32), device, rng),
+                                args.repeats, device)
+                calls = plan.model_calls()
+                print(f"{plan.sampler:<8} {calls:>5} {b:>5} | {b / t_naive:>11.1f} | {rng:<9} {b / t_ours:>10.1f} "
+                      f"{b * calls / t_ours:>12.1f} {b * calls * flops / t_ours / 1e12:>7.2f} {t_noise:>7.3f} "
+                      f"| {t_naive / t_ours:.2f}x", flush=True)
 
 
 if __name__ == "__main__":
