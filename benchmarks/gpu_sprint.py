@@ -24,7 +24,7 @@ minute: Ray Data's start-up for the purification job (≈ 25 s of the purify sta
 and two Tune experiments (references, then trials) are most of it. A second call returns
 in under a second.
 
-Usage:  python benchmarks/gpu_sprint.py [--tiny] [--results DIR] [--budget-min 9] [--no-throughput]
+Usage:  python benchmarks/gpu_sprint.py [--tiny] [--results DIR] [--budget-min 9] [--no-throughput] [--no-compile]
 Data:   ``cifar10-jpeg`` reads ``$ECLIPSE_RAY_CIFAR10_JPEG`` (default ``../shared/data/cifar10_jpeg.tar.gz``);
         on a lent machine copy the archive into a git-ignored folder and point the variable at it.
 """
@@ -154,10 +154,16 @@ def tiny_dataset(study: str) -> str:
     return f"npz:{path.resolve()}"
 
 
-def specs(s: Sprint, dataset: str | None = None) -> list[dict]:
+def eager(settings: dict[str, str]) -> dict[str, str]:
+    """``settings`` without torch.compile and CUDA graphs (the noise stays where it is drawn)."""
+    return {k: v for k, v in settings.items() if k not in ("defense.compile", "defense.compile_mode")}
+
+
+def specs(s: Sprint, dataset: str | None = None, compile: bool = True) -> list[dict]:
     """Every (attack, defense) trial of the sprint, undefended cells first."""
-    return [spec(dataset or s.dataset, attack, defense, {**s.victim, **s.defenses.get(defense, {}),
-                                              **s.crafting.get(attack, {}), "seed": "0", "purify_seed": "0"})
+    return [spec(dataset or s.dataset, attack, defense,
+                 {**s.victim, **(s.defenses.get(defense, {}) if compile else eager(s.defenses.get(defense, {}))),
+                  **s.crafting.get(attack, {}), "seed": "0", "purify_seed": "0"})
             for defense in s.defenses_run for attack in s.attacks]
 
 
@@ -196,6 +202,9 @@ def main() -> None:
     p.add_argument("--budget-min", type=float, default=9.0)
     p.add_argument("--address", default=None)
     p.add_argument("--no-throughput", action="store_true")
+    p.add_argument("--no-compile", action="store_true",
+                   help="purify without torch.compile and CUDA graphs (a rerun after a compile failure keeps the "
+                        "poisons, the DDPMs and the rows of jpeg, gray and none; the diffusion cells are made anew)")
     args = p.parse_args()
     s = TINY if args.tiny else FULL
     import torch
@@ -203,7 +212,7 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     study = storage.normalize(args.results or ("results/gpu_sprint-tiny" if args.tiny else "results/gpu_sprint"))
     out = Path(args.out or (study if args.tiny else "results/reference/gpu-sprint"))
-    todo = specs(s, tiny_dataset(study) if args.tiny else None)
+    todo = specs(s, tiny_dataset(study) if args.tiny else None, compile=not args.no_compile)
     for t in todo:  # every setting checked before any work
         build_config(t["dataset"], t["attack"], t["defense"], t["set"])
     print_plan(s, args.budget_min * 60, device)

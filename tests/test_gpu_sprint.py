@@ -36,3 +36,27 @@ def test_tiny_sprint_prints_its_plan_writes_the_table_and_continues(tmp_path):
     assert "stage purify:" not in again.stdout + again.stderr  # a second call continues: nothing redone
     assert json.loads(again.stdout.strip().splitlines()[-1])["wall_seconds"] < summary["wall_seconds"] / 10
     assert (tmp_path / "s" / "report.md").read_text().split("Wall time")[0] == report.split("Wall time")[0]
+
+
+def test_every_cell_of_the_full_sprint_is_a_valid_config_with_or_without_compiling():
+    """The GPU run must not fail on a setting: every full-size cell builds (as the sprint checks before any
+    work), its diffusion purifiers draw their noise on the device, and ``--no-compile`` drops only the
+    compile settings."""
+    import importlib.util
+
+    from eclipse_ray.trial import build_config
+
+    load = importlib.util.spec_from_file_location("gpu_sprint", REPO / "benchmarks" / "gpu_sprint.py")
+    sprint = sys.modules["gpu_sprint"] = importlib.util.module_from_spec(load)  # (its dataclasses look it up)
+    load.loader.exec_module(sprint)
+    fast, eager = sprint.specs(sprint.FULL), sprint.specs(sprint.FULL, compile=False)
+    assert len(fast) == len(eager) == 42
+    for a, b in zip(fast, eager):
+        cfg = build_config(a["dataset"], a["attack"], a["defense"], a["set"])
+        build_config(b["dataset"], b["attack"], b["defense"], b["set"])
+        assert {k: v for k, v in a["set"].items() if "compile" not in k} == b["set"]
+        assert not any("compile" in k for k in b["set"])
+        if a["defense"] in sprint.DIFFUSION:
+            assert cfg.defense.rng == "philox"
+        if a["defense"] in ("eclipse", "puregen-ddpm"):
+            assert cfg.defense.compile and cfg.defense.compile_mode == "reduce-overhead"
