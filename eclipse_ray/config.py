@@ -259,6 +259,11 @@ class Config:
         return [f for f in out if f != now] + [now]
 
 
+def added_settings(cfg: Config, prefix: str = "") -> list[str]:
+    """The dotted keys of ``cfg``'s settings declared with ``added`` (nested ones included)."""
+    return list(_added_after(cfg, 0, prefix))
+
+
 def _added_after(cfg: Config, version: int, prefix: str) -> dict[str, tuple[Any, Any]]:
     """``{key: (value, default)}`` of the settings of ``cfg`` (nested ones included) added after ``version``."""
     out: dict[str, tuple[Any, Any]] = {}

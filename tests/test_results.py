@@ -80,3 +80,28 @@ def test_sigma_plot_only_for_sweeps_over_sigma(tmp_path):
     append_rows(tmp_path / "three", rows() + extra)
     assert "![sigma](sigma.png)" in Path(write_report(tmp_path / "three")).read_text()
     assert (tmp_path / "three" / "sigma.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rows_stored_before_a_setting_existed_pool_with_rows_at_its_default(tmp_path):
+    """A study resumed after an upgrade: seed 0 stored without the columns added since (victim.precision, the
+    airbench settings, defense.rng and compile_mode), seed 1 with them. One configuration, two seeds; a row at
+    another value of an added setting stays apart."""
+    import numpy as np
+
+    from eclipse_ray.trial import build_config
+
+    def row(seed, **extra):
+        flat = build_config("digits", "lsp", "eclipse", {"seed": str(seed), **extra}).flat()
+        return {**flat, "test_acc": 0.5 + seed / 10, "poison_success": np.nan}
+
+    added = ("victim.precision", "victim.bias_lr_scale", "victim.bias_decay", "victim.lookahead", "victim.tta",
+             "victim.whiten_bias_epochs", "defense.rng", "defense.compile_mode")
+    old = {k: v for k, v in row(0).items() if k not in added}
+    append_rows(tmp_path, [old])
+    append_rows(tmp_path, [row(1), row(2, **{"defense.rng": "philox"})])
+    df = read_results(tmp_path)
+    assert df["defense.rng"].isna().sum() == 1  # the store is read as written
+    s = summarize(df).sort_values("seeds")
+    assert s["seeds"].tolist() == [1, 2] and s["defense.rng"].tolist() == ["philox", "generator"]
+    assert s["victim.precision"].tolist() == ["fp32", "fp32"]
+    assert s["test_acc_mean"].tolist() == pytest.approx([0.7, 0.55])

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from eclipse_ray.result_store import METRIC_NAMES
+from eclipse_ray.results.columns import with_added_defaults
 
 GROUP = ("dataset", "attack.name", "defense.name")
 LEVELS = ("defense.sigma", "defense.t_star", "defense.sampler", "defense.steps", "defense.model_calls",
@@ -29,13 +30,15 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
     Rows of one seed (a trial stored twice) are averaged into one first, so a copy
     neither counts as another seed nor shrinks the std; without a ``seed`` column
-    every row is a seed.
+    every row is a seed. A row stored before a setting existed counts as made at its
+    default (:mod:`eclipse_ray.results.columns`).
     """
     if df.empty:
         return df
+    df = with_added_defaults(df)  # rows stored before a setting existed pool with rows at its default
     keys = config_columns(df)
     metrics = [m for m in METRICS if m in df.columns]
-    filled = df[keys].astype(str)
+    filled = df[keys].astype(object).where(df[keys].notna(), None).astype(str)  # None, NaN and NA: one value
     seed = df["seed"].astype(str) if "seed" in df else pd.Series(range(len(df)), index=df.index)
     per_seed = df[metrics].groupby([*(filled[k] for k in keys), seed.rename("seed")], dropna=False, sort=True).mean()
     g = per_seed.groupby(level=list(range(len(keys))), dropna=False, sort=True)
