@@ -34,12 +34,13 @@ def per_sample_randn(index: np.ndarray, seed: int, stream: int, shape: tuple[int
 # model runs: a block of four uint32 outputs is a pure function of a 128-bit counter and a 64-bit
 # key. Here the key is the seed and the counter is (block, stream, index), so a sample's draws
 # depend on (seed, index, stream) only, as with :func:`per_sample_randn`, but with no host work and
-# no per-sample loop: one batch's noise is a few dozen element-wise kernels on the GPU.
+# no per-sample loop: one batch's noise is a few hundred element-wise kernels per pass on the GPU.
 
 PHILOX_M = (0xD2511F53, 0xCD9E8D57)
 PHILOX_W = (0x9E3779B9, 0xBB67AE85)
 _MASK32 = 0xFFFFFFFF
-_CHUNK = 1 << 22  # Philox blocks per pass of philox_randn (≈ 34 MB per int64 temporary)
+_CHUNK = 1 << 22      # Philox blocks per pass of philox_randn on a GPU (≈ 34 MB per int64 temporary)
+_CHUNK_CPU = 1 << 18  # on the CPU, where fixed_shape runs a call per thread (≈ 2 MB each)
 
 
 def _mulhilo(m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +80,8 @@ def philox_randn(index: np.ndarray, seed: int, stream: int, shape: tuple[int, ..
         raise ValueError(f"philox_randn: {n} draws per sample exceed the 32-bit block counter")
     idx = torch.as_tensor(np.ascontiguousarray(index, dtype=np.int64), device=device)[:, None]
     out = torch.empty((len(idx), blocks, 4), dtype=torch.float32, device=device)
-    step = max(1, _CHUNK // max(len(idx), 1))  # blocks per pass: the integer temporaries stay small
+    limit = _CHUNK_CPU if idx.device.type == "cpu" else _CHUNK
+    step = max(1, limit // max(len(idx), 1))  # blocks per pass: the integer temporaries stay small
     for first in range(0, blocks, step):
         block = torch.arange(first, min(first + step, blocks), dtype=torch.int64, device=device)[None, :]
         words = philox4x32((block, torch.full_like(block, int(stream)), idx, idx >> 32),

@@ -89,9 +89,9 @@ def test_output_does_not_depend_on_batching(tiny_model_dir, digits, sampler, rng
     assert not np.array_equal(whole, run(tiny_model_dir, x, idx, plan, seed=1, rng=rng))
 
 
-def test_the_noise_rng_is_a_setting_that_keeps_earlier_addresses(tiny_model_dir, digits):
+def test_the_noise_rng_and_compile_mode_are_settings_that_keep_earlier_addresses(tiny_model_dir, digits, monkeypatch):
     """``defense.rng=philox`` draws other noise (on the model's device); the default keeps every purified set's
-    address; a compile mode without compiling is refused before any work."""
+    address; the compile mode reaches torch.compile, and one without compiling is refused before any work."""
     from eclipse_ray.data.cache import address_settings
 
     x, idx = digits.train.images[:4], digits.train.index[:4]
@@ -104,6 +104,16 @@ def test_the_noise_rng_is_a_setting_that_keeps_earlier_addresses(tiny_model_dir,
     out = philox.image_purifier(tiny_model_dir, 0)(x, idx)
     assert out.shape == x.shape and out.dtype == np.uint8 and not np.array_equal(
         out, base.image_purifier(tiny_model_dir, 0)(x, idx))
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or model)
+    for mode in ("default", "reduce-overhead"):
+        DEFENSES.build("eclipse", {"model": str(tiny_model_dir), "compile": "true", "compile_mode": mode}
+                       ).image_purifier(tiny_model_dir, 0)
+    assert [(c["dynamic"], c["options"].get("triton.cudagraphs", False)) for c in calls] == [(True, False),
+                                                                                             (False, True)]
+    assert all(c["options"]["deterministic"] for c in calls)  # no kernel chosen by timing: same bytes anywhere
+    with pytest.raises(ConfigError, match="max-autotune"):
+        DEFENSES.build("eclipse", {"compile": "true", "compile_mode": "max-autotune"})
     with pytest.raises(ConfigError, match="compile_mode=reduce-overhead needs defense.compile=true"):
         DEFENSES.build("eclipse", {"compile_mode": "reduce-overhead"})
     with pytest.raises(ConfigError, match="rng"):

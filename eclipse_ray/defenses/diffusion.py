@@ -50,6 +50,19 @@ from eclipse_ray.tensors import pick_device
 from eclipse_ray.victim.train import BatchTransform
 
 
+COMPILE_MODES = ("default", "reduce-overhead")
+
+
+def compiled(unet: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """``torch.compile`` in Inductor's deterministic mode: no kernel is chosen by timing it where that changes
+    the numerics, so every process computes the same bytes. CUDA graphs (reduce-overhead) need the one
+    static shape that :func:`fixed_shape` gives every call."""
+    from torch._inductor import config, list_mode_options
+
+    options = {**list_mode_options(mode), **({"deterministic": True} if hasattr(config, "deterministic") else {})}
+    return torch.compile(unet, dynamic=mode == "default", options=options)
+
+
 @dataclass(frozen=True)
 class DiffusionDefense(DefenseConfig):
     """Shared settings and machinery of the diffusion purifiers."""
@@ -69,9 +82,9 @@ class DiffusionDefense(DefenseConfig):
     batch_size: int = setting(64, "images per model call (part of the arithmetic: every call has exactly this many rows)", ge=1)
     precision: str = setting("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16", choices=("auto", "fp32", "bf16"))
     compile: bool = setting(False, "torch.compile the UNet")
-    compile_mode: str = setting("default", "torch.compile mode with defense.compile (reduce-overhead and max-autotune "
-                                "replay CUDA graphs: every model call has one fixed shape)",
-                                choices=("default", "reduce-overhead", "max-autotune"), added=3)
+    compile_mode: str = setting("default", "torch.compile mode with defense.compile: reduce-overhead replays CUDA "
+                                "graphs (every model call has one fixed shape); no max-autotune: kernels chosen by "
+                                "timing would make the bytes depend on the process", choices=COMPILE_MODES, added=3)
     rng: str = setting("generator", "the sampler's noise, a function of (seed, sample index, repeat) either way: "
                        "generator (a CPU generator per sample, copied to the device) or philox (Philox4x32-10 "
                        "counters drawn on the model's device; other values than generator's)",
@@ -125,8 +138,8 @@ class DiffusionDefense(DefenseConfig):
         bf16 = self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda")
         channels_last = device.type == "cuda"
         unet = model.unet.to(memory_format=torch.channels_last) if channels_last else model.unet
-        if self.compile:  # CUDA graphs need the one static shape that fixed_shape gives every call
-            unet = torch.compile(unet, dynamic=self.compile_mode == "default", mode=self.compile_mode)
+        if self.compile:
+            unet = compiled(unet, self.compile_mode)
         coeffs = model.schedule.coefficients(device)
 
         def run(images: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -66,7 +66,8 @@ def make_eps_fn(unet: torch.nn.Module, bf16: bool = False) -> EpsFn:
         steps = torch.full((x.shape[0],), t - 1, device=x.device, dtype=torch.long)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = unet(x, steps, return_dict=False)[0]
-        return out.float()
+        # a tensor of its own: under CUDA graphs the UNet's output buffer is rewritten by the next call
+        return out.float() if out.dtype != torch.float32 else out.clone()
     return eps
 
 
