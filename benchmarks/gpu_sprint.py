@@ -159,6 +159,16 @@ def eager(settings: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in settings.items() if k not in ("defense.compile", "defense.compile_mode")}
 
 
+def without_compile(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """The throughput benchmark's arguments without ``--compile`` and ``--compile-mode MODE``."""
+    out, i = [], 0
+    while i < len(argv):
+        skip = {"--compile": 1, "--compile-mode": 2}.get(argv[i], 0)
+        out += [] if skip else [argv[i]]
+        i += skip or 1
+    return tuple(out)
+
+
 def specs(s: Sprint, dataset: str | None = None, compile: bool = True) -> list[dict]:
     """Every (attack, defense) trial of the sprint, undefended cells first."""
     return [spec(dataset or s.dataset, attack, defense,
@@ -222,8 +232,8 @@ def main() -> None:
     throughput = None
     if not args.no_throughput:
         bench = Path(__file__).with_name("purify_throughput.py")
-        run = subprocess.run([sys.executable, str(bench), *s.throughput_args], capture_output=True, text=True,
-                             check=True)
+        bench_args = s.throughput_args if not args.no_compile else without_compile(s.throughput_args)
+        run = subprocess.run([sys.executable, str(bench), *bench_args], capture_output=True, text=True, check=True)
         throughput = run.stdout
     wall = time.perf_counter() - t0
     path = write_tables(s, study, out, wall, device, throughput)

@@ -60,3 +60,6 @@ def test_every_cell_of_the_full_sprint_is_a_valid_config_with_or_without_compili
             assert cfg.defense.rng == "philox"
         if a["defense"] in ("eclipse", "puregen-ddpm"):
             assert cfg.defense.compile and cfg.defense.compile_mode == "reduce-overhead"
+    assert sprint.without_compile(("--preset", "paper", "--compile", "--batch", "512", "--compile-mode",
+                                   "max-autotune", "--rng", "philox")) == ("--preset", "paper", "--batch", "512",
+                                                                           "--rng", "philox")
