@@ -8,7 +8,9 @@ trained in the sprint on the defender's 4 % clean set, ``denoise``,
 recipe (``victim.arch=airbench``); then the purification throughput table with the paper UNet
 (``benchmarks/purify_throughput.py``).
 
-It runs as one staged study (:mod:`eclipse_ray.distributed.study`): the JPEG
+It first runs ``benchmarks/device_checks.py`` (seconds: Philox's known answers and
+batch-independent purified bytes on the device, eager and with CUDA graphs) and reports
+its lines. It runs as one staged study (:mod:`eclipse_ray.distributed.study`): the JPEG
 CIFAR-10 is decoded once, every poison, model and purified set is computed once
 and cached, the victims run on Tune with four to a GPU. Everything is
 checkpointed as it goes (content-addressed artifacts, one results part per
@@ -19,7 +21,8 @@ prints the plan with an estimate of each stage against the time budget.
 (clean and EM × none and ECLIPSE) on the CPU; the test suite runs it with the slow
 tests. Measured on 2 cores: 1.5–1.8 min inside the script (it was 3.5 min on the full
 1,257-image digits with a 3 × 3 grid); the clean undefended victim (airbench, width 8, 4 epochs of
-batch 32) reaches 39 % (1.6 min on a 2-core AMD EPYC). It does not reach one
+batch 32) reaches 39 % (1.6 min on a 2-core AMD EPYC; 2.0 min with the device checks and the
+throughput table's two noise rows). It does not reach one
 minute: Ray Data's start-up for the purification job (≈ 25 s of the purify stage's 34 s)
 and two Tune experiments (references, then trials) are most of it. A second call returns
 in under a second.
@@ -190,7 +193,8 @@ def print_plan(s: Sprint, budget_s: float, device: str) -> float:
     return total
 
 
-def write_tables(s: Sprint, study: str, out: Path, wall_s: float, device: str, throughput: str | None) -> Path:
+def write_tables(s: Sprint, study: str, out: Path, wall_s: float, device: str, throughput: str | None,
+                 checked: str = "") -> Path:
     df = read_results(study)
     table = defense_table(df, s.attacks, [d for d in s.defenses_run if d in set(df["defense.name"])])
     text = [f"# GPU sprint: ECLIPSE Table 1 protocol ({len(df)} trials) on {device}", "",
@@ -198,6 +202,8 @@ def write_tables(s: Sprint, study: str, out: Path, wall_s: float, device: str, t
             f"Wall time: {wall_s / 60:.1f} min (including data decoding and model training).", ""]
     if throughput:
         text += ["## Purification throughput", "", "```", throughput.strip(), "```", ""]
+    if checked:
+        text += ["## Device checks (`benchmarks/device_checks.py`)", "", "```", checked.strip(), "```", ""]
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.md"
     path.write_text("\n".join(text))
@@ -227,6 +233,11 @@ def main() -> None:
         build_config(t["dataset"], t["attack"], t["defense"], t["set"])
     print_plan(s, args.budget_min * 60, device)
     t0 = time.perf_counter()
+    check = subprocess.run([sys.executable, str(Path(__file__).with_name("device_checks.py")),
+                            *(["--no-compile"] if args.no_compile else [])], capture_output=True, text=True)
+    checked = check.stdout + (f"(device checks exited {check.returncode}: {check.stderr.strip()[-500:]})\n"
+                              if check.returncode and "FAIL" not in check.stdout else "")
+    print(checked, end="", flush=True)  # a failed invariant is reported, not fatal: the table stays valid
     gpus = s.gpus_per_trial if torch.cuda.is_available() else 0.0
     run_study(study, todo, address=args.address, cpus_per_trial=1.0, gpus_per_trial=gpus)
     throughput = None
@@ -236,7 +247,7 @@ def main() -> None:
         run = subprocess.run([sys.executable, str(bench), *bench_args], capture_output=True, text=True, check=True)
         throughput = run.stdout
     wall = time.perf_counter() - t0
-    path = write_tables(s, study, out, wall, device, throughput)
+    path = write_tables(s, study, out, wall, device, throughput, checked)
     print(path.read_text())
     print(json.dumps({"study": study, "report": str(path), "wall_seconds": round(wall, 1), "device": device}))
 

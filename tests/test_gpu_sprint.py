@@ -28,7 +28,8 @@ def test_tiny_sprint_prints_its_plan_writes_the_table_and_continues(tmp_path):
         assert name in report
     clean = [ln for ln in report.splitlines() if ln.startswith("| none |")][0]
     assert float(clean.split("|")[2]) > 20.0  # the undefended victim learns the clean digits (10 classes)
-    assert "Purification throughput" in report and "oneshot" in report
+    assert "Purification throughput" in report and "oneshot" in report and "philox" in report
+    assert "device checks on CPU" in report and "FAIL" not in report and report.count("ok  ") == 4
     summary = json.loads(out.strip().splitlines()[-1])
     again = subprocess.run(cmd + ["--no-throughput"], capture_output=True, text=True, env=env, timeout=900,
                            cwd=tmp_path)
