@@ -105,3 +105,23 @@ def test_rows_stored_before_a_setting_existed_pool_with_rows_at_its_default(tmp_
     assert s["seeds"].tolist() == [1, 2] and s["defense.rng"].tolist() == ["philox", "generator"]
     assert s["victim.precision"].tolist() == ["fp32", "fp32"]
     assert s["test_acc_mean"].tolist() == pytest.approx([0.7, 0.55])
+    from eclipse_ray.results.html import varying_settings
+
+    assert varying_settings(df) == ["defense.rng"]  # not the settings only the old row lacks
+    assert varying_settings(df[df["defense.rng"] != "philox"]) == []
+
+
+def test_a_number_filled_in_pools_with_the_stored_number(tmp_path):
+    """victim.tta: an int setting, stored as 2, read back as 2.0 beside a part without it; filled as 2.0."""
+    import numpy as np
+
+    from eclipse_ray.trial import build_config
+
+    def row(seed):
+        flat = build_config("digits", "lsp", "jpeg", {"seed": str(seed), "victim.arch": "airbench"}).flat()
+        return {**flat, "test_acc": 0.5, "poison_success": np.nan}
+
+    append_rows(tmp_path, [{k: v for k, v in row(0).items() if k != "victim.tta"}])
+    append_rows(tmp_path, [row(1)])
+    s = summarize(read_results(tmp_path))
+    assert s["seeds"].tolist() == [2] and s["victim.tta"].tolist() == [2]

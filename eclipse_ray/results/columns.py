@@ -33,7 +33,8 @@ SECTIONS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
 def with_added_defaults(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with every added setting's missing value filled with its default (a copy; ``df`` untouched).
 
-    A class that cannot be built here (a plugin not installed) leaves its rows as they are."""
+    A class that cannot be built here (a plugin not installed or broken) leaves its rows as they are; a
+    number fills a numeric column as a number, so filled and stored rows read alike."""
     out = df.copy()
     for prefix, name_col, build in SECTIONS:
         if name_col not in out:
@@ -41,18 +42,32 @@ def with_added_defaults(df: pd.DataFrame) -> pd.DataFrame:
         for name in out[name_col].dropna().unique():
             try:
                 cfg = build(name)
-            except (ConfigError, TypeError, ValueError):
+            except Exception:  # noqa: BLE001 — any failure to build a default config: leave its rows
                 continue
             flat, rows = flatten(cfg, prefix), out[name_col] == name
             for key in added_settings(cfg, prefix):
-                value = flat[key]
-                if value is None:
-                    continue  # missing already reads as None
-                if key not in out:
-                    out[key] = pd.Series(pd.NA, index=out.index, dtype=object)
-                missing = rows & out[key].isna()
-                if missing.any():
-                    if out[key].dtype != object:
-                        out[key] = out[key].astype(object)
-                    out.loc[missing, key] = value
+                _fill(out, key, rows, flat[key])
     return out
+
+
+def _fill(out: pd.DataFrame, key: str, rows: pd.Series, value: Any) -> None:
+    if value is None or isinstance(value, (list, tuple, dict)):
+        return  # missing already reads as None; a sequence is not a cell value to broadcast
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key not in out:
+        out[key] = pd.Series(float("nan") if number else None, index=out.index, dtype=float if number else object)
+    missing = rows & out[key].isna()
+    if not missing.any():
+        return
+    if number and pd.api.types.is_numeric_dtype(out[key]) and not pd.api.types.is_bool_dtype(out[key]):
+        out[key] = out[key].astype(float) if not pd.api.types.is_float_dtype(out[key]) else out[key]
+        out.loc[missing, key] = float(value)
+        return
+    if out[key].dtype != object:
+        out[key] = out[key].astype(object)
+    out.loc[missing, key] = value
+
+
+def config_strings(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``df[keys]`` as strings for grouping, every missing value (None, NaN, NA) as one: ``"None"``."""
+    return df[keys].astype(object).where(df[keys].notna(), None).astype(str)

@@ -31,6 +31,7 @@ from eclipse_ray.data.cache import study_cache
 from eclipse_ray.data.sources import FINGERPRINTED, SHIPPED_SHA256, short_name
 from eclipse_ray.data.store import is_dataset, read_meta, read_rows
 from eclipse_ray.result_store import METRIC_NAMES
+from eclipse_ray.results.columns import config_strings, with_added_defaults
 from eclipse_ray.results.pareto import config_columns, pareto, summarize
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
@@ -76,8 +77,10 @@ def varying_settings(df: pd.DataFrame) -> list[str]:
     keys = [c for c in config_columns(df) if c not in ("dataset", "attack.name", "defense.name")]
     if df.empty or not keys:
         return []
-    g = df[["dataset", "attack.name", "defense.name", *keys]].astype(str).groupby(
-        ["dataset", "attack.name", "defense.name"])
+    df = with_added_defaults(df)  # as summarize reads them: a row from before a setting is at its default
+    keys = [c for c in config_columns(df) if c not in ("dataset", "attack.name", "defense.name")]
+    names = ["dataset", "attack.name", "defense.name"]
+    g = pd.concat([df[names].astype(str), config_strings(df, keys)], axis=1).groupby(names)
     counts = g.nunique().max()
     return [k for k in keys if counts.get(k, 1) > 1]
 

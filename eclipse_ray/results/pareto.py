@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from eclipse_ray.result_store import METRIC_NAMES
-from eclipse_ray.results.columns import with_added_defaults
+from eclipse_ray.results.columns import config_strings, with_added_defaults
 
 GROUP = ("dataset", "attack.name", "defense.name")
 LEVELS = ("defense.sigma", "defense.t_star", "defense.sampler", "defense.steps", "defense.model_calls",
@@ -38,7 +38,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     df = with_added_defaults(df)  # rows stored before a setting existed pool with rows at its default
     keys = config_columns(df)
     metrics = [m for m in METRICS if m in df.columns]
-    filled = df[keys].astype(object).where(df[keys].notna(), None).astype(str)  # None, NaN and NA: one value
+    filled = config_strings(df, keys)  # None, NaN and NA: one value
     seed = df["seed"].astype(str) if "seed" in df else pd.Series(range(len(df)), index=df.index)
     per_seed = df[metrics].groupby([*(filled[k] for k in keys), seed.rename("seed")], dropna=False, sort=True).mean()
     g = per_seed.groupby(level=list(range(len(keys))), dropna=False, sort=True)
