@@ -116,7 +116,7 @@ FULL = Sprint(
     gpus_per_trial=0.25, decode_s=25, model_s=50, craft_s=45,
     purify_img_s={"jpeg": 20_000, "gray": 50_000, "eclipse": 4000, "denoise": 20_000, "puregen-ddpm": 4000},
     victim_s=20, throughput_args=("--preset", "paper", "--batch", "512", "--compile", "--compile-mode",
-                                  "max-autotune", "--rng", "generator", "philox"))
+                                  "reduce-overhead", "--rng", "generator", "philox"))
 
 TINY_TRAIN, TINY_TEST = 300, 100  # digits images per split in --tiny (stratified): every stage, in under a minute
 
@@ -193,9 +193,29 @@ def print_plan(s: Sprint, budget_s: float, device: str) -> float:
     return total
 
 
+def device_checks(no_compile: bool, timeout_s: float = 300) -> tuple[str, int | None]:
+    """``benchmarks/device_checks.py``'s lines (printed as they come) and exit code; None when it timed out.
+    A failed invariant is reported, never fatal: the table it precedes stays valid."""
+    cmd = [sys.executable, str(Path(__file__).with_name("device_checks.py")), *(["--no-compile"] if no_compile else [])]
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        out += f"(device checks stopped after {timeout_s:.0f} s)\n"
+        print(out, end="", flush=True)
+        return out, None
+    out = run.stdout + (f"(device checks exited {run.returncode}: {run.stderr.strip()[-500:]})\n"
+                        if run.returncode and "FAIL" not in run.stdout else "")
+    print(out, end="", flush=True)
+    return out, run.returncode
+
+
 def write_tables(s: Sprint, study: str, out: Path, wall_s: float, device: str, throughput: str | None,
-                 checked: str = "") -> Path:
+                 checked: str = "", todo: list[dict] | None = None) -> Path:
     df = read_results(study)
+    if todo is not None:  # this run's cells only (not those of an earlier run compiled otherwise)
+        wanted = {build_config(t["dataset"], t["attack"], t["defense"], t["set"]).hash() for t in todo}
+        df = df[df["config_hash"].isin(wanted)]
     table = defense_table(df, s.attacks, [d for d in s.defenses_run if d in set(df["defense.name"])])
     text = [f"# GPU sprint: ECLIPSE Table 1 protocol ({len(df)} trials) on {device}", "",
             "Test accuracy % of the airbench94 victim, one seed.", "", markdown(table), "",
@@ -219,8 +239,9 @@ def main() -> None:
     p.add_argument("--address", default=None)
     p.add_argument("--no-throughput", action="store_true")
     p.add_argument("--no-compile", action="store_true",
-                   help="purify without torch.compile and CUDA graphs (a rerun after a compile failure keeps the "
-                        "poisons, the DDPMs and the rows of jpeg, gray and none; the diffusion cells are made anew)")
+                   help="purify without torch.compile and CUDA graphs (chosen by itself when the device checks' "
+                        "CUDA-graph check fails; a rerun keeps the poisons, the DDPMs and every cell but eclipse's "
+                        "and puregen-ddpm's)")
     args = p.parse_args()
     s = TINY if args.tiny else FULL
     import torch
@@ -228,26 +249,28 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     study = storage.normalize(args.results or ("results/gpu_sprint-tiny" if args.tiny else "results/gpu_sprint"))
     out = Path(args.out or (study if args.tiny else "results/reference/gpu-sprint"))
-    todo = specs(s, tiny_dataset(study) if args.tiny else None, compile=not args.no_compile)
-    for t in todo:  # every setting checked before any work
+    dataset = tiny_dataset(study) if args.tiny else None
+    for t in specs(s, dataset) + specs(s, dataset, compile=False):  # every setting checked before any work
         build_config(t["dataset"], t["attack"], t["defense"], t["set"])
     print_plan(s, args.budget_min * 60, device)
     t0 = time.perf_counter()
-    check = subprocess.run([sys.executable, str(Path(__file__).with_name("device_checks.py")),
-                            *(["--no-compile"] if args.no_compile else [])], capture_output=True, text=True)
-    checked = check.stdout + (f"(device checks exited {check.returncode}: {check.stderr.strip()[-500:]})\n"
-                              if check.returncode and "FAIL" not in check.stdout else "")
-    print(checked, end="", flush=True)  # a failed invariant is reported, not fatal: the table stays valid
+    checked, rc = device_checks(args.no_compile)
+    compile = not args.no_compile and rc not in (3, None)  # the CUDA-graph check failed or hung: purify eager
+    if not compile and not args.no_compile:
+        note = "compiling the purifiers failed its check or timed out: this run purifies without it"
+        checked += note + "\n"
+        print(note, flush=True)
+    todo = specs(s, dataset, compile=compile)
     gpus = s.gpus_per_trial if torch.cuda.is_available() else 0.0
     run_study(study, todo, address=args.address, cpus_per_trial=1.0, gpus_per_trial=gpus)
     throughput = None
     if not args.no_throughput:
         bench = Path(__file__).with_name("purify_throughput.py")
-        bench_args = s.throughput_args if not args.no_compile else without_compile(s.throughput_args)
+        bench_args = s.throughput_args if compile else without_compile(s.throughput_args)
         run = subprocess.run([sys.executable, str(bench), *bench_args], capture_output=True, text=True, check=True)
         throughput = run.stdout
     wall = time.perf_counter() - t0
-    path = write_tables(s, study, out, wall, device, throughput, checked)
+    path = write_tables(s, study, out, wall, device, throughput, checked, todo)
     print(path.read_text())
     print(json.dumps({"study": study, "report": str(path), "wall_seconds": round(wall, 1), "device": device}))
 

@@ -111,7 +111,8 @@ def test_the_noise_rng_and_compile_mode_are_settings_that_keep_earlier_addresses
                        ).image_purifier(tiny_model_dir, 0)
     assert [(c["dynamic"], c["options"].get("triton.cudagraphs", False)) for c in calls] == [(True, False),
                                                                                              (False, True)]
-    assert all(c["options"]["deterministic"] for c in calls)  # no kernel chosen by timing: same bytes anywhere
+    if hasattr(torch._inductor.config, "deterministic"):  # torch ≥ 2.10
+        assert all(c["options"]["deterministic"] for c in calls)  # no kernel chosen by timing: same bytes anywhere
     with pytest.raises(ConfigError, match="max-autotune"):
         DEFENSES.build("eclipse", {"compile": "true", "compile_mode": "max-autotune"})
     with pytest.raises(ConfigError, match="compile_mode=reduce-overhead needs defense.compile=true"):
