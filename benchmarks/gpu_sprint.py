@@ -210,6 +210,25 @@ def device_checks(no_compile: bool, timeout_s: float = 300) -> tuple[str, int | 
     return out, run.returncode
 
 
+def cached_device_checks(out: Path, machine: str, no_compile: bool) -> tuple[str, int | None]:
+    """:func:`device_checks`, run once per machine and torch (kept beside the report): a second call continues
+    at once and purifies as the first did, compiled or not."""
+    path, key = out / "device_checks.json", f"{machine}; no_compile={no_compile}"
+    try:
+        kept = json.loads(path.read_text())
+        if kept.get("key") == key:
+            print(kept["text"] + "(device checks of an earlier call on this machine)", flush=True)
+            return kept["text"], kept["rc"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    text, rc = device_checks(no_compile)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"key": key, "text": text, "rc": rc}))
+    os.replace(tmp, path)
+    return text, rc
+
+
 def write_tables(s: Sprint, study: str, out: Path, wall_s: float, device: str, throughput: str | None,
                  checked: str = "", todo: list[dict] | None = None) -> Path:
     df = read_results(study)
@@ -254,7 +273,7 @@ def main() -> None:
         build_config(t["dataset"], t["attack"], t["defense"], t["set"])
     print_plan(s, args.budget_min * 60, device)
     t0 = time.perf_counter()
-    checked, rc = device_checks(args.no_compile)
+    checked, rc = cached_device_checks(out, f"{device}; torch {torch.__version__}", args.no_compile)
     compile = not args.no_compile and rc not in (3, None)  # the CUDA-graph check failed or hung: purify eager
     if not compile and not args.no_compile:
         note = "compiling the purifiers failed its check or timed out: this run purifies without it"

@@ -35,6 +35,7 @@ def test_tiny_sprint_prints_its_plan_writes_the_table_and_continues(tmp_path):
                            cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "stage purify:" not in again.stdout + again.stderr  # a second call continues: nothing redone
+    assert "device checks of an earlier call on this machine" in again.stdout  # nor the device checks
     assert json.loads(again.stdout.strip().splitlines()[-1])["wall_seconds"] < summary["wall_seconds"] / 10
     assert (tmp_path / "s" / "report.md").read_text().split("Wall time")[0] == report.split("Wall time")[0]
 
