@@ -259,6 +259,16 @@ class Config:
         return [f for f in out if f != now] + [now]
 
 
+def without_added_defaults(cfg: Config, prefix: str = "") -> dict[str, Any]:
+    """:func:`flatten` with every setting declared ``added`` left out where it is at its default: the spelling
+    a key made before any of them existed keeps, whichever generation adds one next."""
+    flat = flatten(cfg, prefix)
+    for key, (value, default) in _added_after(cfg, 0, prefix).items():
+        if value == default:
+            flat.pop(key)
+    return flat
+
+
 def added_settings(cfg: Config, prefix: str = "") -> list[str]:
     """The dotted keys of ``cfg``'s settings declared with ``added`` (nested ones included)."""
     return list(_added_after(cfg, 0, prefix))

@@ -40,6 +40,7 @@ from eclipse_ray.config import (
     flatten,
     setting,
     with_overrides,
+    without_added_defaults,
 )
 from eclipse_ray.data.cache import address_dataset, address_settings
 from eclipse_ray.data.imageset import ImageSet
@@ -248,13 +249,11 @@ def resolve_denoiser(job: CertifyJob, data: Dataset, progress: bool) -> tuple[Pa
 def model_key(job: CertifyJob, identity: str) -> str:
     """What one model's predictions depend on: data, attack, denoiser, victim, σ and seed (not N, α, n0)."""
     flat = {"format": FORMAT, "dataset": address_dataset(job.dataset), **address_settings(job.attack, "attack."),
-            **flatten(dataclasses.replace(job.denoiser, model=identity), "defense."),
+            **without_added_defaults(dataclasses.replace(job.denoiser, model=identity), "defense."),
             **address_settings(job.victim.resolved(), "victim."), "certify.seed": job.certify.seed}
     # (data, attack and victim spelled as artifact addresses are: models certified before are found again)
     for k in ("defense.batch_size", "defense.device", "defense.compile", "defense.compile_mode", "victim.device"):
         flat.pop(k, None)  # how, not what
-    if flat.get("defense.rng") == "generator":
-        flat.pop("defense.rng")  # the noise every key made before the setting used
     return config_hash(flat)
 
 
