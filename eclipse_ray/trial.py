@@ -19,6 +19,7 @@ import numpy as np
 from eclipse_ray import storage
 from eclipse_ray.attacks import ATTACKS, AttackConfig
 from eclipse_ray.config import ConfigError, check_seed, config_hash, flatten, parse_value, with_overrides
+from eclipse_ray.data.address import address_dataset, check_content, content_digest, path_kind
 from eclipse_ray.data.cache import cached_attack, read_acc_ref, write_acc_ref
 from eclipse_ray.data.imageset import ImageSet, check_same_samples, clean_view
 from eclipse_ray.data.kinds import AVAILABILITY, BACKDOOR, NONE, TARGETED
@@ -43,6 +44,9 @@ class TrialConfig:
     victim: VictimConfig = field(default_factory=VictimConfig)
     seed: int = 0
     purify_seed: int | None = None  # fixes the purification's randomness apart from ``seed`` (None: ``seed``)
+    # the sha256 of a dataset read from a path, taken where the work was planned (eclipse_ray.data.address):
+    # what its artifacts are filed under; not a result column (rows carry it in ``dataset_label``)
+    dataset_digest: str | None = None
 
     def flat(self) -> dict[str, Any]:
         """The dotted result columns of this config (victim recipe resolved)."""
@@ -58,23 +62,35 @@ class TrialConfig:
     def hash(self) -> str:
         return config_hash(self.flat())
 
+    @property
+    def dataset_address(self) -> str:
+        """The dataset as its artifacts' addresses name it: by content when read from a path."""
+        return address_dataset(self.dataset, self.dataset_digest)
+
+    def cache_hashes(self) -> tuple[str, ...]:
+        """The hashes the artifact cache files this config's clean accuracy under (``acc_ref``): its
+        :meth:`hashes`, with a dataset read from a path entering by its content rather than its path."""
+        if path_kind(self.dataset) is None:
+            return self.hashes()
+        return tuple(dict.fromkeys(self._hashes([self.dataset_address])))
+
     def hashes(self) -> tuple[str, ...]:
         """This config's hash, then the hashes earlier versions gave it, where they differ: each section
         spelled now or as before its settings were nested (``defense.train``, ``attack.train``) or before
         each generation of settings declared ``added`` existed (:meth:`Config.spellings`), and a named dataset as it was read by
         path before (:func:`former_specs`). A stored row under any is this trial's."""
+        return tuple(dict.fromkeys([self.hash(), *self._hashes([self.dataset, *former_specs(self.dataset)])]))
+
+    def _hashes(self, datasets: list[str]) -> list[str]:
+        """The hashes of this config spelled now and as before, with the dataset spelled each of ``datasets``."""
         flat = self.flat()
         rest = {k: v for k, v in flat.items() if not k.startswith(tuple(f"{s}." for s in SECTIONS))}
-        spellings = [[{"dataset": d} for d in (self.dataset, *former_specs(self.dataset))]]
+        spellings = [[{"dataset": d} for d in datasets]]
         for section, cfg in (("attack", self.attack), ("defense", self.defense), ("victim", self.victim.resolved())):
             now = {k: v for k, v in flat.items() if k.startswith(f"{section}.")}
             spellings.append([now, *(f for f in reversed(cfg.spellings(f"{section}.")) if f != now)])
-        out = [self.hash()]
-        for dataset, attack, defense, victim in itertools.product(*spellings):
-            h = config_hash({**rest, **dataset, **attack, **defense, **victim})
-            if h not in out:
-                out.append(h)
-        return tuple(out)
+        return [config_hash({**rest, **dataset, **attack, **defense, **victim})
+                for dataset, attack, defense, victim in itertools.product(*spellings)]
 
 
 def is_stored(cfg: TrialConfig, results_dir: str | Path) -> bool:
@@ -84,11 +100,13 @@ def is_stored(cfg: TrialConfig, results_dir: str | Path) -> bool:
 
 
 def build_config(dataset: str, attack: str = "none", defense: str = "none",
-                 overrides: Mapping[str, str] | None = None) -> TrialConfig:
+                 overrides: Mapping[str, str] | None = None, digest: str | None = None) -> TrialConfig:
     """A validated TrialConfig from names and dotted ``--set`` overrides (``attack.eps``, ``seed`` …).
 
     ``purify_seed`` draws the purification's noise independently of ``seed`` (which
     then varies only the victim), so several victim seeds can share one purified set.
+    ``digest``: the content digest of a dataset read from a path, as the driver took it
+    (:func:`eclipse_ray.data.address.pin`); taken here when not given.
     """
     per: dict[str, dict[str, str]] = {s: {} for s in SECTIONS}
     seeds: dict[str, int | None] = {"seed": 0, "purify_seed": None}
@@ -108,7 +126,7 @@ def build_config(dataset: str, attack: str = "none", defense: str = "none",
     return TrialConfig(dataset=dataset, attack=ATTACKS.build(attack, per["attack"]),
                        defense=DEFENSES.build(defense, per["defense"]),
                        victim=with_overrides(victim, per["victim"], prefix="victim."), seed=seeds["seed"],
-                       purify_seed=seeds["purify_seed"])
+                       purify_seed=seeds["purify_seed"], dataset_digest=digest or content_digest(dataset))
 
 
 def prepare(cfg: TrialConfig, data_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> Dataset:
@@ -117,12 +135,19 @@ def prepare(cfg: TrialConfig, data_dir: str | Path | None = None, cache_dir: str
     Crafted attacks (``attack.crafted``) are read from the poison cache under
     ``cache_dir`` ($ECLIPSE_RAY_CACHE when not given) and crafted only once.
     """
-    data = load_dataset(cfg.dataset, data_dir)
+    data = load_data(cfg, data_dir)
     if cfg.attack.name == "none":
         return data
     if cfg.attack.crafted:
-        return cached_attack(cfg.attack, data, cfg.dataset, cache_dir)
+        return cached_attack(cfg.attack, data, cfg.dataset_address, cache_dir)
     return cfg.attack.apply(data)
+
+
+def load_data(cfg: TrialConfig, data_dir: str | Path | None = None) -> Dataset:
+    """``cfg``'s dataset as read here, refused when its content is not the one the work was planned on."""
+    data = load_dataset(cfg.dataset, data_dir)
+    check_content(cfg.dataset, data.meta, cfg.dataset_digest)
+    return data
 
 
 def is_reference(cfg: TrialConfig) -> bool:
@@ -133,12 +158,13 @@ def is_reference(cfg: TrialConfig) -> bool:
 
 def reference_config(cfg: TrialConfig) -> TrialConfig:
     """The trial whose clean accuracy a relative loss is measured against: same victim and seed, no attack or defense."""
-    return TrialConfig(cfg.dataset, ATTACKS.build("none"), DEFENSES.build("none"), cfg.victim, cfg.seed)
+    return TrialConfig(cfg.dataset, ATTACKS.build("none"), DEFENSES.build("none"), cfg.victim, cfg.seed,
+                       dataset_digest=cfg.dataset_digest)
 
 
 def stored_reference(cache_dir: str, ref: TrialConfig) -> float | None:
     """The cached clean accuracy of the reference trial ``ref``, under its hash or a former one."""
-    return next((acc for key in ref.hashes() if (acc := read_acc_ref(cache_dir, key)) is not None), None)
+    return next((acc for key in ref.cache_hashes() if (acc := read_acc_ref(cache_dir, key)) is not None), None)
 
 
 def reference_accuracy(cfg: TrialConfig, data: Dataset, cache_dir: str | None, progress: bool = False) -> float:
@@ -148,7 +174,7 @@ def reference_accuracy(cfg: TrialConfig, data: Dataset, cache_dir: str | None, p
     the same value; the staged study computes each one once beforehand.
     """
     ref = reference_config(cfg)
-    key = ref.hash()
+    key = ref.cache_hashes()[0]
     acc = stored_reference(cache_dir, ref) if cache_dir else None
     if acc is None:
         clean = clean_view(data.train, data.splits.get("originals"))
@@ -243,7 +269,7 @@ def against_reference(cfg: TrialConfig, data: Dataset, kind: str, test_acc: floa
     if kind == NONE and is_reference(cfg):
         m["acc_ref"] = test_acc
         if cache is not None:  # under the key the others look up (a purify_seed changes cfg.hash(), not the victim)
-            write_acc_ref(cache, reference_config(cfg).hash(), test_acc)
+            write_acc_ref(cache, reference_config(cfg).cache_hashes()[0], test_acc)
     elif reference:
         m["acc_ref"] = reference_accuracy(cfg, data, cache, progress)
     if "acc_ref" in m:

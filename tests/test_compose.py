@@ -95,7 +95,7 @@ def test_a_chain_from_the_cache_gives_the_bytes_of_the_composite_in_memory(digit
     first = A.first_part(cfg)
     assert not reused and C.intact(C.purified_location(cache, A.purification_key(first)))
     assert A.purified(cfg, cache)[1]  # now from the cache
-    data = C.read_poisoned(C.poisons_location(cache, cfg.dataset, cfg.attack), cfg.dataset)
+    data = C.read_poisoned(C.poisons_location(cache, cfg.dataset_address, cfg.attack), cfg.dataset)
     import os
 
     os.environ["ECLIPSE_RAY_CACHE"] = cache  # the same auto model

@@ -275,10 +275,15 @@ def test_the_cifar10_subset_is_a_named_source_wherever_its_file_lies(tmp_path, m
     assert sources.npz_spec(npz) == "cifar10-subset" and sources.npz_spec(other) == f"npz:{other}"  # by content
     published = "npz:/work/shared/data/cifar10_subset.npz"
     assert sources.former_specs("cifar10-subset") == (published,) and sources.former_specs("digits") == ()
-    cfg, before = (build_config(ds, "lsp", "jpeg", {"victim.epochs": "2"}) for ds in ("cifar10-subset", published))
+    cfg = build_config("cifar10-subset", "lsp", "jpeg", {"victim.epochs": "2"})
+    before = build_config(published, "lsp", "jpeg", {"victim.epochs": "2"}, digest=sources.sha256_file(npz))
     assert before.hash() in cfg.hashes() and cfg.hash() != before.hash()  # its rows stored by path are found
-    assert C.poison_key(cfg.dataset, cfg.attack) == C.poison_key(before.dataset, before.attack)  # and its caches
+    assert cfg.dataset_address == published  # and its caches, filed under that path before addresses were contents
+    # the published file read by any path now is addressed by content, which is the named source's address
+    assert C.poison_key(cfg.dataset_address, cfg.attack) == C.poison_key(before.dataset_address, before.attack)
     assert A.purification_key(cfg) == A.purification_key(before)
+    moved = build_config(f"npz:{npz}", "lsp", "jpeg", {"victim.epochs": "2"})
+    assert A.purification_key(moved) == A.purification_key(cfg)
     monkeypatch.setenv("ECLIPSE_RAY_SUBSET", str(tmp_path / "missing.npz"))
     with pytest.raises(ConfigError, match=r"cifar10-subset: no file at .*missing\.npz; set \$ECLIPSE_RAY_SUBSET"):
         load_dataset("cifar10-subset")

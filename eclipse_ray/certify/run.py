@@ -42,7 +42,8 @@ from eclipse_ray.config import (
     with_overrides,
     without_added_defaults,
 )
-from eclipse_ray.data.cache import address_dataset, address_settings
+from eclipse_ray.data.address import address_dataset
+from eclipse_ray.data.cache import address_settings
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
 from eclipse_ray.defenses.diffusion import Denoise

@@ -9,7 +9,9 @@ variable is set)::
     purified/<purification_key>/  a purified training set (meta.json last)
     acc_ref/<config_hash>.json    the clean victim's accuracy a relative loss is measured against
 
-Every address is a hash of what the artifact depends on, and every artifact is
+Every address is a hash of what the artifact depends on (the dataset by its
+address, :mod:`eclipse_ray.data.address`: a named source by its name, a file
+read from a path by its content), and every artifact is
 published whole (renamed into place, or its manifest uploaded last), so an
 artifact that exists is complete, two writers of one address write the same
 thing, and no correctness rests on locks. The staged study
@@ -33,7 +35,7 @@ from eclipse_ray import storage
 from eclipse_ray.config import ConfigError, config_hash, flatten
 from eclipse_ray.data import store
 from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.data.sources import FORMER_SPECS, Dataset, clean_reference_rows
+from eclipse_ray.data.sources import Dataset, clean_reference_rows
 
 
 def study_cache(study: str | os.PathLike) -> str:
@@ -54,15 +56,10 @@ def address_settings(cfg, prefix: str) -> dict:
     return cfg.spellings(prefix)[0]
 
 
-def address_dataset(spec: str) -> str:
-    """A dataset spec as it enters an artifact's address: a named source that was read by path before
-    (``cifar10-subset``) keeps that spelling, so its poisons and purified sets cached then are found again —
-    the same address on every machine, since the name stands for one published file."""
-    return FORMER_SPECS.get(spec, (spec,))[0]
-
-
-def poison_key(dataset: str, attack) -> str:
-    return config_hash({"dataset": address_dataset(dataset), **address_settings(attack, "attack.")})
+def poison_key(address: str, attack) -> str:
+    """The address of a poisoned set: a hash of its dataset's address (:mod:`eclipse_ray.data.address`;
+    ``TrialConfig.dataset_address``) and the attack's settings."""
+    return config_hash({"dataset": address, **address_settings(attack, "attack.")})
 
 
 def purification_key(source: dict, defense, seed: int, model: str | None = None) -> str:
@@ -89,8 +86,8 @@ def model_fingerprint(loc: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
-def poisons_location(cache_dir: str, dataset: str, attack) -> str:
-    return storage.join(cache_dir, "poisons", poison_key(dataset, attack))
+def poisons_location(cache_dir: str, address: str, attack) -> str:
+    return storage.join(cache_dir, "poisons", poison_key(address, attack))
 
 
 def purified_location(cache_dir: str, key: str) -> str:
@@ -135,19 +132,19 @@ def read_poisoned(loc: str, name: str, base_meta: dict | None = None) -> Dataset
     return Dataset(name, splits, {**(base_meta or {}), **meta, "poison_cached": True})
 
 
-def cached_attack(attack, data: Dataset, dataset: str, cache_dir: str | os.PathLike | None = None) -> Dataset:
-    """``attack.apply(data)``, computed once per (dataset, attack config) and then read from the cache.
+def cached_attack(attack, data: Dataset, address: str, cache_dir: str | os.PathLike | None = None) -> Dataset:
+    """``attack.apply(data)``, computed once per (dataset address, attack config) and then read from the cache.
 
     The crafting time is kept in the dataset meta (``craft_seconds``) either way.
     """
-    loc = poisons_location(storage.normalize(cache_dir) if cache_dir else cache_root(), dataset, attack)
+    loc = poisons_location(storage.normalize(cache_dir) if cache_dir else cache_root(), address, attack)
     cached = read_or_heal(loc, lambda lo: read_poisoned(lo, data.name, data.meta))  # one checksummed read
     if cached is not None:
         return cached
     t = time.perf_counter()
     poisoned = attack.apply(data)
     meta = {**poisoned.meta, "craft_seconds": poisoned.meta.get("craft_seconds", time.perf_counter() - t)}
-    store.write_dataset(loc, poisoned.splits, {**meta, "poison_key": poison_key(dataset, attack)}, if_absent=True)
+    store.write_dataset(loc, poisoned.splits, {**meta, "poison_key": poison_key(address, attack)}, if_absent=True)
     return Dataset(poisoned.name, poisoned.splits, {**meta, "poison_cached": False})
 
 

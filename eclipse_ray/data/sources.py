@@ -24,10 +24,11 @@ from typing import Any, Callable, Iterable, Iterator, Union
 import numpy as np
 
 from eclipse_ray.config import ConfigError
-from eclipse_ray.data.fingerprint import sha256_file
+from eclipse_ray.data.fingerprint import sha256_file, sha256_tree
 from eclipse_ray.data.imageset import ImageSet, classes_from_labels, validate_arrays
 from eclipse_ray.data.store import read_dataset
 from eclipse_ray.registry import Registry
+from eclipse_ray import storage
 from eclipse_ray.storage import replacing
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -48,6 +49,7 @@ SHIPPED_SHA256 = {
 # artifact under it is the named source's (the same file, checked by SHIPPED_SHA256), on every machine.
 FORMER_SPECS = {"cifar10-subset": ("npz:/work/shared/data/cifar10_subset.npz",)}
 _DECODED_VERSION = 1  # bump when decoding changes, so cached arrays are not reused
+FOLDER_DEPTH = 3  # how deep folder: reads (split/class/image)
 Payload = Union[bytes, Callable[[], bytes], None]  # a file's bytes or a reader of them; None: a folder
 
 
@@ -210,7 +212,7 @@ def from_arrays(src: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.n
     return Dataset(src, out, {"source": src})
 
 
-def _scan_dir(root: Path, rel: str = "", depth: int = 3) -> Iterator[tuple[str, Payload]]:
+def _scan_dir(root: Path, rel: str = "", depth: int = FOLDER_DEPTH) -> Iterator[tuple[str, Payload]]:
     """``(relative path, opener)`` for files, ``(path, None)`` for folders, ``depth`` levels deep."""
     with os.scandir(root) as it:
         found = list(it)
@@ -369,11 +371,16 @@ def load_folder(path: str | Path, cache_dir: str | Path | None = None) -> Datase
     src = f"folder:{path}"
     if path.is_dir():
         arrays, classes = _read_tree(src, _scan_dir(path), lambda rel: str(path / rel))
-        return _tree_dataset(src, arrays, classes, {})
+        return _tree_dataset(src, arrays, classes, {"fingerprint": tree_digest(path)})
     if not path.is_file():
         raise ConfigError(f"folder:{path}: no such directory or archive")
     arrays, classes, digest = _read_archive(path, src, cache_dir)
     return _tree_dataset(src, arrays, classes, {"archive_sha256": digest, "fingerprint": digest})
+
+
+def tree_digest(root: str | Path) -> str:
+    """The content fingerprint of an image folder: the images ``folder:`` reads (:func:`sha256_tree`)."""
+    return sha256_tree(root, IMAGE_SUFFIXES, depth=FOLDER_DEPTH)
 
 
 def cifar10_jpeg_path() -> Path:
@@ -432,8 +439,8 @@ def load_parquet(path: str | Path) -> Dataset:
     for need in ("train", "test"):
         if need not in splits:
             raise ConfigError(f"parquet:{path}: needs a {need!r} split (has {', '.join(splits)})")
-    doc = Path(path) / "meta.json"  # lists every shard's checksum: a fingerprint of the content
-    return Dataset(f"parquet:{path}", splits, {**meta, "fingerprint": sha256_file(doc) if doc.is_file() else None})
+    doc = storage.join(str(path), "meta.json")  # lists every shard's checksum: a fingerprint of the content
+    return Dataset(f"parquet:{path}", splits, {**meta, "fingerprint": storage.sha256(storage.read_bytes(doc))})
 
 
 NAMED: dict[str, Callable[[Path, bool], Dataset]] = {
@@ -483,16 +490,6 @@ def dataset_label(spec: str, meta: dict[str, Any]) -> str:
     (``cifar10_subset.npz@b407fc95``), never one machine's absolute path."""
     digest = meta.get("fingerprint")
     return f"{short_name(spec)}@{str(digest)[:8]}" if digest else short_name(spec)
-
-
-def local_fingerprint(spec: str) -> str | None:
-    """The sha256 that rows of ``spec`` carry as their fingerprint, for an ``npz:`` file or a ``folder:``
-    archive present on this machine; None for anything else (named sources, plugins, folders, dataset
-    directories, a path not here)."""
-    kind, sep, rest = spec.partition(":")
-    if not sep or kind not in ("npz", "folder") or not Path(rest).is_file():
-        return None
-    return sha256_file(rest)
 
 
 def descriptions() -> dict[str, str]:

@@ -19,25 +19,25 @@ from eclipse_ray.config import config_hash, flatten
 from eclipse_ray.data import cache as C
 from eclipse_ray.data import store
 from eclipse_ray.data.imageset import ImageSet
-from eclipse_ray.data.sources import load_dataset
 from eclipse_ray.distributed.purify import PurifyRequest, model_for, run_purifications
+from eclipse_ray.trial import load_data
 
 
 def make_poison(cfg, cache_dir: str, data_dir: str | None) -> str:
     """The (dataset, attack) training set in the cache (crafted once; the clean set for ``none``)."""
-    loc = C.poisons_location(cache_dir, cfg.dataset, cfg.attack)
-    data = load_dataset(cfg.dataset, data_dir)
+    loc = C.poisons_location(cache_dir, cfg.dataset_address, cfg.attack)
+    data = load_data(cfg, data_dir)  # the file the study was planned on, or a one-line error
     if cfg.attack.name == "none":
-        store.write_dataset(loc, data.splits, {**data.meta, "poison_key": C.poison_key(cfg.dataset, cfg.attack)},
-                            if_absent=True)
+        key = C.poison_key(cfg.dataset_address, cfg.attack)
+        store.write_dataset(loc, data.splits, {**data.meta, "poison_key": key}, if_absent=True)
     else:
-        C.cached_attack(cfg.attack, data, cfg.dataset, cache_dir)
+        C.cached_attack(cfg.attack, data, cfg.dataset_address, cache_dir)
     return loc
 
 
 def make_model(cfg, cache_dir: str) -> str:
     """The location of the model ``cfg.defense`` purifies ``cfg``'s poisoned set with (trained once)."""
-    return model_for(C.poisons_location(cache_dir, cfg.dataset, cfg.attack), cfg.defense, cache_dir)
+    return model_for(C.poisons_location(cache_dir, cfg.dataset_address, cfg.attack), cfg.defense, cache_dir)
 
 
 def model_recipe(defense) -> str:
@@ -56,7 +56,7 @@ def purification_key(cfg) -> str:
     part = defense.model_part()
     model = getattr(part, "model", "auto")
     fingerprint = C.model_fingerprint(model) if part is not None and model != "auto" else None
-    source = {"dataset": C.address_dataset(cfg.dataset), **C.address_settings(cfg.attack, "attack.")}
+    source = {"dataset": cfg.dataset_address, **C.address_settings(cfg.attack, "attack.")}
     return C.purification_key(source, defense, cfg.defense_seed, fingerprint)
 
 
@@ -66,7 +66,7 @@ def purification_request(cfg, cache_dir: str, key: str, model: str | None, sourc
     defense = cfg.defense
     # this defense's own noise level, sampler and model calls on that model (never another config's)
     resolved = defense.model_resolved(model) if model is not None else {}
-    run, run_model, loc = defense, model, C.poisons_location(cache_dir, cfg.dataset, cfg.attack)
+    run, run_model, loc = defense, model, C.poisons_location(cache_dir, cfg.dataset_address, cfg.attack)
     if source is not None:
         run = defense.split_first()[1]
         run_model = model if run.model_part() is not None else None
@@ -89,7 +89,7 @@ def purified(cfg, cache_dir: str, data_dir: str | None = None) -> tuple[ImageSet
     got = C.read_or_heal(loc, _train)  # a corrupt set is moved aside here, and computed anew
     if got is not None:
         return got, True
-    if not C.intact(C.poisons_location(cache_dir, cfg.dataset, cfg.attack)):
+    if not C.intact(C.poisons_location(cache_dir, cfg.dataset_address, cfg.attack)):
         make_poison(cfg, cache_dir, data_dir)
     first = first_part(cfg)
     if first is not None:
@@ -110,7 +110,7 @@ def _train(loc: str) -> ImageSet:
 
 def keys(cfg) -> dict[str, Any]:
     """Where a row's images are: its poisoned set and (for a purifier) its purified set."""
-    out: dict[str, Any] = {"poison_key": C.poison_key(cfg.dataset, cfg.attack)}
+    out: dict[str, Any] = {"poison_key": C.poison_key(cfg.dataset_address, cfg.attack)}
     if cfg.defense.purifies:
         out["purification_key"] = purification_key(cfg)
     return out

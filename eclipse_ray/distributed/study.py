@@ -33,7 +33,8 @@ from eclipse_ray.config import ConfigError
 from eclipse_ray.data import cache as C
 from eclipse_ray.data import store
 from eclipse_ray.data.kinds import AVAILABILITY
-from eclipse_ray.data.sources import FINGERPRINTED, local_fingerprint
+from eclipse_ray.data.address import DIGEST_KEY, pin
+from eclipse_ray.data.sources import FINGERPRINTED
 from eclipse_ray.distributed import artifacts as A
 from eclipse_ray.distributed.connect import init_ray
 from eclipse_ray.distributed.purify import find_donor, purifier_identity, run_purifications
@@ -67,8 +68,9 @@ def compile_plan(specs: list[dict[str, Any]]) -> Plan:
 
     plan = Plan([])
     for s in specs:
-        cfg = build_config(s["dataset"], s["attack"], s["defense"], s["set"])
-        t = PlannedTrial(s, cfg, C.poison_key(cfg.dataset, cfg.attack))
+        s = pin(s)  # a dataset read from a path: its content digest, taken once here and carried to the workers
+        cfg = build_config(s["dataset"], s["attack"], s["defense"], s["set"], s.get(DIGEST_KEY))
+        t = PlannedTrial(s, cfg, C.poison_key(cfg.dataset_address, cfg.attack))
         plan.poisons.setdefault(t.poison_key, cfg)
         if cfg.defense.purifies:
             t.purification_key = plan_purification(plan, cfg)
@@ -109,7 +111,7 @@ def trial_groups(trials: list[PlannedTrial]) -> list[list[PlannedTrial]]:
 
 def _make_reference(cfg, cache_dir: str) -> float:
 
-    data = C.read_poisoned(C.poisons_location(cache_dir, cfg.dataset, cfg.attack), cfg.dataset)
+    data = C.read_poisoned(C.poisons_location(cache_dir, cfg.dataset_address, cfg.attack), cfg.dataset)
     return reference_accuracy(cfg, data, cache_dir)
 
 
@@ -175,10 +177,10 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
     needs = OrderedDict()
     for k, cfg in pending.items():
         if cfg.defense.needs_model:
-            needs.setdefault((C.poison_key(cfg.dataset, cfg.attack), A.model_recipe(cfg.defense)), cfg)
+            needs.setdefault((C.poison_key(cfg.dataset_address, cfg.attack), A.model_recipe(cfg.defense)), cfg)
     groups: OrderedDict = OrderedDict()
     for (pk, recipe), cfg in needs.items():
-        groups.setdefault((cfg.dataset, recipe), []).append(((pk, recipe), cfg))
+        groups.setdefault((cfg.dataset_address, recipe), []).append(((pk, recipe), cfg))
     models: dict[tuple, str] = {}
     before = _count_models(cache_dir)
     for wave in (0, 1):
@@ -192,7 +194,7 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
     # 3. purified training sets: one Ray Data streaming job over the cluster's actors
     t = time.perf_counter()
     def model_of(cfg):
-        return models[(C.poison_key(cfg.dataset, cfg.attack), A.model_recipe(cfg.defense))] \
+        return models[(C.poison_key(cfg.dataset_address, cfg.attack), A.model_recipe(cfg.defense))] \
             if cfg.defense.needs_model else None
 
     for wave in (False, True):  # sets read from the poisoned data, then chains read from their first part's
@@ -212,7 +214,7 @@ def run_stages(plan: Plan, cache_dir: str, *, data_dir: str | None = None, actor
     t = time.perf_counter()
     refs = references_to_train(plan, cache_dir)
     if refs:
-        missing = [cfg for cfg in refs if not C.intact(C.poisons_location(cache_dir, cfg.dataset, cfg.attack))]
+        missing = [cfg for cfg in refs if not C.intact(C.poisons_location(cache_dir, cfg.dataset_address, cfg.attack))]
         _run_tasks(A.make_poison, [(cfg, cache_dir, data_dir) for cfg in missing], {"num_cpus": 1})
         _run_tasks(_make_reference, [(cfg, cache_dir) for cfg in refs], res if gpu else _cpu_share(len(refs)))
     _stage_line("references", len(refs), len(plan.references) - len(refs), time.perf_counter() - t)
@@ -257,14 +259,12 @@ def _with_donors(requests: list[Any], cfgs: dict[str, Any], cache_dir: str) -> l
 
 
 def check_stored_sources(plan: Plan, done) -> None:
-    """A study's stored rows of an ``npz:`` file or ``folder:`` archive must come from the file there now
-    (the fingerprint in their ``dataset_label``): rows of another file are not this study's, and finding
-    them is a one-line error before any work, not trials skipped as done. (A file this machine does not
-    have is not checked.)"""
+    """A study's stored rows of a dataset read from a path must come from the content there now (the
+    fingerprint in their ``dataset_label``): rows of another file are not this study's, and finding
+    them is a one-line error before any work, not trials skipped as done."""
     if done.empty or "dataset_label" not in done or "dataset" not in done:
         return
-    for spec in dict.fromkeys(tr.cfg.dataset for tr in plan.trials):
-        digest = local_fingerprint(spec)
+    for spec, digest in dict.fromkeys((tr.cfg.dataset, tr.cfg.dataset_digest) for tr in plan.trials):
         if digest is None:
             continue
         labels = done.loc[done["dataset"] == spec, "dataset_label"].dropna().astype(str)

@@ -24,6 +24,7 @@ import pandas as pd
 from eclipse_ray import storage
 from eclipse_ray.config import ConfigError, config_hash
 from eclipse_ray.data import cache as C
+from eclipse_ray.data.address import DIGEST_KEY, pin
 from eclipse_ray.data.cache import study_cache
 from eclipse_ray.distributed import artifacts as A
 from eclipse_ray.result_store import METRIC_NAMES, CorruptPart, append_rows, read_part
@@ -70,7 +71,7 @@ def run_spec(trial: dict[str, Any], results_dir: str, cache_dir: str, data_dir: 
     Whatever is missing from the cache (a spec run on its own) is computed in-process.
     The row is stored under the trial's ``config_hash``: a retried trial rewrites it.
     """
-    cfg = build_config(trial["dataset"], trial["attack"], trial["defense"], trial["set"])
+    cfg = build_config(trial["dataset"], trial["attack"], trial["defense"], trial["set"], trial.get(DIGEST_KEY))
     key = cfg.hash()
     results_dir, cache_dir = storage.normalize(results_dir), storage.normalize(cache_dir)
     for stored in cfg.hashes():  # also a row an earlier version stored under this config's former hash
@@ -78,7 +79,7 @@ def run_spec(trial: dict[str, Any], results_dir: str, cache_dir: str, data_dir: 
         if row is not None:
             return {**row, "resumed": True}
     os.environ["ECLIPSE_RAY_CACHE"] = cache_dir  # models are looked up there
-    loc = C.poisons_location(cache_dir, cfg.dataset, cfg.attack)
+    loc = C.poisons_location(cache_dir, cfg.dataset_address, cfg.attack)
     if not C.intact(loc, deep=False):
         A.make_poison(cfg, cache_dir, data_dir)
     data = C.read_poisoned(loc, cfg.dataset)
@@ -133,7 +134,7 @@ def tuner_inputs(study_dir: str, specs: list[dict[str, Any]], cache_dir: str | N
     fn = tune.with_resources(tune.with_parameters(trainable, results_dir=study, cache_dir=cache,
                                                   data_dir=data_dir, env=storage.env()),
                              {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-    return fn, {"trial": tune.grid_search([{"spec": s, "purify_reused": r} for s, r in zip(specs, reused)])}
+    return fn, {"trial": tune.grid_search([{"spec": pin(s), "purify_reused": r} for s, r in zip(specs, reused)])}
 
 
 LOGGERS = ("csv", "json", "tensorboard", "mlflow", "wandb")
