@@ -76,7 +76,7 @@ def test_purify_from_and_to_object_storage(s3, digits, tmp_path):
     assert again["cached"]
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # ≈ 110 s on a 2-core EPYC: Ray, Tune and four trials against the S3-API server
 def test_study_rows_artifacts_and_resume_on_object_storage(s3, model_dir, monkeypatch):
     """A staged study on a bucket: each purification once, rows readable with plain pyarrow, a rerun adds nothing."""
     import ray
