@@ -36,6 +36,13 @@ def per_sample_randn(index: np.ndarray, seed: int, stream: int, shape: tuple[int
 # depend on (seed, index, stream) only, as with :func:`per_sample_randn`, but with no host work and
 # no per-sample loop: one batch's noise is a few hundred element-wise kernels per pass on the GPU.
 
+# Random123's known-answer vectors for philox4x32_10 (its kat_vectors file): counter, key, output. The
+# tests and the device checks (benchmarks/device_checks.py) hold the implementation to them.
+KNOWN_ANSWERS = (((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+                 ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+                 ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+                  (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)))
+
 PHILOX_M = (0xD2511F53, 0xCD9E8D57)
 PHILOX_W = (0x9E3779B9, 0xBB67AE85)
 _MASK32 = 0xFFFFFFFF
