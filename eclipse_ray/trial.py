@@ -8,6 +8,7 @@ until the row is complete.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import numpy as np
 from eclipse_ray import storage
 from eclipse_ray.attacks import ATTACKS, AttackConfig
 from eclipse_ray.config import ConfigError, check_seed, config_hash, flatten, parse_value, with_overrides
-from eclipse_ray.data.address import address_dataset, check_content, content_digest, path_kind
+from eclipse_ray.data.address import address_dataset, check_content, content_digest, path_kind, published_as
 from eclipse_ray.data.cache import cached_attack, read_acc_ref, write_acc_ref
 from eclipse_ray.data.imageset import ImageSet, check_same_samples, clean_view
 from eclipse_ray.data.kinds import AVAILABILITY, BACKDOOR, NONE, TARGETED
@@ -70,8 +71,11 @@ class TrialConfig:
     def cache_hashes(self) -> tuple[str, ...]:
         """The hashes the artifact cache files this config's clean accuracy under (``acc_ref``): its
         :meth:`hashes`, with a dataset read from a path entering by its content rather than its path."""
-        if path_kind(self.dataset) is None:
+        if path_kind(self.dataset, self.dataset_digest) is None:
             return self.hashes()
+        named = published_as(self.dataset, self.dataset_digest)
+        if named is not None:  # the published file read by its path: the named source's records
+            return dataclasses.replace(self, dataset=named, dataset_digest=None).hashes()
         return tuple(dict.fromkeys(self._hashes([self.dataset_address])))
 
     def hashes(self) -> tuple[str, ...]:

@@ -107,7 +107,10 @@ def test_an_image_folder_is_fingerprinted_by_its_images(tmp_path):
     changed = content_digest(spec)
     assert changed != digest
     (root / "train" / "cat" / "0.png").rename(root / "train" / "dog" / "9.png")  # relabelled: another dataset
-    assert content_digest(spec) not in (digest, changed)
+    renamed = content_digest(spec)
+    assert renamed not in (digest, changed)
+    (root / "train" / "ant").mkdir()  # an empty class folder shifts every label: another dataset too
+    assert content_digest(spec) not in (digest, changed, renamed)
 
 
 def test_a_dataset_directory_is_fingerprinted_by_its_meta(tmp_path, digits):
@@ -118,6 +121,41 @@ def test_a_dataset_directory_is_fingerprinted_by_its_meta(tmp_path, digits):
         assert path_kind(spec) == "parquet"
         assert content_digest(spec) == load_dataset(spec).meta["fingerprint"]
     assert address_dataset(str(loc)) == address_dataset(f"parquet:{loc}")
+    # a worker without the directory: the bare path with the driver's digest is still that dataset
+    digest = content_digest(str(loc))
+    cfg = build_config(str(loc), "lsp", "jpeg", {}, digest)
+    shutil.rmtree(loc)
+    assert cfg.dataset_address == address_dataset(str(loc), digest) == f"parquet@sha256:{digest}"
+    assert reference_config(cfg).cache_hashes()[0] != reference_config(cfg).hash()
+
+
+def test_the_published_files_read_by_path_share_the_named_sources_artifacts(tmp_path, monkeypatch, digits):
+    """By content, the published subset or JPEG archive read by any path is its named source: its
+    poisons, purified sets and clean reference accuracy are found under the name's addresses."""
+    from eclipse_ray.data import sources
+
+    spec = write_npz(tmp_path / "somewhere.npz", digits)
+    monkeypatch.setitem(sources.SHIPPED_SHA256, "cifar10-subset", content_digest(spec))  # stands in for it
+    named, by_path = (build_config(ds, "urp", "jpeg", {"victim.epochs": "2"}) for ds in ("cifar10-subset", spec))
+    assert by_path.dataset_address == named.dataset_address and A.purification_key(by_path) == A.purification_key(named)
+    assert reference_config(by_path).cache_hashes() == reference_config(named).hashes()  # its acc_ref too
+    archive = tmp_path / "c.tar"
+    archive.write_bytes(b"not read")
+    monkeypatch.setitem(sources.SHIPPED_SHA256, "cifar10-jpeg", content_digest(f"folder:{archive}"))
+    assert address_dataset(f"folder:{archive}") == "cifar10-jpeg"
+
+
+def test_a_plan_hashes_each_dataset_once(tmp_path, digits, monkeypatch):
+    from eclipse_ray.data import address
+    from eclipse_ray.distributed.study import compile_plan
+    from eclipse_ray.distributed.tune import spec
+
+    calls = []
+    real = address.content_digest
+    monkeypatch.setattr(address, "content_digest", lambda s: calls.append(s) or real(s))
+    path = write_npz(tmp_path / "d.npz", digits)
+    plan = compile_plan([spec(path, a, d) for a in ("none", "lsp") for d in ("none", "jpeg")])
+    assert calls == [path] and {tr.spec[DIGEST_KEY] for tr in plan.trials} == {real(path)}
 
 
 def test_tune_trials_carry_the_drivers_digest(tmp_path, digits):

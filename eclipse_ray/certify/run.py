@@ -42,7 +42,7 @@ from eclipse_ray.config import (
     with_overrides,
     without_added_defaults,
 )
-from eclipse_ray.data.address import address_dataset
+from eclipse_ray.data.address import address_dataset, content_digest
 from eclipse_ray.data.cache import address_settings
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
@@ -247,12 +247,15 @@ def resolve_denoiser(job: CertifyJob, data: Dataset, progress: bool) -> tuple[Pa
     return model_dir, resolved, identity
 
 
-def model_key(job: CertifyJob, identity: str) -> str:
-    """What one model's predictions depend on: data, attack, denoiser, victim, σ and seed (not N, α, n0)."""
-    flat = {"format": FORMAT, "dataset": address_dataset(job.dataset), **address_settings(job.attack, "attack."),
+def model_key(job: CertifyJob, identity: str, digest: str | None = None) -> str:
+    """What one model's predictions depend on: data, attack, denoiser, victim, σ and seed (not N, α, n0).
+    ``digest``: the content digest of a dataset read from a path, when already taken."""
+    flat = {"format": FORMAT, "dataset": address_dataset(job.dataset, digest),
+            **address_settings(job.attack, "attack."),
             **without_added_defaults(dataclasses.replace(job.denoiser, model=identity), "defense."),
             **address_settings(job.victim.resolved(), "victim."), "certify.seed": job.certify.seed}
-    # (data, attack and victim spelled as artifact addresses are: models certified before are found again)
+    # (data, attack and victim spelled as artifact addresses are: models certified before are found again,
+    # except those of a dataset read from a path, which are now addressed by its content)
     for k in ("defense.batch_size", "defense.device", "defense.compile", "defense.compile_mode", "victim.device"):
         flat.pop(k, None)  # how, not what
     return config_hash(flat)
@@ -270,12 +273,13 @@ def run_certify(job: CertifyJob, out: str | Path, *, data: Dataset | None = None
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a directory")
     t0 = time.perf_counter()
+    digest = content_digest(job.dataset)  # a dataset read from a path: hashed once, here
     if data is None:
-        data = prepare(TrialConfig(job.dataset, job.attack, job.denoiser, job.victim, job.certify.seed),
-                       data_dir, cache_dir)
+        data = prepare(TrialConfig(job.dataset, job.attack, job.denoiser, job.victim, job.certify.seed,
+                                   dataset_digest=digest), data_dir, cache_dir)
     train, test = data.train, data.test
     model_dir, resolved, identity = resolve_denoiser(job, data, progress)
-    key = model_key(job, identity)
+    key = model_key(job, identity, digest)
     store = ModelStore(out, key, test.index)
     n = job.certify.models
     pending = [m for m in range(n) if store.load(m) is None]

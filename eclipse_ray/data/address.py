@@ -30,28 +30,30 @@ from typing import Any
 from eclipse_ray import storage
 from eclipse_ray.config import ConfigError
 from eclipse_ray.data.fingerprint import sha256_file
-from eclipse_ray.data.sources import FORMER_SPECS, NAMED, PREFIXED, SHIPPED_SHA256, tree_digest
+from eclipse_ray.data.sources import DATASETS, FORMER_SPECS, NAMED, PREFIXED, SHIPPED_SHA256, tree_digest
 
 DIGEST_KEY = "dataset_digest"  # the spec key that carries it from the driver to the workers
 
 
-def path_kind(spec: str) -> str | None:
-    """``npz``, ``folder`` or ``parquet`` for a dataset read from a path; None for a named source or a plugin."""
-    if spec in NAMED:
-        return None
+def path_kind(spec: str, digest: str | None = None) -> str | None:
+    """``npz``, ``folder`` or ``parquet`` for a dataset read from a path; None for a named source or a
+    plugin. A bare path is a dataset directory where it is one here, or wherever the driver pinned a
+    ``digest`` for it (a worker need not have it)."""
     kind, sep, rest = spec.partition(":")
+    if spec in NAMED or (kind not in PREFIXED and kind in DATASETS):
+        return None
     if sep and kind in PREFIXED and rest:
         return kind
-    if not storage.is_uri(spec) and Path(spec).is_dir() and (Path(spec) / "meta.json").is_file():
+    if digest or (not storage.is_uri(spec) and Path(spec).is_dir() and (Path(spec) / "meta.json").is_file()):
         return "parquet"  # a dataset directory given as a bare path
     return None
 
 
 def content_digest(spec: str) -> str | None:
     """The sha256 of the content behind a path spec on this machine, as rows carry it in their
-    ``dataset_label`` (an ``.npz`` or archive: the file's; a folder: its images' (:func:`sha256_tree`); a
-    dataset directory: its ``meta.json``, which lists every shard's checksum); None for a named source or
-    a plugin. A path that is not here is a one-line error."""
+    ``dataset_label`` (an ``.npz`` or archive: the file's; a folder: its images' and sub-folders'
+    (:func:`sha256_tree`); a dataset directory: its ``meta.json``, which lists every shard's checksum);
+    None for a named source or a plugin. A path that is not here is a one-line error."""
     kind = path_kind(spec)
     if kind is None:
         return None
@@ -62,7 +64,7 @@ def content_digest(spec: str) -> str | None:
             raise ConfigError(f"{spec}: no dataset directory there (no meta.json) on this machine")
         return storage.sha256(storage.read_bytes(meta))
     p = Path(path)
-    if p.is_file() and kind in ("npz", "folder"):
+    if p.is_file():
         return sha256_file(p)
     if p.is_dir() and kind == "folder":
         return tree_digest(p)
@@ -70,24 +72,37 @@ def content_digest(spec: str) -> str | None:
                       f"(a dataset read from a path is addressed by its content, read where the work is planned)")
 
 
+def published_as(spec: str, digest: str | None = None) -> str | None:
+    """The named source whose published file ``spec`` reads by its path (by content), else None."""
+    if path_kind(spec, digest) not in ("npz", "folder"):
+        return None
+    digest = digest or content_digest(spec)
+    return next((name for name, sha in SHIPPED_SHA256.items() if sha == digest), None)
+
+
 def address_dataset(spec: str, digest: str | None = None) -> str:
     """The dataset as it enters an artifact's address: ``KIND@sha256:DIGEST`` for a dataset read from a path
     (``digest`` as planned, else taken here), except that a published file read by its path is its named
     source; the earliest spelling of a named source; else the spec."""
-    kind = path_kind(spec)
-    if kind is not None:
-        digest = digest or content_digest(spec)
-        named = next((name for name, sha in SHIPPED_SHA256.items() if sha == digest), None)
-        return address_dataset(named) if named and kind in ("npz", "folder") else f"{kind}@sha256:{digest}"
-    return FORMER_SPECS.get(spec, (spec,))[0]
+    kind = path_kind(spec, digest)
+    if kind is None:
+        return FORMER_SPECS.get(spec, (spec,))[0]
+    digest = digest or content_digest(spec)
+    named = published_as(spec, digest)
+    return address_dataset(named) if named else f"{kind}@sha256:{digest}"
 
 
-def pin(spec: dict[str, Any]) -> dict[str, Any]:
+def pin(spec: dict[str, Any], memo: dict[str, str | None] | None = None) -> dict[str, Any]:
     """A trial spec (``{"dataset": …, …}``) with the content digest of its dataset, taken here (the driver)
-    unless it has one: what its workers address the dataset's artifacts by."""
-    if spec.get(DIGEST_KEY) or path_kind(spec["dataset"]) is None:
+    unless it has one: what its workers address the dataset's artifacts by. ``memo``: digests already
+    taken for this plan (a folder is hashed once, not once per trial)."""
+    ds = spec["dataset"]
+    if spec.get(DIGEST_KEY) or path_kind(ds) is None:
         return spec
-    return {**spec, DIGEST_KEY: content_digest(spec["dataset"])}
+    memo = {} if memo is None else memo
+    if ds not in memo:
+        memo[ds] = content_digest(ds)
+    return {**spec, DIGEST_KEY: memo[ds]}
 
 
 def check_content(spec: str, meta: dict[str, Any], digest: str | None) -> None:

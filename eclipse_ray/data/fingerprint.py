@@ -30,22 +30,24 @@ def _sha256(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> s
 
 
 def sha256_tree(root: str | os.PathLike, suffixes: frozenset[str] | set[str], depth: int = 3) -> str:
-    """A content digest of the files under ``root`` (``depth`` levels deep) whose suffix is in ``suffixes``:
-    the sha256 of their sorted relative paths with each file's own sha256. Renaming, adding, removing or
-    rewriting an image changes it; other files (notes, thumbnails' databases) do not."""
+    """A content digest of a folder as an image-folder reader sees it, ``depth`` levels deep: the sorted
+    relative paths of its sub-folders (class folders, even empty ones, name the labels) and of its files
+    whose suffix is in ``suffixes``, each file with its own sha256. Renaming, adding, removing or
+    rewriting an image or a folder changes it; other files (notes, thumbnails' databases) do not."""
     root = Path(root)
     h = hashlib.sha256()
-    for rel in sorted(_files(root, "", depth, {s.lower() for s in suffixes})):
-        h.update(f"{rel}\0{sha256_file(root / rel)}\n".encode())
+    for rel, is_dir in sorted(_entries(root, "", depth, {s.lower() for s in suffixes})):
+        h.update(f"{rel}/\n".encode() if is_dir else f"{rel}\0{sha256_file(root / rel)}\n".encode())
     return h.hexdigest()
 
 
-def _files(folder: Path, rel: str, depth: int, suffixes: set[str]):
+def _entries(folder: Path, rel: str, depth: int, suffixes: set[str]):
     with os.scandir(folder) as it:
         found = list(it)
     for e in found:
         if e.is_dir():
+            yield f"{rel}{e.name}", True
             if depth > 1:
-                yield from _files(Path(e.path), f"{rel}{e.name}/", depth - 1, suffixes)
+                yield from _entries(Path(e.path), f"{rel}{e.name}/", depth - 1, suffixes)
         elif Path(e.name).suffix.lower() in suffixes:
-            yield f"{rel}{e.name}"
+            yield f"{rel}{e.name}", False

@@ -67,8 +67,9 @@ def compile_plan(specs: list[dict[str, Any]]) -> Plan:
     """Validate every spec and list the distinct artifacts they need, in dependency order."""
 
     plan = Plan([])
+    digests: dict[str, str | None] = {}
     for s in specs:
-        s = pin(s)  # a dataset read from a path: its content digest, taken once here and carried to the workers
+        s = pin(s, digests)  # a dataset read from a path: its content digest, taken once here, carried to workers
         cfg = build_config(s["dataset"], s["attack"], s["defense"], s["set"], s.get(DIGEST_KEY))
         t = PlannedTrial(s, cfg, C.poison_key(cfg.dataset_address, cfg.attack))
         plan.poisons.setdefault(t.poison_key, cfg)
@@ -76,7 +77,7 @@ def compile_plan(specs: list[dict[str, Any]]) -> Plan:
             t.purification_key = plan_purification(plan, cfg)
         if not is_reference(cfg) and (cfg.attack.kind == AVAILABILITY or cfg.attack.name == "none"):
             ref = reference_config(cfg)
-            plan.references.setdefault(ref.hash(), ref)
+            plan.references.setdefault(ref.cache_hashes()[0], ref)  # one per record: two paths, one content
         plan.trials.append(t)
     return plan
 
@@ -99,7 +100,7 @@ def _stage_line(name: str, computed: int, reused: int, seconds: float) -> None:
 def references_to_train(plan: Plan, cache_dir: str) -> list:
     """Stage 4's clean victims: the plan's reference configs neither cached nor trained by a trial of the plan
     itself (clean data, no defense: :func:`trial_groups` runs those first and they store their accuracy)."""
-    own = {reference_config(tr.cfg).hash() for tr in plan.trials if is_reference(tr.cfg)}
+    own = {reference_config(tr.cfg).cache_hashes()[0] for tr in plan.trials if is_reference(tr.cfg)}
     return [cfg for key, cfg in plan.references.items() if key not in own and stored_reference(cache_dir, cfg) is None]
 
 
