@@ -166,3 +166,39 @@ def test_tune_trials_carry_the_drivers_digest(tmp_path, digits):
     _, space = tuner_inputs(str(tmp_path / "study"), [spec(path, "lsp", "jpeg"), spec("digits", "lsp", "jpeg")])
     trials = [t["spec"] for t in space["trial"]["grid_search"]]
     assert trials[0][DIGEST_KEY] == content_digest(path) and DIGEST_KEY not in trials[1]
+
+
+@pytest.mark.heavy
+def test_a_study_on_another_file_behind_the_path_recomputes_its_artifacts(tmp_path, digits, monkeypatch, capsys):
+    """End to end on Ray: two studies sharing one cache, the second after the file behind the path was
+    replaced, compute their own poisons, purified sets and reference; a third, on the first file moved
+    elsewhere, reuses the first's."""
+    import ray
+
+    from eclipse_ray.distributed.study import run_study
+    from eclipse_ray.distributed.tune import spec
+
+    monkeypatch.setenv("ECLIPSE_RAY_CACHE", str(tmp_path / "cache"))
+    v = {"victim.width": "8", "victim.epochs": "1"}
+
+    def study(name, path):
+        df = run_study(tmp_path / name, [spec(path, "lsp", "jpeg", v)], cpus_per_trial=1)
+        lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("stage ")]
+        return df, {ln.split(":")[0][6:]: ln.split(":")[1].split(",")[0].strip() for ln in lines}
+
+    first_path = write_npz(tmp_path / "d.npz", digits)
+    shutil.copy(tmp_path / "d.npz", tmp_path / "kept.npz")
+    try:
+        first, stages = study("a", first_path)
+        assert stages["poisons"] == "1 computed" and stages["purify"] == "1 computed"
+        assert stages["references"] == "1 computed"  # the clean victim (on the clean set, made there)
+        write_npz(tmp_path / "d.npz", digits, start=40)
+        second, stages = study("b", first_path)  # same spec, another file: nothing of the first's
+        assert stages["poisons"] == "1 computed" and stages["purify"] == "1 computed"
+        assert stages["references"] == "1 computed"
+        assert first["dataset_label"].iloc[0] != second["dataset_label"].iloc[0]
+        _, stages = study("c", f"npz:{tmp_path / 'kept.npz'}")  # the first file elsewhere: all reused
+        assert stages["poisons"] == "0 computed" and stages["purify"] == "0 computed"
+        assert stages["references"] == "0 computed"
+    finally:
+        ray.shutdown()
