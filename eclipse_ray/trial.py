@@ -125,11 +125,14 @@ def build_config(dataset: str, attack: str = "none", defense: str = "none",
         else:
             raise ConfigError(f"unknown setting {key!r} (settings start with attack., defense., victim. "
                               "or are 'seed' / 'purify_seed')")
-    victim = VictimConfig()
-
-    return TrialConfig(dataset=dataset, attack=ATTACKS.build(attack, per["attack"]),
-                       defense=DEFENSES.build(defense, per["defense"]),
-                       victim=with_overrides(victim, per["victim"], prefix="victim."), seed=seeds["seed"],
+    attack_cfg = ATTACKS.build(attack, per["attack"])
+    defense_cfg = DEFENSES.build(defense, per["defense"])
+    victim = with_overrides(VictimConfig(), per["victim"], prefix="victim.")
+    if victim.transfer != "none" and defense_cfg.trains_victim:
+        raise ConfigError(f"victim.transfer={victim.transfer}: {defense} trains its own networks; a transfer victim "
+                          f"needs a defense that leaves the victim's training alone")
+    return TrialConfig(dataset=dataset, attack=attack_cfg, defense=defense_cfg,
+                       victim=victim, seed=seeds["seed"],
                        purify_seed=seeds["purify_seed"], dataset_digest=digest or content_digest(dataset))
 
 
@@ -182,7 +185,8 @@ def reference_accuracy(cfg: TrialConfig, data: Dataset, cache_dir: str | None, p
     acc = stored_reference(cache_dir, ref) if cache_dir else None
     if acc is None:
         clean = clean_view(data.train, data.splits.get("originals"))
-        victim = train_victim(cfg.victim, clean.images, clean.labels, clean.num_classes, cfg.seed, progress=progress)
+        victim = train_victim(cfg.victim, clean.images, clean.labels, clean.num_classes, cfg.seed, progress=progress,
+                              clean=(clean.images, clean.labels))
         acc = metrics.accuracy(victim.predict(data.test.images), data.test.labels)
         if cache_dir:
             write_acc_ref(cache_dir, key, acc)
@@ -216,7 +220,8 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
     trained = cfg.defense.train_victim(cfg.victim, purified, cfg.seed, progress=progress)  # training-time defense
     victim, defense_metrics = trained if trained is not None else (
         train_victim(cfg.victim, purified.images, purified.labels, train.num_classes, cfg.seed,
-                     transform=cfg.defense.train_transform(), progress=progress), {})
+                     transform=cfg.defense.train_transform(), progress=progress,
+                     clean=(clean.images, clean.labels)), {})  # a transfer victim pre-trains on the clean set
     t_train = time.perf_counter() - t2
 
     m: dict[str, Any] = {**score(victim, data, kind), **defense_metrics}

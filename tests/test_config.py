@@ -104,17 +104,20 @@ def test_model_training_settings_are_nested_and_older_names_still_work():
     # pinned: the hash this trial had before the nesting (a stored row of it is found by the study)
     cfg = build_config("digits", "lsp", "eclipse", {"defense.train.iterations": "600", "seed": "0"})
     # (and before victim.precision existed); its own hash, then each section spelled now or as before: the
-    # defense in 3 spellings (now, before defense.rng and compile_mode, before the nesting), the victim in 3
-    # (now, before the airbench settings, before victim.precision)
-    assert cfg.hashes()[-1] == "6e969607f1060560" and len(cfg.hashes()) == 9
+    # defense in 3 spellings (now, before defense.rng and compile_mode, before the nesting), the victim in 4
+    # (now, before victim.transfer, before the airbench settings, before victim.precision)
+    assert cfg.hashes()[-1] == "6e969607f1060560" and len(cfg.hashes()) == 12
     # a setting no earlier version had: no former hash of the defense section before the nesting to match
     lr = build_config("digits", "lsp", "eclipse", {"defense.train.lr": "0.001"})
     added = {"victim.precision", "victim.bias_lr_scale", "victim.bias_decay", "victim.lookahead", "victim.tta",
-             "victim.whiten_bias_epochs", "defense.rng", "defense.compile_mode"}
-    assert len(lr.hashes()) == 6 and lr.hashes()[-1] == config_hash(
+             "victim.whiten_bias_epochs", "victim.transfer", "victim.pretrain_epochs", "defense.rng",
+             "defense.compile_mode"}
+    assert len(lr.hashes()) == 8 and lr.hashes()[-1] == config_hash(
         {k: v for k, v in lr.flat().items() if k not in added})
-    assert len(build_config("digits", "lsp", "jpeg").hashes()) == 3  # nothing nested: only the victim's
-    assert len(build_config("digits", "lsp", "jpeg", {"victim.precision": "bf16"}).hashes()) == 2
+    assert len(build_config("digits", "lsp", "jpeg").hashes()) == 4  # nothing nested: only the victim's
+    assert len(build_config("digits", "lsp", "jpeg", {"victim.precision": "bf16"}).hashes()) == 3
+    transfer = build_config("digits", "lsp", "jpeg", {"victim.transfer": "linear"})
+    assert len(transfer.hashes()) == 1  # no version before could express it
     adaptive = ATTACKS.build("em-adaptive", {"train_iterations": "5"})
     assert adaptive.train.iterations == 5
     assert poison_key("digits", adaptive) == "ba210e84c44f6f44"  # crafted before: found again

@@ -120,8 +120,10 @@ def build_job(dataset: str, attack: str = "none", overrides: Mapping[str, str] |
     cert = with_overrides(CertifyConfig(), per["certify"], prefix="certify.")
     denoiser = with_overrides(Denoise(), per["defense"], prefix="defense.")
     denoiser = dataclasses.replace(denoiser, sigma=cert.sigma)
-    return CertifyJob(dataset, ATTACKS.build(attack, per["attack"]), denoiser,
-                      with_overrides(VictimConfig(), per["victim"], prefix="victim."), cert)
+    victim = with_overrides(VictimConfig(), per["victim"], prefix="victim.")
+    if victim.transfer != "none":
+        raise ConfigError(f"victim.transfer={victim.transfer}: certify trains its smoothed victims from scratch")
+    return CertifyJob(dataset, ATTACKS.build(attack, per["attack"]), denoiser, victim, cert)
 
 
 def model_seeds(seed: int, m: int) -> tuple[int, int]:

@@ -157,6 +157,11 @@ class DefenseConfig(Config):
         return None
 
     @property
+    def trains_victim(self) -> bool:
+        """Whether this defense trains the victim its own way (a training-time defense: :meth:`train_victim`)."""
+        return type(self).train_victim is not DefenseConfig.train_victim
+
+    @property
     def purifies(self) -> bool:
         """Whether this defense rewrites pixels (it has an :meth:`image_purifier`)."""
         return type(self).image_purifier is not DefenseConfig.image_purifier

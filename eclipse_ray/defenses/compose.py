@@ -154,6 +154,10 @@ class CompositeDefense(DefenseConfig):
         return None if trainer is None else trainer.train_victim(victim_cfg, train, seed, progress)
 
     @property
+    def trains_victim(self) -> bool:
+        return self.trainer() is not None
+
+    @property
     def purifies(self) -> bool:
         return any(m.purifies for m in self.members())
 

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from eclipse_ray.config import Config, setting
 from eclipse_ray.tensors import augment_batch, pick_device, to_tensor
 from eclipse_ray.victim.nets import VICTIMS, FastNet, build_net
+from eclipse_ray.victim.transfer import TRANSFERS, pretrained, transfer_net
 
 # A per-batch training transform: float [0,1] NCHW batch and a generator in, batch out.
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -94,6 +95,11 @@ class VictimConfig(Config):
                                              "then frozen (none: recipe's, airbench 3, others all)", ge=0,
                                              added=2)
     device: str = setting("auto", "auto (CUDA if present), cpu or cuda[:N]")
+    transfer: str = setting("none", "none: every layer trained from scratch; linear: the features of a net "
+                            "pre-trained on the clean training set kept (BatchNorm too), its last layer trained anew "
+                            "(the transfer victim of Poison Frogs, Convex and Bullseye Polytope); finetune: every "
+                            "layer trained on from that net, the last one anew", choices=TRANSFERS, added=4)
+    pretrain_epochs: int = setting(10, "epochs of the clean pre-training of a transfer victim", ge=1, added=4)
 
     def resolved(self) -> "VictimConfig":
         """This config with every ``none`` the arch's recipe gives replaced by the recipe's value (a value
@@ -203,22 +209,32 @@ def new_net(cfg: VictimConfig, num_classes: int, x_norm: torch.Tensor, device: t
 def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int,
                  transform: BatchTransform | None = None, progress: bool = True,
                  whiten_tol: float | None = 1e-6, adversary: Adversary | None = None,
-                 on_epoch: Callable[[int, nn.Module], None] | None = None) -> Victim:
+                 on_epoch: Callable[[int, nn.Module], None] | None = None,
+                 clean: tuple[np.ndarray, np.ndarray] | None = None) -> Victim:
     """Train a victim on uint8 NHWC ``images``; ``transform`` runs on every batch (e.g. compensation), then
     ``adversary`` replaces the batch by what it returns against the current model (in eval mode);
     ``on_epoch(epoch, model)`` is called after each epoch (checkpoint ensembles).
 
     ``whiten_tol``: see :meth:`FastNet.init_whitening` (``None`` for an attacker's surrogate).
+    ``clean``: (images, labels) of the clean training set, which a transfer victim (``cfg.transfer``) is
+    pre-trained on (:mod:`eclipse_ray.victim.transfer`).
     """
     cfg = cfg.resolved()
     device = pick_device(cfg.device)
+    if cfg.transfer != "none" and clean is None:
+        raise ValueError(f"victim.transfer={cfg.transfer}: the pre-training needs the clean training set (clean=)")
+    pre = pretrained(cfg, *clean, num_classes, seed, train_victim, progress) if cfg.transfer != "none" else None
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     x_all = to_tensor(images, device)
     y_all = torch.from_numpy(np.array(labels, np.int64)).to(device)
-    mean = x_all.mean((0, 2, 3), keepdim=True)
-    std = x_all.std((0, 2, 3), keepdim=True).clamp_min(1e-3)
-    model = new_net(cfg, num_classes, (x_all - mean) / std, device, whiten_tol)
+    if pre is not None:  # the pre-trained net's input normalisation and features
+        mean, std = pre.mean, pre.std
+        model = transfer_net(pre.model, cfg.transfer, seed)
+    else:
+        mean = x_all.mean((0, 2, 3), keepdim=True)
+        std = x_all.std((0, 2, 3), keepdim=True).clamp_min(1e-3)
+        model = new_net(cfg, num_classes, (x_all - mean) / std, device, whiten_tol)
     bf16 = cfg.precision == "bf16"
     opt = torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     n = len(x_all)
@@ -228,8 +244,8 @@ def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_
     lookahead = Lookahead(model, total) if cfg.lookahead else None
     bar = tqdm(range(cfg.epochs), desc=f"victim {cfg.arch}", disable=not progress, leave=False)
     for epoch in bar:
-        model.train()
-        if isinstance(model, FastNet) and cfg.whiten_bias_epochs is not None:
+        model.train(cfg.transfer != "linear")  # a linear transfer keeps its features as pre-trained (BatchNorm too)
+        if isinstance(model, FastNet) and cfg.whiten_bias_epochs is not None and cfg.transfer != "linear":
             model.whiten.bias.requires_grad_(epoch < cfg.whiten_bias_epochs)
             if epoch >= cfg.whiten_bias_epochs:
                 model.whiten.bias.grad = None  # SGD leaves a parameter without a gradient as it is
@@ -247,7 +263,7 @@ def train_victim(cfg: VictimConfig, images: np.ndarray, labels: np.ndarray, num_
             if adversary is not None:  # it attacks the net as it trains: under the same autocast
                 model.eval()
                 x = adversary(lambda z: _forward(model, (z - mean) / std, device, bf16), x, y, gen)
-                model.train()
+                model.train(cfg.transfer != "linear")
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, cfg) * group["lr_scale"]
             out = _forward(model, (x - mean) / std, device, bf16)
