@@ -31,6 +31,7 @@ from eclipse_ray.result_store import HEADLINE, append_rows, read_results
 from eclipse_ray.tensors import pick_device
 from eclipse_ray.victim import metrics
 from eclipse_ray.victim.train import Victim, VictimConfig, train_victim
+from eclipse_ray.victim.transfer import finetune_rows
 
 SECTIONS = ("attack", "defense", "victim")
 
@@ -185,7 +186,8 @@ def reference_accuracy(cfg: TrialConfig, data: Dataset, cache_dir: str | None, p
     acc = stored_reference(cache_dir, ref) if cache_dir else None
     if acc is None:
         clean = clean_view(data.train, data.splits.get("originals"))
-        victim = train_victim(cfg.victim, clean.images, clean.labels, clean.num_classes, cfg.seed, progress=progress,
+        fit = finetune_set(cfg.victim, clean, np.zeros(len(clean), bool))  # no row of the clean set is a poison
+        victim = train_victim(cfg.victim, fit.images, fit.labels, clean.num_classes, cfg.seed, progress=progress,
                               clean=(clean.images, clean.labels))
         acc = metrics.accuracy(victim.predict(data.test.images), data.test.labels)
         if cache_dir:
@@ -218,8 +220,9 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
 
     t2 = time.perf_counter()
     trained = cfg.defense.train_victim(cfg.victim, purified, cfg.seed, progress=progress)  # training-time defense
+    fit = finetune_set(cfg.victim, purified, purified.poisoned) if trained is None else purified
     victim, defense_metrics = trained if trained is not None else (
-        train_victim(cfg.victim, purified.images, purified.labels, train.num_classes, cfg.seed,
+        train_victim(cfg.victim, fit.images, fit.labels, train.num_classes, cfg.seed,
                      transform=cfg.defense.train_transform(), progress=progress,
                      clean=(clean.images, clean.labels)), {})  # a transfer victim pre-trains on the clean set
     t_train = time.perf_counter() - t2
@@ -234,6 +237,7 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
 
     row: dict[str, Any] = {**cfg.flat(), "dataset_label": dataset_label(cfg.dataset, data.meta),
                            "attack.kind": kind, "n_train": len(train),
+                           **({"n_finetune": len(fit)} if fit is not purified else {}),
                            "n_poisoned": int(train.poisoned.sum()), "n_test": len(data.test), **m,
                            "attack_seconds": t_attack, "craft_seconds": data.meta.get("craft_seconds"), "purify_seconds": t_purify, "train_seconds": t_train,
                            "seconds": time.perf_counter() - t0,
@@ -244,6 +248,13 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
     if results_dir is not None:
         append_rows(results_dir, [row], name=row["config_hash"])
     return row
+
+
+def finetune_set(victim: VictimConfig, train: ImageSet, poisoned: np.ndarray) -> ImageSet:
+    """What a transfer victim with ``finetune_per_class`` trains on (:func:`finetune_rows`); else ``train``."""
+    if victim.transfer == "none" or victim.finetune_per_class is None:
+        return train
+    return train.subset(finetune_rows(train.labels, poisoned, train.index, victim.finetune_per_class))
 
 
 def score(victim: Victim, data: Dataset, kind: str) -> dict[str, float]:

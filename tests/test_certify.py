@@ -213,7 +213,8 @@ def test_a_certification_models_key_survives_the_settings_and_names_added_since(
                  if k not in {"defense.rng", "defense.compile_mode"}},
               **{k: v for k, v in flatten(job.victim.resolved(), "victim.").items()
                  if k not in {"victim.precision", "victim.bias_lr_scale", "victim.bias_decay", "victim.lookahead",
-                              "victim.tta", "victim.whiten_bias_epochs", "victim.transfer", "victim.pretrain_epochs"}},
+                              "victim.tta", "victim.whiten_bias_epochs", "victim.transfer", "victim.pretrain_epochs",
+                              "victim.finetune_per_class"}},
               "certify.seed": job.certify.seed}
     for k in ("defense.batch_size", "defense.device", "defense.compile", "victim.device"):
         before.pop(k, None)

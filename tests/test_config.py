@@ -110,7 +110,7 @@ def test_model_training_settings_are_nested_and_older_names_still_work():
     # a setting no earlier version had: no former hash of the defense section before the nesting to match
     lr = build_config("digits", "lsp", "eclipse", {"defense.train.lr": "0.001"})
     added = {"victim.precision", "victim.bias_lr_scale", "victim.bias_decay", "victim.lookahead", "victim.tta",
-             "victim.whiten_bias_epochs", "victim.transfer", "victim.pretrain_epochs", "defense.rng",
+             "victim.whiten_bias_epochs", "victim.transfer", "victim.pretrain_epochs", "victim.finetune_per_class", "defense.rng",
              "defense.compile_mode"}
     assert len(lr.hashes()) == 8 and lr.hashes()[-1] == config_hash(
         {k: v for k, v in lr.flat().items() if k not in added})

@@ -95,3 +95,25 @@ def test_a_transfer_trial_pretrains_on_the_clean_originals(digits, monkeypatch):
     row = run_trial(cfg, progress=False)
     assert row["victim.transfer"] == "linear" and 0 <= row["poison_success"] <= 1
     assert len(seen) == 2 and all(np.array_equal(s, digits.train.images) for s in seen)  # trial, reference
+
+
+def test_the_finetuning_set_is_n_clean_rows_per_class_and_every_poison():
+    labels = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    poisoned = np.array([0, 0, 1, 0, 0, 0, 0, 1], bool)
+    index = np.array([70, 60, 50, 40, 30, 20, 10, 0])  # rows stored in reverse index order
+    assert T.finetune_rows(labels, poisoned, index, None).tolist() == list(range(8))
+    assert T.finetune_rows(labels, poisoned, index, 1).tolist() == [2, 5, 6, 7]  # smallest indices: 10 and 20
+    assert T.finetune_rows(labels, poisoned, index, 2).tolist() == [2, 3, 4, 5, 6, 7]
+    with pytest.raises(ConfigError, match=r"^victim.finetune_per_class: only for a transfer victim"):
+        build_config("digits", "none", "none", {"victim.finetune_per_class": "50"})
+
+
+@pytest.mark.slow
+def test_a_transfer_trial_finetunes_on_few_clean_rows_and_every_poison(digits):
+    from eclipse_ray.trial import run_trial
+
+    cfg = build_config("digits", "badnets", "none", {"victim.transfer": "linear", "victim.width": "8",
+                                                     "victim.epochs": "1", "victim.pretrain_epochs": "2",
+                                                     "victim.finetune_per_class": "20"})
+    row = run_trial(cfg, progress=False)
+    assert row["n_finetune"] == 200 + row["n_poisoned"] and row["n_train"] == len(digits.train)

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eclipse_ray.config import Config, setting
+from eclipse_ray.config import Config, ConfigError, setting
 from eclipse_ray.tensors import augment_batch, pick_device, to_tensor
 from eclipse_ray.victim.nets import VICTIMS, FastNet, build_net
 from eclipse_ray.victim.transfer import TRANSFERS, pretrained, transfer_net
@@ -100,6 +100,13 @@ class VictimConfig(Config):
                             "(the transfer victim of Poison Frogs, Convex and Bullseye Polytope); finetune: every "
                             "layer trained on from that net, the last one anew", choices=TRANSFERS, added=4)
     pretrain_epochs: int = setting(10, "epochs of the clean pre-training of a transfer victim", ge=1, added=4)
+    finetune_per_class: int | None = setting(None, "a transfer victim trains on this many unpoisoned rows per class "
+                                             "(the first by index) plus every poisoned row (Convex/Bullseye "
+                                             "Polytope: 50; none: every row)", ge=1, added=4)
+
+    def validate(self) -> None:
+        if self.finetune_per_class is not None and self.transfer == "none":
+            raise ConfigError("victim.finetune_per_class: only for a transfer victim (set victim.transfer)")
 
     def resolved(self) -> "VictimConfig":
         """This config with every ``none`` the arch's recipe gives replaced by the recipe's value (a value
