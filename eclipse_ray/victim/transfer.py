@@ -66,6 +66,7 @@ def pretrained(cfg, images: np.ndarray, labels: np.ndarray, num_classes: int, se
     key = (digest.hexdigest(), config_hash(flatten(base)), num_classes, seed)
     if key not in _PRETRAINED:
         victim = train_fn(base, images, labels, num_classes, seed, progress=progress)
+        victim.model.eval()  # kept as trained: a forward pass in train mode would move its BatchNorm statistics
         while len(_PRETRAINED) >= 2:
             _PRETRAINED.pop(next(iter(_PRETRAINED)))
         _PRETRAINED[key] = victim
