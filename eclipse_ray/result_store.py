@@ -57,6 +57,7 @@ METRICS = (
     Metric("asr_any", "backdoor: triggered test images predicted as any one class (the most frequent)", True),
     Metric("asr_max_class", "targeted with a trigger: ASR of the most-hit class", True),
     Metric("target_success", "targeted: target images predicted as the adversarial label", True),
+    Metric("poisons_learnt", "targeted: poisoned training rows (as poisoned) the victim gives their label"),
     Metric("acc_ref", "accuracy of the clean reference victim (same victim, clean data)", True),
     Metric("clean_cost", "clean data: relative accuracy the defense costs", True),
     Metric("purify_psnr_poisoned", "PSNR of purified poisoned images to their clean originals (dB)", True),

@@ -277,6 +277,9 @@ def score(victim: Victim, data: Dataset, kind: str) -> dict[str, float]:
         if "asr" in m:
             m["asr_max_class"] = metrics.max_class_asr(victim.predict(trig.images), trig.labels, int(target))
         m["poison_success"] = m.get("target_success", m.get("asr", float("nan")))
+        rows = data.train.poisoned
+        if rows.any():  # a feature-collision poison works through a victim that learnt its poisons
+            m["poisons_learnt"] = metrics.accuracy(victim.predict(data.train.images[rows]), data.train.labels[rows])
     return m
 
 

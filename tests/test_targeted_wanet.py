@@ -160,6 +160,9 @@ def test_targeted_trial_row_and_cache(digits, crafted, tmp_path):
     assert row["attack.kind"] == TARGETED and 0.0 <= row["target_success"] <= 1.0
     assert row["poison_success"] == row["target_success"] and row["n_test"] == len(digits.test) - 3
     assert row["craft_seconds"] > 0 and row["n_poisoned"] == 3 * 14
+    pois = again.train.poisoned  # the share of its poisons the victim learnt, by hand
+    victim_rows = (row["poisons_learnt"] * pois.sum())
+    assert 0.0 <= row["poisons_learnt"] <= 1.0 and abs(victim_rows - round(victim_rows)) < 1e-9
 
 
 @pytest.mark.parametrize("objective", ["each", "convex"])
