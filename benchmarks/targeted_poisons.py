@@ -60,7 +60,8 @@ DEFENSES = {
     "none": {},
     "eclipse": {"sampler": "oneshot", "sigma": "0.05", "train.preset": "tiny", "train.iterations": "600"},
 }
-KEYS = ("attack.name", "defense.name", "test_acc", "target_success", "asr", "asr_max_class", "poison_success",
+KEYS = ("attack.name", "defense.name", "test_acc", "target_success", "poisons_learnt", "asr", "asr_max_class",
+        "poison_success", "n_finetune",
         "n_poisoned", "craft_seconds", "purify_seconds", "train_seconds", "seconds")
 
 
