@@ -40,10 +40,11 @@ def test_settings_added_for_airbench_keep_the_hashes_and_addresses_of_earlier_tr
     assert "3357698bc88a67de" in bf16.hashes()
     earlier = {k: v for k, v in flatten(bf16.victim.resolved(), "victim.").items()
                if k not in {f"victim.{n}" for n in ("bias_lr_scale", "bias_decay", "lookahead", "tta",
-                                                   "whiten_bias_epochs")}}
+                                                   "whiten_bias_epochs", "transfer", "pretrain_epochs",
+                                                   "finetune_per_class")}}
     assert address_settings(bf16.victim.resolved(), "victim.") == earlier
     airbench = build_config("digits", "lsp", "jpeg", {"victim.arch": "airbench", "victim.tta": "0"})
-    assert len(airbench.hashes()) == 1
+    assert len(airbench.hashes()) == 2  # its own and the one before victim.transfer, none older
     assert flatten(airbench.victim.resolved(), "victim.")["victim.tta"] == 0
 
 

@@ -45,7 +45,7 @@ def test_a_composite_is_one_defense_with_each_part_addressed():
         DEFENSES.build("jpeg+vab", {"quality": "20"})
     a, b = (build_config("digits", "badnets", "jpeg+vab", {"defense.vab.lambda2": v}) for v in ("0.1", "0.2"))
     assert a.hash() != b.hash() and set(a.hashes()).isdisjoint(b.hashes())
-    assert len(a.hashes()) == 3  # its own, and those before the airbench settings and before victim.precision
+    assert len(a.hashes()) == 4  # its own, and those before victim.transfer, the airbench settings, victim.precision
     # the purified set is jpeg's: a training-time part does not change it
     assert A.purification_key(a) == A.purification_key(b) == A.purification_key(build_config("digits", "badnets",
                                                                                               "jpeg"))

@@ -239,4 +239,4 @@ def test_the_norm_setting_keeps_earlier_hashes_and_cache_keys():
     assert "0f410cab83de8327" in cfg.hashes() and cfg.attack.norm == "linf"
     l2 = build_config("digits", "gradient_matching", "none", {"attack.eps": "0.0627451", "attack.norm": "l2"})
     assert set(l2.hashes()).isdisjoint(cfg.hashes())
-    assert len(l2.hashes()) == 3  # its own, and those before the airbench settings and before victim.precision
+    assert len(l2.hashes()) == 4  # its own, and those before victim.transfer, the airbench settings, victim.precision
