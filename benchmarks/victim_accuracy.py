@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     train = data.train if args.defense == "none" else defense.purify(data.train, args.seed, progress=False)
     start = time.perf_counter()
-    victim = train_victim(cfg, train.images, train.labels, train.num_classes, args.seed)
+    victim = train_victim(cfg, train.images, train.labels, train.num_classes, args.seed,
+                          clean=(data.train.images, data.train.labels))  # what a transfer victim pre-trains on
     seconds = time.perf_counter() - start
     acc = float(np.mean(victim.predict(data.test.images) == data.test.labels))
     device = pick_device(cfg.device)

@@ -50,6 +50,15 @@ class TrialConfig:
     # what its artifacts are filed under; not a result column (rows carry it in ``dataset_label``)
     dataset_digest: str | None = None
 
+    def __post_init__(self) -> None:
+        v = self.victim
+        if v.transfer != "none" and self.defense.trains_victim:
+            raise ConfigError(f"victim.transfer={v.transfer}: {self.defense.name} trains its own networks; a "
+                              f"transfer victim needs a defense that leaves the victim's training alone")
+        if v.finetune_per_class is not None and self.attack.kind == AVAILABILITY:
+            raise ConfigError("victim.finetune_per_class: not with an availability poison (its every row is "
+                              "fine-tuned on, its clean reference victim's only N per class)")
+
     def flat(self) -> dict[str, Any]:
         """The dotted result columns of this config (victim recipe resolved)."""
         extra = {} if self.purify_seed is None else {"purify_seed": self.purify_seed}  # old hashes stay valid
@@ -129,9 +138,6 @@ def build_config(dataset: str, attack: str = "none", defense: str = "none",
     attack_cfg = ATTACKS.build(attack, per["attack"])
     defense_cfg = DEFENSES.build(defense, per["defense"])
     victim = with_overrides(VictimConfig(), per["victim"], prefix="victim.")
-    if victim.transfer != "none" and defense_cfg.trains_victim:
-        raise ConfigError(f"victim.transfer={victim.transfer}: {defense} trains its own networks; a transfer victim "
-                          f"needs a defense that leaves the victim's training alone")
     return TrialConfig(dataset=dataset, attack=attack_cfg, defense=defense_cfg,
                        victim=victim, seed=seeds["seed"],
                        purify_seed=seeds["purify_seed"], dataset_digest=digest or content_digest(dataset))
@@ -211,6 +217,8 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
     kind = data.meta.get("attack_kind", NONE)
     AttackConfig.check_measurable(kind, train, data.name)  # also imported poisons, before purifying or training
 
+    if cfg.victim.transfer != "none":
+        check_originals(train, data.splits.get("originals"))
     t1 = time.perf_counter()
     clean = clean_view(train, data.splits.get("originals"))
     purified = purified_train if purified_train is not None else \
@@ -227,7 +235,7 @@ def run_trial(cfg: TrialConfig, *, data_dir: str | Path | None = None, results_d
                      clean=(clean.images, clean.labels)), {})  # a transfer victim pre-trains on the clean set
     t_train = time.perf_counter() - t2
 
-    m: dict[str, Any] = {**score(victim, data, kind), **defense_metrics}
+    m: dict[str, Any] = {**score(victim, data, kind, trained_on=purified), **defense_metrics}
     if cfg.defense.purifies:
         m.update(metrics.fidelity(purified, train, clean.images))
     if kind == AVAILABILITY or (reference and kind == NONE):
@@ -257,7 +265,16 @@ def finetune_set(victim: VictimConfig, train: ImageSet, poisoned: np.ndarray) ->
     return train.subset(finetune_rows(train.labels, poisoned, train.index, victim.finetune_per_class))
 
 
-def score(victim: Victim, data: Dataset, kind: str) -> dict[str, float]:
+def check_originals(train: ImageSet, originals: ImageSet | None) -> None:
+    """A transfer victim pre-trains on the clean training set: every poisoned row needs its clean original."""
+    have = set() if originals is None else {int(i) for i in originals.index}
+    missing = [int(i) for i in train.index[train.poisoned] if int(i) not in have]
+    if missing:
+        raise ConfigError(f"victim.transfer: {len(missing)} poisoned rows have no clean original (an imported "
+                          f"poison without them?); a transfer victim pre-trains on the clean training set")
+
+
+def score(victim: Victim, data: Dataset, kind: str, trained_on: ImageSet | None = None) -> dict[str, float]:
     """The victim's metrics for this kind of poison (docs/design.md §6): clean test accuracy; for a backdoor
     its ASR on the triggered non-target test images (and the most-hit class's); for a targeted poison the
     share of targets given the adversarial label (or a trigger's ASR); ``poison_success`` for both."""
@@ -277,9 +294,9 @@ def score(victim: Victim, data: Dataset, kind: str) -> dict[str, float]:
         if "asr" in m:
             m["asr_max_class"] = metrics.max_class_asr(victim.predict(trig.images), trig.labels, int(target))
         m["poison_success"] = m.get("target_success", m.get("asr", float("nan")))
-        rows = data.train.poisoned
-        if rows.any():  # a feature-collision poison works through a victim that learnt its poisons
-            m["poisons_learnt"] = metrics.accuracy(victim.predict(data.train.images[rows]), data.train.labels[rows])
+        fit = trained_on if trained_on is not None else data.train  # as the victim saw them (purified)
+        if fit.poisoned.any():  # a feature-collision poison works through a victim that learnt its poisons
+            m["poisons_learnt"] = metrics.accuracy(victim.predict(fit.images[fit.poisoned]), fit.labels[fit.poisoned])
     return m
 
 

@@ -39,6 +39,8 @@ def test_a_linear_transfer_victim_trains_its_head_on_frozen_pretrained_features(
     assert not any(torch.equal(got[k], want[k]) for k in head_keys)  # re-initialised and trained
     assert torch.equal(victim.mean, pre.mean) and torch.equal(victim.std, pre.std)
     assert (victim.predict(digits.test.images) == digits.test.labels).mean() > 0.8  # good features, new head
+    head_params = {id(p) for p in head.parameters()}
+    assert all(p.requires_grad == (id(p) in head_params) for p in victim.model.parameters())  # still frozen
     again = train_victim(cfg, poisoned, y, 10, 0, progress=False, clean=(x, y))
     assert np.array_equal(again.predict(digits.test.images), victim.predict(digits.test.images))
 
@@ -63,6 +65,13 @@ def test_a_transfer_victim_needs_its_clean_set_and_a_plain_victim(digits):
         build_config("digits", "badnets", "vab", {"victim.transfer": "linear"})
     with pytest.raises(ConfigError, match=r"^victim.transfer='frozen': must be one of none, linear, finetune$"):
         build_config("digits", "none", "none", {"victim.transfer": "frozen"})
+    for defense in ("advtrain", "jpeg+vab"):
+        with pytest.raises(ConfigError, match=r"trains its own networks"):
+            build_config("digits", "bullseye", defense, {"victim.transfer": "linear"})
+    with pytest.raises(ConfigError, match=r"^victim.finetune_per_class: not with an availability poison"):
+        build_config("digits", "lsp", "none", {"victim.transfer": "linear", "victim.finetune_per_class": "50"})
+    with pytest.raises(ConfigError, match=r"^victim.pretrain_epochs: only for a transfer victim"):
+        build_config("digits", "none", "none", {"victim.pretrain_epochs": "3"})
     cfg = build_config("digits", "bullseye", "jpeg", {"victim.transfer": "linear"})
     plain = build_config("digits", "bullseye", "jpeg")
     assert cfg.hash() != plain.hash() and plain.hash() in plain.hashes()
@@ -117,3 +126,16 @@ def test_a_transfer_trial_finetunes_on_few_clean_rows_and_every_poison(digits):
                                                      "victim.finetune_per_class": "20"})
     row = run_trial(cfg, progress=False)
     assert row["n_finetune"] == 200 + row["n_poisoned"] and row["n_train"] == len(digits.train)
+
+
+def test_a_transfer_victim_needs_the_originals_of_the_poisoned_rows(digits):
+    from eclipse_ray.data.imageset import ImageSet
+    from eclipse_ray.trial import check_originals
+
+    tr = digits.train
+    poisoned = ImageSet(tr.images, tr.labels, tr.index, np.arange(len(tr)) < 3, tr.classes)
+    check_originals(poisoned, tr.subset(np.arange(3)))  # every poisoned row has its original
+    with pytest.raises(ConfigError, match=r"^victim.transfer: 2 poisoned rows have no clean original"):
+        check_originals(poisoned, tr.subset(np.arange(1)))
+    with pytest.raises(ConfigError, match=r"^victim.transfer: 3 poisoned rows"):
+        check_originals(poisoned, None)

@@ -105,8 +105,9 @@ class VictimConfig(Config):
                                              "Polytope: 50; none: every row)", ge=1, added=4)
 
     def validate(self) -> None:
-        if self.finetune_per_class is not None and self.transfer == "none":
-            raise ConfigError("victim.finetune_per_class: only for a transfer victim (set victim.transfer)")
+        for key, default in (("finetune_per_class", None), ("pretrain_epochs", 10)):
+            if self.transfer == "none" and getattr(self, key) != default:
+                raise ConfigError(f"victim.{key}: only for a transfer victim (set victim.transfer)")
 
     def resolved(self) -> "VictimConfig":
         """This config with every ``none`` the arch's recipe gives replaced by the recipe's value (a value

@@ -8,8 +8,10 @@ is kept and only the last, linear layer is trained anew on the poisoned set
 Against a victim trained from scratch these poisons rarely hit a target
 (docs/results.md); this is the setting their success rates are reported in.
 
-Here the pre-trained net is the victim's own net (``victim.arch`` and its
-recipe) trained for ``victim.pretrain_epochs`` on the clean training set (the
+Here the pre-trained net is the victim's own net (``victim.arch`` at its
+width, with its arch's recipe: the fine-tuning settings such as ``victim.lr``
+or ``victim.label_smoothing`` are the transfer's) trained for
+``victim.pretrain_epochs`` on the clean training set (the
 originals of the poisoned rows, on their true labels) under the trial's seed:
 the defender's clean pre-training, which the attacker knows only through a
 surrogate of the same recipe on the same clean data (gray-box; the papers'
@@ -61,7 +63,10 @@ def pretrained(cfg, images: np.ndarray, labels: np.ndarray, num_classes: int, se
                progress: bool = False):
     """The net ``cfg`` (its transfer off, ``pretrain_epochs`` epochs) trained by ``train_fn`` on the clean
     ``images``; the same object for the same data, recipe and seed within a process."""
-    base = dataclasses.replace(cfg, transfer="none", epochs=cfg.pretrain_epochs, finetune_per_class=None)
+    # the net its arch's recipe trains (the fine-tuning settings -- lr, schedule, label smoothing ... -- are the
+    # transfer's): what defines the net (arch, width, stem, precision, device) from cfg, the rest the recipe's
+    base = type(cfg)(arch=cfg.arch, width=cfg.width, whiten=cfg.whiten, precision=cfg.precision, device=cfg.device,
+                     epochs=cfg.pretrain_epochs).resolved()
     digest = hashlib.sha1(np.ascontiguousarray(images).tobytes() + np.asarray(labels, np.int64).tobytes())
     key = (digest.hexdigest(), config_hash(flatten(base)), num_classes, seed)
     if key not in _PRETRAINED:
@@ -90,6 +95,8 @@ def transfer_net(pre: nn.Module, mode: str, seed: int) -> nn.Module:
             p.requires_grad_(False)
         for p in head.parameters():
             p.requires_grad_(True)
+    elif hasattr(model, "whiten"):  # a stem bias frozen at the end of pre-training trains again (its epochs)
+        model.whiten.bias.requires_grad_(True)
     return model
 
 
