@@ -29,7 +29,6 @@ in the split's meta) lists each target's adversarial class, row-aligned with
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from typing import ClassVar
@@ -42,6 +41,7 @@ from eclipse_ray.attacks.surrogate import MIN_L2_EPS, NORMS, ball_project, quant
 from eclipse_ray.config import ConfigError, flatten, setting
 from eclipse_ray.data.imageset import ImageSet
 from eclipse_ray.data.sources import Dataset
+from eclipse_ray.victim.memo import data_key, kept
 from eclipse_ray.victim.train import Victim, VictimConfig, train_victim
 from eclipse_ray.tensors import pick_device, to_tensor
 
@@ -74,16 +74,10 @@ def train_surrogate(train: ImageSet, epochs: int, width: int, seed: int, progres
     and reused when a later attack in this process asks for the same one.
     """
     device = pick_device("auto")
-    key = (hashlib.sha1(train.images.tobytes() + train.labels.tobytes()).hexdigest(), epochs, width, seed, str(device))
-    if key not in _SURROGATES:
-        cfg = VictimConfig(arch="fast", epochs=epochs, width=width, device=str(device))
-        victim = train_victim(cfg, train.images, train.labels, train.num_classes, seed, progress=progress,
-                              whiten_tol=None)  # like the availability surrogates: every direction kept
-        victim.model.eval()
-        while len(_SURROGATES) >= 2:
-            _SURROGATES.pop(next(iter(_SURROGATES)))
-        _SURROGATES[key] = victim
-    return _SURROGATES[key]
+    key = (data_key(train.images, train.labels), epochs, width, seed, str(device))
+    cfg = VictimConfig(arch="fast", epochs=epochs, width=width, device=str(device))
+    return kept(_SURROGATES, key, lambda: train_victim(cfg, train.images, train.labels, train.num_classes, seed,
+                                                       progress=progress, whiten_tol=None))  # every direction kept
 
 
 def logits(victim: Victim, x: torch.Tensor) -> torch.Tensor:

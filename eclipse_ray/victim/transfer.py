@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 
 import numpy as np
 import torch
 from torch import nn
 
 from eclipse_ray.config import config_hash, flatten
+from eclipse_ray.victim.memo import data_key, kept
 
 TRANSFERS = ("none", "linear", "finetune")
 _PRETRAINED: dict[tuple, object] = {}
@@ -67,15 +67,8 @@ def pretrained(cfg, images: np.ndarray, labels: np.ndarray, num_classes: int, se
     # transfer's): what defines the net (arch, width, stem, precision, device) from cfg, the rest the recipe's
     base = type(cfg)(arch=cfg.arch, width=cfg.width, whiten=cfg.whiten, precision=cfg.precision, device=cfg.device,
                      epochs=cfg.pretrain_epochs).resolved()
-    digest = hashlib.sha1(np.ascontiguousarray(images).tobytes() + np.asarray(labels, np.int64).tobytes())
-    key = (digest.hexdigest(), config_hash(flatten(base)), num_classes, seed)
-    if key not in _PRETRAINED:
-        victim = train_fn(base, images, labels, num_classes, seed, progress=progress)
-        victim.model.eval()  # kept as trained: a forward pass in train mode would move its BatchNorm statistics
-        while len(_PRETRAINED) >= 2:
-            _PRETRAINED.pop(next(iter(_PRETRAINED)))
-        _PRETRAINED[key] = victim
-    return _PRETRAINED[key]
+    key = (data_key(images, labels), config_hash(flatten(base)), num_classes, seed)
+    return kept(_PRETRAINED, key, lambda: train_fn(base, images, labels, num_classes, seed, progress=progress))
 
 
 def transfer_net(pre: nn.Module, mode: str, seed: int) -> nn.Module:
